@@ -1,0 +1,42 @@
+# The README's two commands: `make demo` (main job) and `make test` (the test suite).
+# Both set up from nothing but Python 3.11: a virtual environment in .venv with the pinned
+# packages of requirements.lock, and the offline data sets.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup data demo test lint format release calibrate clean
+
+$(STAMP): requirements.lock pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements.lock
+	$(BIN)/pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+data: setup
+	$(BIN)/autograder stage-data
+
+demo: data
+	$(BIN)/autograder demo
+
+lint: setup
+	bash scripts/check
+
+test: data lint
+	$(BIN)/python -m pytest -ra
+
+format: setup
+	$(BIN)/ruff format autograder tests
+
+release: setup
+	$(BIN)/autograder release
+
+calibrate: data
+	$(BIN)/autograder calibrate lab3_mnist_dense --seeds 0 1 2
+
+clean:
+	rm -rf $(VENV) var

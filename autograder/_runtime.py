@@ -1,0 +1,21 @@
+"""Process-level set-up shared by the steps that drive nbgrader."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+__all__ = ["ensure_tool_path"]
+
+
+def ensure_tool_path() -> None:
+    """Put this interpreter's ``bin`` first on PATH.
+
+    nbgrader shells out to ``alembic`` and starts kernels by name; run from a virtual
+    environment that is not activated, neither would be found (or the wrong ones would).
+    """
+    bindir = str(Path(sys.executable).parent)
+    parts = os.environ.get("PATH", "").split(os.pathsep)
+    if parts[:1] != [bindir]:
+        os.environ["PATH"] = os.pathsep.join([bindir, *[p for p in parts if p != bindir]])

@@ -1,0 +1,246 @@
+"""Each lab's rubric is data: one validated TOML file per lab in ``autograder/labs``.
+
+Unknown keys are rejected so that a typo in a rubric fails loudly instead of silently
+relaxing a check.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+__all__ = [
+    "CHECK_KINDS",
+    "Check",
+    "LayerSpec",
+    "Preprocess",
+    "Rubric",
+    "Threshold",
+    "lab_ids",
+    "load_rubric",
+]
+
+# kind -> keys allowed in that check's table (beyond id/kind/points/title)
+CHECK_KINDS: dict[str, frozenset[str]] = {
+    "architecture": frozenset(
+        {"input_shape", "layers", "match", "params", "output_units", "output_activation"}
+    ),
+    "compile": frozenset({"optimizers", "losses", "metrics"}),
+    "inputs": frozenset({"variable", "shape", "dtype", "min", "max", "labels", "labels_shape"}),
+    "accuracy": frozenset({"thresholds"}),
+}
+_LAYER_KEYS = frozenset({"type", "units", "activation", "optional", "repeat"})
+_MATCH_MODES = ("exact", "subsequence")
+
+
+def _strict(table: dict[str, Any], allowed: frozenset[str] | set[str], where: str) -> None:
+    unknown = sorted(set(table) - set(allowed))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}")
+
+
+def _require(table: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    if key not in table:
+        raise ConfigError(f"{where}: missing key '{key}'")
+    value = table[key]
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise ConfigError(f"{where}: '{key}' has the wrong type ({type(value).__name__})")
+    return value
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """One expected layer. ``type`` may list alternatives: ``"SimpleRNN|LSTM|GRU"``."""
+
+    types: tuple[str, ...]
+    units: int | None = None
+    activation: str | None = None
+    optional: bool = False
+
+    @classmethod
+    def parse(cls, table: dict[str, Any], where: str) -> LayerSpec:
+        _strict(table, _LAYER_KEYS, where)
+        types = tuple(str(_require(table, "type", str, where)).split("|"))
+        units = table.get("units")
+        if units is not None and (not isinstance(units, int) or units <= 0):
+            raise ConfigError(f"{where}: 'units' must be a positive integer")
+        return cls(types, units, table.get("activation"), bool(table.get("optional", False)))
+
+    def describe(self) -> str:
+        parts = ["/".join(self.types)]
+        if self.units is not None:
+            parts.append(str(self.units))
+        if self.activation:
+            parts.append(self.activation)
+        return " ".join(parts)
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """Full points at or beyond ``full``, none at or beyond ``zero``, linear in between."""
+
+    full: float
+    zero: float
+    calibration: str = ""
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.full > self.zero
+
+    def fraction(self, value: float) -> float:
+        span = self.full - self.zero
+        return min(1.0, max(0.0, (value - self.zero) / span))
+
+
+@dataclass(frozen=True)
+class Check:
+    id: str
+    kind: str
+    points: float
+    title: str
+    params: dict[str, Any] = field(default_factory=dict, hash=False)
+    layers: tuple[LayerSpec, ...] = ()
+    thresholds: dict[str, Threshold] = field(default_factory=dict, hash=False)
+
+    def threshold(self, source: str) -> Threshold:
+        try:
+            return self.thresholds[source]
+        except KeyError:
+            raise ConfigError(
+                f"check {self.id}: no threshold for data source '{source}' "
+                f"(have: {', '.join(sorted(self.thresholds))})"
+            ) from None
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How the grader turns held-out raw data into the model's input."""
+
+    reshape: tuple[int, ...] | None
+    scale: float
+    dtype: str
+    labels: str  # "one_hot" | "sparse" | "binary"
+
+
+@dataclass(frozen=True)
+class Rubric:
+    lab: str
+    title: str
+    dataset: str
+    notebook: str
+    model_variable: str
+    preprocess: Preprocess
+    checks: tuple[Check, ...]
+
+    @property
+    def total_points(self) -> float:
+        return sum(c.points for c in self.checks)
+
+    def check(self, check_id: str) -> Check:
+        for c in self.checks:
+            if c.id == check_id:
+                return c
+        raise ConfigError(f"lab {self.lab}: no check '{check_id}'")
+
+
+_LABS_DIR = Path(__file__).parent / "labs"
+_TOP_KEYS = frozenset({"lab", "title", "dataset", "notebook", "model", "preprocess", "checks"})
+_PRE_KEYS = frozenset({"reshape", "scale", "dtype", "labels"})
+_CHECK_BASE = frozenset({"id", "kind", "points", "title"})
+_LABEL_MODES = ("one_hot", "sparse", "binary")
+
+
+def _parse_check(table: dict[str, Any], where: str) -> Check:
+    kind = _require(table, "kind", str, where)
+    if kind not in CHECK_KINDS:
+        raise ConfigError(f"{where}: unknown check kind '{kind}' (known: {', '.join(CHECK_KINDS)})")
+    _strict(table, _CHECK_BASE | CHECK_KINDS[kind], where)
+    check_id = _require(table, "id", str, where)
+    points = _require(table, "points", (int, float), where)
+    if points <= 0:
+        raise ConfigError(f"{where}: 'points' must be positive")
+    params = {k: v for k, v in table.items() if k not in _CHECK_BASE | {"layers", "thresholds"}}
+    layers: tuple[LayerSpec, ...] = ()
+    if kind == "architecture":
+        raw_layers = _require(table, "layers", list, where)
+        layers = tuple(LayerSpec.parse(t, f"{where}.layers[{i}]") for i, t in enumerate(raw_layers))
+        if params.setdefault("match", "exact") not in _MATCH_MODES:
+            raise ConfigError(f"{where}: 'match' must be one of {', '.join(_MATCH_MODES)}")
+    thresholds: dict[str, Threshold] = {}
+    if kind == "accuracy":
+        raw = _require(table, "thresholds", dict, where)
+        for source, t in raw.items():
+            tw = f"{where}.thresholds.{source}"
+            _strict(t, frozenset({"full", "zero", "calibration"}), tw)
+            th = Threshold(
+                float(_require(t, "full", (int, float), tw)),
+                float(_require(t, "zero", (int, float), tw)),
+                str(t.get("calibration", "")),
+            )
+            if th.full == th.zero:
+                raise ConfigError(f"{tw}: 'full' and 'zero' must differ")
+            thresholds[source] = th
+        if not thresholds:
+            raise ConfigError(f"{where}: at least one data source threshold is needed")
+    return Check(
+        id=check_id,
+        kind=kind,
+        points=float(points),
+        title=str(table.get("title", check_id)),
+        params=params,
+        layers=layers,
+        thresholds=thresholds,
+    )
+
+
+def parse_rubric(data: dict[str, Any], where: str = "rubric") -> Rubric:
+    """Validate a rubric table; raise :class:`ConfigError` naming the bad key."""
+    _strict(data, _TOP_KEYS, where)
+    pre = _require(data, "preprocess", dict, where)
+    _strict(pre, _PRE_KEYS, f"{where}.preprocess")
+    labels = pre.get("labels", "sparse")
+    if labels not in _LABEL_MODES:
+        raise ConfigError(f"{where}.preprocess: 'labels' must be one of {', '.join(_LABEL_MODES)}")
+    reshape = pre.get("reshape")
+    model = _require(data, "model", dict, where)
+    _strict(model, frozenset({"variable"}), f"{where}.model")
+    raw_checks = _require(data, "checks", list, where)
+    checks = tuple(_parse_check(t, f"{where}.checks[{i}]") for i, t in enumerate(raw_checks))
+    ids = [c.id for c in checks]
+    if len(set(ids)) != len(ids):
+        raise ConfigError(f"{where}: check ids must be unique")
+    return Rubric(
+        lab=_require(data, "lab", str, where),
+        title=_require(data, "title", str, where),
+        dataset=_require(data, "dataset", str, where),
+        notebook=_require(data, "notebook", str, where),
+        model_variable=_require(model, "variable", str, f"{where}.model"),
+        preprocess=Preprocess(
+            reshape=tuple(reshape) if reshape is not None else None,
+            scale=float(pre.get("scale", 1.0)),
+            dtype=str(pre.get("dtype", "float32")),
+            labels=labels,
+        ),
+        checks=checks,
+    )
+
+
+def lab_ids() -> list[str]:
+    """The labs that have a rubric, in course order."""
+    return sorted(p.stem for p in _LABS_DIR.glob("*.toml"))
+
+
+@cache
+def load_rubric(lab: str) -> Rubric:
+    path = _LABS_DIR / f"{lab}.toml"
+    if not path.is_file():
+        raise ConfigError(f"no rubric for lab '{lab}' (known: {', '.join(lab_ids())})")
+    rubric = parse_rubric(tomllib.loads(path.read_text()), where=f"labs/{lab}.toml")
+    if rubric.lab != lab:
+        raise ConfigError(f"labs/{lab}.toml declares lab '{rubric.lab}'")
+    return rubric

