@@ -1,0 +1,166 @@
+"""Rubric checks on hand-made evidence: fast, no TensorFlow."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from autograder.checks import (
+    ArraySummary,
+    Evidence,
+    LayerInfo,
+    ModelSummary,
+    run_checks,
+    summarize_array,
+)
+from autograder.rubric import load_rubric
+
+RUBRIC = load_rubric("lab3_mnist_dense")
+COMPILE = {
+    "optimizer": {"class_name": "RMSprop"},
+    "loss": "categorical_crossentropy",
+    "metrics": ["accuracy"],
+}
+
+
+def model(*layers: tuple[str, int, str], input_shape=(784,), params=407050, compile_config=None):
+    infos = tuple(LayerInfo(t, u, a, (None, u), 0) for t, u, a in layers)
+    return ModelSummary(
+        "Sequential",
+        input_shape,
+        (None, layers[-1][1]),
+        infos,
+        params,
+        COMPILE if compile_config is None else compile_config,
+    )
+
+
+GOOD_MODEL = model(("Dense", 512, "relu"), ("Dense", 10, "softmax"))
+GOOD_ARRAYS = {
+    "train_images": ArraySummary((3000, 784), "float32", 0.0, 1.0, True),
+    "train_labels": ArraySummary((3000, 10), "float32", 0.0, 1.0, True),
+}
+
+
+def grade(ev: Evidence) -> dict:
+    return {r.id: r for r in run_checks(RUBRIC, ev)}
+
+
+def evidence(**kw) -> Evidence:
+    base = dict(
+        model=GOOD_MODEL,
+        arrays=GOOD_ARRAYS,
+        metrics={"accuracy": 0.95},
+        data_source="offline-sample",
+    )
+    base.update(kw)
+    return Evidence(**base)
+
+
+def test_correct_evidence_gets_full_marks():
+    results = grade(evidence())
+    assert {k: r.score for k, r in results.items()} == {
+        "check_architecture": 3,
+        "check_compile": 1,
+        "check_inputs": 2,
+        "check_accuracy": 4,
+    }
+    assert all(r.status == "pass" for r in results.values())
+
+
+def test_wrong_units_and_activation_are_named():
+    ev = evidence(model=model(("Dense", 64, "sigmoid"), ("Dense", 10, "softmax"), params=50890))
+    r = grade(ev)["check_architecture"]
+    assert r.score == 1.0  # the input shape is still right
+    assert "layer 1: expected Dense 512 relu, found Dense with 64 units" in r.messages
+    assert "the network has 50,890 parameters; the lab's has 407,050" in r.messages
+
+
+def test_missing_and_extra_layers():
+    short = grade(evidence(model=model(("Dense", 512, "relu"), params=401920)))
+    assert "missing layer(s) at the end: Dense 10 softmax" in short["check_architecture"].messages
+    extra = model(("Dense", 512, "relu"), ("Dense", 10, "softmax"), ("Dense", 10, "softmax"))
+    msgs = grade(evidence(model=extra))["check_architecture"].messages
+    assert "layer 3 (Dense) is extra: the lab's network has no more" in msgs
+
+
+def test_unflattened_input_is_explained():
+    ev = evidence(
+        model=model(("Dense", 512, "relu"), ("Dense", 10, "softmax"), input_shape=(28, 28))
+    )
+    msgs = grade(ev)["check_architecture"].messages
+    assert msgs[0] == "the first layer expects inputs of shape (28, 28); the lab needs (784,)"
+
+
+def test_compile_settings():
+    cfg = {"optimizer": {"class_name": "Adam"}, "loss": "mse", "metrics": ["mae"]}
+    r = grade(
+        evidence(model=model(("Dense", 512, "relu"), ("Dense", 10, "softmax"), compile_config=cfg))
+    )["check_compile"]
+    assert r.score == 0 and r.status == "fail"
+    assert "optimizer: found adam; the lab uses RMSprop" in r.messages
+    never = grade(
+        evidence(model=model(("Dense", 512, "relu"), ("Dense", 10, "softmax"), compile_config={}))
+    )["check_compile"]
+    assert never.messages == ("the network was never compiled: call compile() before fit()",)
+    aliases = {
+        "optimizer": "rmsprop",
+        "loss": {"class_name": "CategoricalCrossentropy"},
+        "metrics": ["acc"],
+    }
+    ok = grade(
+        evidence(
+            model=model(("Dense", 512, "relu"), ("Dense", 10, "softmax"), compile_config=aliases)
+        )
+    )["check_compile"]
+    assert ok.score == 1
+
+
+@pytest.mark.parametrize(
+    ("arr", "score", "fragment"),
+    [
+        (ArraySummary((3000, 28, 28), "uint8", 0, 255, True), 0.5, "reshape it to (n, 784)"),
+        (ArraySummary((3000, 784), "uint8", 0, 255, True), 1.0, "divide the pixel values by 255"),
+        (ArraySummary((3000, 784), "float64", 0, 1, True), 1.5, ".astype('float32')"),
+        (ArraySummary((3000, 784), "float32", 0, 1 / 255, True), 1.5, "divided twice"),
+    ],
+)
+def test_input_problems(arr, score, fragment):
+    r = grade(evidence(arrays={**GOOD_ARRAYS, "train_images": arr}))["check_inputs"]
+    assert r.score == score
+    assert any(fragment in m for m in r.messages), r.messages
+
+
+def test_sparse_labels_are_flagged():
+    arrays = {**GOOD_ARRAYS, "train_labels": ArraySummary((3000,), "uint8", 0, 9, True)}
+    r = grade(evidence(arrays=arrays))["check_inputs"]
+    assert r.score == 1.5
+    assert any("to_categorical" in m for m in r.messages)
+
+
+def test_accuracy_partial_credit_and_zero():
+    th = RUBRIC.check("check_accuracy").threshold("offline-sample")
+    mid = (th.full + th.zero) / 2
+    r = grade(evidence(metrics={"accuracy": mid}))["check_accuracy"]
+    assert r.status == "partial" and r.score == pytest.approx(2.0, abs=0.01)
+    low = grade(evidence(metrics={"accuracy": 0.1}))["check_accuracy"]
+    assert low.score == 0 and "has not learned enough" in low.messages[0]
+
+
+def test_missing_model_fails_every_model_check_with_the_reason():
+    ev = evidence(
+        model=None,
+        metrics={},
+        problems={"model": "`network` is not defined", "accuracy": "`network` is not defined"},
+    )
+    r = grade(ev)
+    for cid in ("check_architecture", "check_compile", "check_accuracy"):
+        assert r[cid].score == 0
+        assert r[cid].messages == ("`network` is not defined",)
+    assert r["check_inputs"].score == 2  # the arrays were still right
+
+
+def test_summarize_array():
+    s = summarize_array(np.array([[0, 255]], dtype=np.uint8))
+    assert s == ArraySummary((1, 2), "uint8", 0.0, 255.0, True)
+    assert summarize_array(np.array([np.nan, 1.0])).finite is False

@@ -1,0 +1,105 @@
+"""Capture in a namespace, then grade the artifacts as the clean process does."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from autograder.capture import capture_source
+from autograder.evaluate import evaluate_artifacts, grade_in_subprocess, unsafe_layers
+from autograder.rubric import load_rubric
+
+LAB = "lab3_mnist_dense"
+
+
+def _capture(namespace: dict, out: Path) -> None:
+    exec(capture_source(load_rubric(LAB), out), namespace)  # as the grader's cell does
+
+
+def _dense(keras, hidden=512):
+    model = keras.Sequential(
+        [
+            keras.Input(shape=(784,)),
+            keras.layers.Dense(hidden, activation="relu"),
+            keras.layers.Dense(10, activation="softmax"),
+        ]
+    )
+    model.compile(optimizer="rmsprop", loss="categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+@pytest.fixture(scope="module")
+def keras():
+    import keras
+
+    return keras
+
+
+def test_trained_model_is_graded_from_artifacts(keras, tmp_path, staged_data):
+    from autograder.datasets import load_mnist
+
+    (x, y), _ = load_mnist()
+    x = x.reshape((len(x), 784)).astype("float32") / 255
+    y = keras.utils.to_categorical(y, 10)
+    network = _dense(keras)
+    network.fit(x, y, epochs=2, batch_size=128, verbose=0)
+    _capture({"network": network, "train_images": x, "train_labels": y}, tmp_path)
+    result = evaluate_artifacts(LAB, tmp_path)
+    scores = {c.id: c.score for c in result.checks}
+    assert scores["check_architecture"] == 3
+    assert scores["check_compile"] == 1
+    assert scores["check_inputs"] == 2
+    assert result.metrics["accuracy"] > 0.8
+    assert result.history["loss"][0] > result.history["loss"][-1]
+    assert result.model is not None and result.model["params"] == 407050
+
+
+def test_lambda_layer_is_rejected_before_loading(keras, tmp_path, staged_data):
+    network = keras.Sequential(
+        [
+            keras.Input(shape=(784,)),
+            keras.layers.Lambda(lambda t: t * 2),
+            keras.layers.Dense(10, activation="softmax"),
+        ]
+    )
+    network.compile(optimizer="rmsprop", loss="categorical_crossentropy")
+    _capture({"network": network}, tmp_path)
+    result = evaluate_artifacts(LAB, tmp_path)
+    msg = result.check("check_architecture").messages[0]
+    assert "Lambda layer" in msg and "not accepted" in msg
+    assert result.check("check_accuracy").score == 0
+    assert "accuracy" not in result.metrics
+
+
+def test_unsafe_layers_finds_nested_custom_objects():
+    config = {
+        "class_name": "Functional",
+        "config": {
+            "layers": [
+                {"class_name": "Dense", "module": "keras.layers"},
+                {"class_name": "MyLayer", "module": "__main__"},
+                {"class_name": "Sequential", "config": {"layers": [{"class_name": "Lambda"}]}},
+            ]
+        },
+    }
+    assert unsafe_layers(config) == ["Lambda layer", "custom object __main__.MyLayer"]
+
+
+def test_missing_network_is_reported(tmp_path, staged_data):
+    x = np.linspace(0, 1, 7840, dtype="float32").reshape(10, 784)
+    _capture({"train_images": x}, tmp_path)
+    result = evaluate_artifacts(LAB, tmp_path)
+    assert result.check("check_architecture").messages == (
+        "`network` is not defined when the notebook finishes",
+    )
+    assert result.check("check_inputs").score == 1.5  # shape, dtype, range right; labels missing
+    assert result.score == 1.5
+
+
+def test_no_capture_means_the_notebook_did_not_finish(tmp_path, staged_data):
+    result = grade_in_subprocess(LAB, tmp_path, timeout=120)
+    assert result.score == 0
+    assert "did not run to the end" in (result.error or "")
+    assert all(c.status == "error" for c in result.checks)

@@ -1,0 +1,41 @@
+from __future__ import annotations
+
+import pytest
+from nbgrader.preprocessors import LimitOutput, SaveAutoGrades
+from traitlets.config import Config
+
+from autograder.errors import ConfigError
+from autograder.pipeline import (
+    GradeFromArtifacts,
+    GraderExecute,
+    autograde_preprocessors,
+    check_order,
+    configure,
+)
+
+
+def test_default_pipeline_order_is_valid():
+    pipeline = autograde_preprocessors()
+    assert pipeline.index(GraderExecute) < pipeline.index(GradeFromArtifacts)
+    assert pipeline.index(GradeFromArtifacts) < pipeline.index(SaveAutoGrades)
+
+
+def test_grading_after_saving_is_refused():
+    pipeline = autograde_preprocessors()
+    pipeline.remove(GradeFromArtifacts)
+    pipeline.append(GradeFromArtifacts)
+    with pytest.raises(ConfigError, match="GradeFromArtifacts must run before SaveAutoGrades"):
+        check_order(pipeline)
+
+
+def test_grading_without_execution_is_refused():
+    pipeline = [LimitOutput, GradeFromArtifacts, SaveAutoGrades]
+    with pytest.raises(ConfigError, match="must run after GraderExecute"):
+        check_order(pipeline)
+
+
+def test_configure_sets_pipeline_and_timeout():
+    c = Config()
+    configure(c)
+    assert c.Autograde.autograde_preprocessors[0] is GraderExecute
+    assert c.GraderExecute.timeout >= 600
