@@ -53,10 +53,11 @@ def _seeded(notebook: Path, seed: int, out: Path) -> Path:
     return out
 
 
-def calibrate(
-    lab: str, *, seeds: list[int], metric: str = "accuracy", write: bool = True
-) -> dict[str, Any]:
+def calibrate(lab: str, *, seeds: list[int], write: bool = True) -> dict[str, Any]:
     rubric = load_rubric(lab)
+    check = next(c for c in rubric.checks if c.kind == "metric")
+    metric = check.params["metric"]
+    higher_is_better = next(iter(check.thresholds.values())).higher_is_better
     runs = []
     source = "unknown"
     with tempfile.TemporaryDirectory(prefix="autograder-calibrate-") as tmp:
@@ -97,7 +98,7 @@ def calibrate(
         "mean": round(statistics.mean(values), 4),
         "min": min(values),
         "max": max(values),
-        "suggested_full": suggest_threshold(values),
+        "suggested_full": suggest_threshold(values, higher_is_better),
     }
     print(json.dumps({source: entry}, indent=2))
     if write:

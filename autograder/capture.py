@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .rubric import Rubric
+from .rubric import VARIABLE_PARAMS, Rubric
 
 __all__ = ["CAPTURE_FILE", "MODEL_FILE", "capture_source", "captured_variables"]
 
@@ -23,10 +23,52 @@ MODEL_FILE = "model.keras"
 # Runs inside the student's kernel. Self-contained on purpose: it must not import the
 # autograder package, which student code could have replaced in sys.modules.
 _TEMPLATE = r"""
-def _autograder_capture(ns, out, model_var, array_vars):
-    import json, math, os
-    report = {"missing": [], "errors": {}, "arrays": {}, "history": {}, "history_params": {}}
+def _autograder_capture(ns, out, model_var, names):
+    import json, os
+    import numpy as np
+    report = {"missing": [], "errors": {}, "values": {}, "callbacks": [],
+              "history": {}, "history_params": {}}
     os.makedirs(out, exist_ok=True)
+
+    def history_of(obj):
+        return ({str(k): [float(v) for v in vals] for k, vals in dict(obj.history).items()},
+                {str(k): v for k, v in dict(getattr(obj, "params", {}) or {}).items()
+                 if isinstance(v, (int, float, str))})
+
+    def describe(value):
+        if hasattr(value, "history") and hasattr(value, "params") and not hasattr(value, "layers"):
+            h, p = history_of(value)
+            return {"type": "history", "history": h, "params": p}
+        if isinstance(value, (bool, int, float)):
+            return {"type": "number", "value": float(value)}
+        if hasattr(value, "to_dict") and hasattr(value, "columns"):
+            value = value.to_dict()
+        if isinstance(value, dict):
+            flat = {}
+            for k, v in list(value.items())[:50]:
+                if isinstance(v, dict):
+                    v = list(v.values())[-1] if v else None
+                try:
+                    flat[str(k)] = float(v)
+                except (TypeError, ValueError):
+                    flat[str(k)] = None
+            return {"type": "mapping", "value": flat}
+        arr = np.asarray(value)
+        numeric = arr.size > 0 and np.issubdtype(arr.dtype, np.number)
+        info = {
+            "type": "array",
+            "shape": [int(d) for d in arr.shape],
+            "dtype": str(arr.dtype),
+            "min": float(np.nanmin(arr)) if numeric else None,
+            "max": float(np.nanmax(arr)) if numeric else None,
+            "finite": bool(np.isfinite(arr).all()) if numeric else True,
+        }
+        if numeric and arr.ndim == 2 and arr.shape[1] <= 64:
+            col = arr.astype("float64")
+            info["column_mean"] = [float(v) for v in col.mean(axis=0)]
+            info["column_std"] = [float(v) for v in col.std(axis=0)]
+        return info
+
     model = ns.get(model_var)
     if model is None:
         report["missing"].append(model_var)
@@ -35,48 +77,49 @@ def _autograder_capture(ns, out, model_var, array_vars):
             model.save(os.path.join(out, %(model_file)r))
         except Exception as exc:
             report["errors"][model_var] = "%%s: %%s" %% (type(exc).__name__, exc)
-        hist = getattr(model, "history", None)
         try:
-            report["history"] = {
-                str(k): [float(v) for v in vals] for k, vals in dict(hist.history).items()
-            }
-            report["history_params"] = {str(k): v for k, v in dict(hist.params).items()
-                                        if isinstance(v, (int, float, str))}
+            report["history"], report["history_params"] = history_of(model.history)
         except Exception:
             pass
-    for name in array_vars:
+    for name in names:
         if name not in ns:
             report["missing"].append(name)
             continue
         try:
-            import numpy as np
-            arr = np.asarray(ns[name])
-            numeric = arr.size > 0 and np.issubdtype(arr.dtype, np.number)
-            report["arrays"][name] = {
-                "shape": [int(d) for d in arr.shape],
-                "dtype": str(arr.dtype),
-                "min": float(np.nanmin(arr)) if numeric else None,
-                "max": float(np.nanmax(arr)) if numeric else None,
-                "finite": bool(np.isfinite(arr).all()) if numeric else True,
-            }
+            report["values"][name] = describe(ns[name])
         except Exception as exc:
             report["errors"][name] = "%%s: %%s" %% (type(exc).__name__, exc)
+    # Callbacks: a callback passed to fit() has had its model set by keras.
+    seen = set()
+    for key, value in list(ns.items()):
+        if key.startswith("_"):
+            continue
+        for item in (value if isinstance(value, (list, tuple)) else [value]):
+            cls = type(item)
+            if id(item) in seen or not any(c.__name__ == "Callback" for c in cls.__mro__):
+                continue
+            seen.add(id(item))
+            if cls.__name__ in ("History", "ProgbarLogger"):
+                continue
+            report["callbacks"].append(
+                {"class": cls.__name__, "used": getattr(item, "_model", None) is not None})
     with open(os.path.join(out, %(capture_file)r), "w") as f:
         json.dump(report, f)
 
-_autograder_capture(globals(), %(out)r, %(model_var)r, %(arrays)r)
+_autograder_capture(globals(), %(out)r, %(model_var)r, %(names)r)
 del _autograder_capture
 """
 
 
 def captured_variables(rubric: Rubric) -> list[str]:
-    """Array variables the rubric's checks look at, in rubric order."""
+    """Variables of the notebook that the rubric's checks look at, in rubric order."""
     names: list[str] = []
     for check in rubric.checks:
-        for key in ("variable", "labels"):
+        for key in VARIABLE_PARAMS:
             value = check.params.get(key)
-            if isinstance(value, str) and value not in names:
-                names.append(value)
+            for name in [value] if isinstance(value, str) else value or []:
+                if name not in names:
+                    names.append(name)
     return names
 
 
@@ -87,7 +130,7 @@ def capture_source(rubric: Rubric, out: Path) -> str:
         "capture_file": CAPTURE_FILE,
         "out": str(out),
         "model_var": rubric.model_variable,
-        "arrays": captured_variables(rubric),
+        "names": captured_variables(rubric),
     }
 
 

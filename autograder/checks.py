@@ -38,6 +38,7 @@ class LayerInfo:
     activation: str | None
     output_shape: tuple[int | None, ...]
     params: int
+    input_dim: int | None = None  # Embedding's vocabulary size
 
 
 @dataclass(frozen=True)
@@ -71,13 +72,33 @@ class ArraySummary:
 
 @dataclass(frozen=True)
 class Evidence:
-    """What the checks look at. ``None`` means it could not be obtained; ``problems`` says why."""
+    """What the checks look at. ``None`` means it could not be obtained; ``problems`` says why.
+
+    ``values`` holds the capture's description of each notebook variable the rubric names
+    (``{"type": "array" | "history" | "mapping" | "number", ...}``); ``reference`` holds
+    figures the grader computed from its own copy of the data.
+    """
 
     model: ModelSummary | None
-    arrays: dict[str, ArraySummary] = field(default_factory=dict)
+    values: dict[str, dict[str, Any]] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
     data_source: str = "offline"
     problems: dict[str, str] = field(default_factory=dict)
+    callbacks: tuple[dict[str, Any], ...] = ()
+    reference: dict[str, Any] = field(default_factory=dict)
+
+    def array(self, name: str) -> ArraySummary | None:
+        value = self.values.get(name)
+        if value is None or value.get("type", "array") != "array":
+            return None
+        return ArraySummary.from_dict(value)
+
+    def missing(self, name: str, what: str = "") -> str:
+        if name in self.problems:
+            return self.problems[name]
+        if name in self.values:
+            return f"`{name}` is not {what or 'what the lab expects'}"
+        return f"`{name}` is not defined when the notebook finishes"
 
 
 def _shape(shape: Any) -> tuple[int | None, ...] | None:
@@ -107,6 +128,9 @@ def summarize_model(model: Any) -> ModelSummary:
                 activation=activation if isinstance(activation, str) else None,
                 output_shape=out or (),
                 params=int(layer.count_params()) if layer.built else 0,
+                input_dim=config.get("input_dim")
+                if isinstance(config.get("input_dim"), int)
+                else None,
             )
         )
     try:
@@ -190,16 +214,34 @@ def _match_exact(specs: tuple[LayerSpec, ...], layers: tuple[LayerInfo, ...]) ->
 
 
 def _match_subsequence(specs: tuple[LayerSpec, ...], layers: tuple[LayerInfo, ...]) -> list[str]:
+    """Each required spec must match a layer, in order; other layers may sit in between."""
     i = 0
     for spec in specs:
-        while i < len(layers) and _layer_matches(spec, layers[i]):
-            i += 1
-        if i == len(layers):
+        j = i
+        while j < len(layers) and _layer_matches(spec, layers[j]):
+            j += 1
+        if j == len(layers):
             if spec.optional:
                 continue
-            return [f"no {spec.describe()} layer where the lab expects one (in this order)"]
-        i += 1
+            anywhere = any(_layer_matches(spec, layer) is None for layer in layers)
+            where = " where the lab expects it (check the order)" if anywhere else ""
+            return [f"no {spec.describe()} layer{where}"]
+        i = j + 1
     return []
+
+
+def _input_dim_problems(specs: tuple[LayerSpec, ...], layers: tuple[LayerInfo, ...]) -> list[str]:
+    problems = []
+    for spec in specs:
+        if spec.max_input_dim is None:
+            continue
+        for layer in layers:
+            if layer.type in spec.types and (layer.input_dim or 0) > spec.max_input_dim:
+                problems.append(
+                    f"{layer.type} has input_dim={layer.input_dim:,} but the data keeps only "
+                    f"the top {spec.max_input_dim:,} words: use input_dim={spec.max_input_dim}"
+                )
+    return problems
 
 
 def check_architecture(check: Check, ev: Evidence) -> CheckResult:
@@ -208,40 +250,54 @@ def check_architecture(check: Check, ev: Evidence) -> CheckResult:
         return CheckResult.failed(check, ev.problems.get("model", "no trained model was found"))
     p = check.params
     messages: list[str] = []
-    parts = 0
-    total = 3
-    want_input = tuple(p["input_shape"]) if "input_shape" in p else None
-    if want_input is not None and model.input_shape != want_input:
-        got = "unknown" if model.input_shape is None else _fmt_shape(model.input_shape)
-        messages.append(
-            f"the first layer expects inputs of shape {got}; the lab needs {_fmt_shape(want_input)}"
-        )
-    else:
-        parts += 1
+    parts = []
+    if "input_shape" in p:
+        want = tuple(p["input_shape"])
+        ok = model.input_shape == want
+        parts.append(ok)
+        if not ok:
+            got = "unknown" if model.input_shape is None else _fmt_shape(model.input_shape)
+            messages.append(
+                f"the first layer expects inputs of shape {got}; the lab needs {_fmt_shape(want)}"
+            )
     match = _match_exact if p.get("match", "exact") == "exact" else _match_subsequence
-    layer_problems = match(check.layers, model.layers)
-    if layer_problems:
-        messages.extend(layer_problems)
-    else:
-        parts += 1
-    want_params = p.get("params")
-    if want_params is not None and model.params != want_params:
-        messages.append(
-            f"the network has {model.params:,} parameters; the lab's has {want_params:,}"
-        )
-    else:
-        parts += 1
+    layer_problems = match(check.layers, model.layers) + _input_dim_problems(
+        check.layers, model.layers
+    )
+    parts.append(not layer_problems)
+    messages.extend(layer_problems)
+    if "output_units" in p or "output_activation" in p:
+        last = model.layers[-1] if model.layers else None
+        units, act = p.get("output_units"), p.get("output_activation")
+        ok = last is not None and (units is None or last.units == units)
+        if last is not None and act is not None:
+            ok = ok and (last.activation or "linear") == act
+        parts.append(ok)
+        if not ok:
+            got = "nothing" if last is None else _describe_layer(last, full=True)
+            expected = " ".join(str(x) for x in ("Dense", units, act) if x is not None)
+            messages.append(f"the output layer should be {expected}; found {got}")
+    if "params" in p:
+        ok = model.params == p["params"]
+        parts.append(ok)
+        if not ok:
+            messages.append(
+                f"the network has {model.params:,} parameters; the lab's has {p['params']:,}"
+            )
     if not messages:
         layers = ", ".join(_describe_layer(layer) for layer in model.layers)
         messages.append(f"architecture as expected: {layers} ({model.params:,} parameters)")
-    return CheckResult.scored(check, parts / total, messages)
+    if layer_problems and p.get("layers_required"):
+        # The layer pattern is the point of the lab: without it, the rest earns nothing.
+        return CheckResult.scored(check, 0.0, messages)
+    return CheckResult.scored(check, sum(parts) / len(parts), messages)
 
 
-def _describe_layer(layer: LayerInfo) -> str:
+def _describe_layer(layer: LayerInfo, full: bool = False) -> str:
     bits = [layer.type]
     if layer.units is not None:
         bits.append(str(layer.units))
-    if layer.activation and layer.activation != "linear":
+    if layer.activation and (full or layer.activation != "linear"):
         bits.append(layer.activation)
     return " ".join(bits)
 
@@ -261,6 +317,7 @@ _METRIC_ALIASES = {
     "mean_absolute_error": "mae",
     "mean_squared_error": "mse",
 }
+_LOSS_ALIASES = {"mean_squared_error": "mse", "mean_absolute_error": "mae"}
 
 
 def _snake(name: str) -> str:
@@ -293,8 +350,9 @@ def check_compile(check: Check, ev: Evidence) -> CheckResult:
             allow = {str(a).lower().replace("_", "") for a in allowed}
             label = "optimizer"
         elif key == "losses":
-            got = {_name_of(cfg.get("loss"))}
-            allow = {_snake(str(a)) for a in allowed}
+            name = _name_of(cfg.get("loss"))
+            got = {_LOSS_ALIASES.get(name, name)}
+            allow = {_LOSS_ALIASES.get(_snake(str(a)), _snake(str(a))) for a in allowed}
             label = "loss"
         else:
             raw = cfg.get("metrics") or []
@@ -322,99 +380,227 @@ def _shape_ok(got: tuple[int, ...], want: list[int]) -> bool:
 def check_inputs(check: Check, ev: Evidence) -> CheckResult:
     p = check.params
     name = p["variable"]
-    arr = ev.arrays.get(name)
+    arr = ev.array(name)
     if arr is None:
-        why = ev.problems.get(name, f"`{name}` is not defined when the notebook finishes")
-        return CheckResult.failed(check, why)
+        return CheckResult.failed(check, ev.missing(name, "an array"))
+    if arr.dtype == "object":
+        return CheckResult.failed(
+            check,
+            f"`{name}` is a list of sequences of different lengths, not a tensor: pad them "
+            "to one length with pad_sequences",
+        )
     messages: list[str] = []
-    items = 0
-    total = 0
+    parts: list[bool] = []
     if "shape" in p:
-        total += 1
-        if _shape_ok(arr.shape, p["shape"]):
-            items += 1
-        else:
+        ok = _shape_ok(arr.shape, p["shape"])
+        parts.append(ok)
+        if not ok:
+            hint = ""
+            if len(arr.shape) == 3 and len(p["shape"]) == 2:
+                hint = " (one row of 28 * 28 = 784 pixels per image)"
+            elif len(arr.shape) == 3 and len(p["shape"]) == 4:
+                hint = " (add the channel axis last: reshape((n, 28, 28, 1)))"
+            elif len(arr.shape) == 1 and len(p["shape"]) == 2:
+                hint = " (pad the sequences to one length with pad_sequences)"
             messages.append(
-                f"`{name}` has shape {_fmt_shape(arr.shape)}; reshape it to "
-                f"{_fmt_shape(tuple(p['shape']))}"
-                + (" (one row of 28 * 28 = 784 pixels per image)" if len(arr.shape) == 3 else "")
+                f"`{name}` has shape {_fmt_shape(arr.shape)}; expected "
+                f"{_fmt_shape(tuple(p['shape']))}{hint}"
             )
     if "dtype" in p:
-        total += 1
-        if arr.dtype == p["dtype"]:
-            items += 1
-        else:
-            messages.append(f"`{name}` is {arr.dtype}; convert it with .astype('{p['dtype']}')")
+        allowed = [p["dtype"]] if isinstance(p["dtype"], str) else list(p["dtype"])
+        ok = arr.dtype in allowed
+        parts.append(ok)
+        if not ok:
+            messages.append(f"`{name}` is {arr.dtype}; convert it with .astype('{allowed[0]}')")
     if "min" in p or "max" in p:
-        total += 1
         lo, hi = p.get("min"), p.get("max")
+        ok = False
         if arr.min is None or arr.max is None or not arr.finite:
             messages.append(f"`{name}` holds non-numeric or non-finite values")
         elif (lo is not None and arr.min < lo - 1e-6) or (hi is not None and arr.max > hi + 1e-6):
+            hint = " (divide the pixel values by 255)" if p.get("scaled") else ""
             messages.append(
-                f"`{name}` values range from {arr.min:g} to {arr.max:g}; scale them into "
-                f"[{lo:g}, {hi:g}] (divide the pixel values by 255)"
+                f"`{name}` values range from {arr.min:g} to {arr.max:g}; they should lie in "
+                f"[{lo:g}, {hi:g}]{hint}"
             )
-        elif hi is not None and arr.max < 0.5 * hi:
+        elif p.get("scaled") and hi is not None and arr.max < 0.5 * hi:
             messages.append(
                 f"`{name}` values only reach {arr.max:g}; scaled once they should reach about "
                 f"{hi:g} (were they divided twice?)"
             )
         else:
-            items += 1
+            ok = True
+        parts.append(ok)
     if "labels" in p:
-        total += 1
         lab_name = p["labels"]
-        labels = ev.arrays.get(lab_name)
+        labels = ev.array(lab_name)
+        ok = labels is not None
         if labels is None:
-            messages.append(ev.problems.get(lab_name, f"`{lab_name}` is not defined"))
+            messages.append(ev.missing(lab_name, "an array"))
         elif "labels_shape" in p and not _shape_ok(labels.shape, p["labels_shape"]):
+            ok = False
             want = _fmt_shape(tuple(p["labels_shape"]))
             messages.append(
                 f"`{lab_name}` has shape {_fmt_shape(labels.shape)}; expected {want}"
                 + (" (one-hot encode with to_categorical)" if len(labels.shape) == 1 else "")
             )
-        else:
-            items += 1
+        parts.append(ok)
     if not messages:
-        messages.append(
-            f"`{name}` is {_fmt_shape(arr.shape)} {arr.dtype} in "
-            f"[{arr.min:g}, {arr.max:g}] as expected"
-        )
-    return CheckResult.scored(check, items / max(1, total), messages)
+        rng = f" in [{arr.min:g}, {arr.max:g}]" if arr.min is not None else ""
+        messages.append(f"`{name}` is {_fmt_shape(arr.shape)} {arr.dtype}{rng} as expected")
+    return CheckResult.scored(check, sum(parts) / max(1, len(parts)), messages)
 
 
 # --- held-out metric --------------------------------------------------------------------
 
+_METRIC_NAMES = {"accuracy": "accuracy", "mae": "mean absolute error"}
 
-def check_accuracy(check: Check, ev: Evidence) -> CheckResult:
-    value = ev.metrics.get("accuracy")
+
+def check_metric(check: Check, ev: Evidence) -> CheckResult:
+    metric = check.params["metric"]
+    label = f"held-out {_METRIC_NAMES[metric]}"
+    value = ev.metrics.get(metric)
     if value is None:
         return CheckResult.failed(
-            check, ev.problems.get("accuracy", "the held-out accuracy could not be computed")
+            check, ev.problems.get(metric, f"the {label} could not be computed")
         )
     th = check.threshold(ev.data_source)
     fraction = th.fraction(value)
+    better = "at least" if th.higher_is_better else "at most"
     if fraction >= 1.0:
-        msg = f"held-out accuracy {value:.4f} reaches the lab's {th.full:.3f}"
+        msg = f"{label} {value:.4f} meets the lab's target ({better} {th.full:g})"
     elif fraction <= 0.0:
         msg = (
-            f"held-out accuracy {value:.4f} is at or below {th.zero:.3f}: the model has not "
-            f"learned enough (the lab expects {th.full:.3f}); check scaling and training"
+            f"{label} {value:.4f}: no credit beyond {th.zero:g} (the lab expects {better} "
+            f"{th.full:g}); the model has not learned enough: check the preprocessing and "
+            "the training"
         )
     else:
         msg = (
-            f"held-out accuracy {value:.4f} is below the lab's {th.full:.3f}: partial credit "
-            f"(train longer or check the preprocessing)"
+            f"{label} {value:.4f} misses the lab's target ({better} {th.full:g}): partial "
+            "credit; train longer or check the preprocessing"
         )
     return CheckResult.scored(check, fraction, [msg])
+
+
+# --- normalisation with training statistics ---------------------------------------------
+
+
+def check_normalisation(check: Check, ev: Evidence) -> CheckResult:
+    """Training features at mean 0 / sd 1, and test features shifted by the *training* stats."""
+    p = check.params
+    train, test = p["train_variable"], p["test_variable"]
+    tr, te = ev.values.get(train, {}), ev.values.get(test, {})
+    if "column_mean" not in tr:
+        return CheckResult.failed(check, ev.missing(train, "a 2-D numeric array"))
+    if "column_mean" not in te:
+        return CheckResult.failed(check, ev.missing(test, "a 2-D numeric array"))
+    messages = []
+    parts = []
+    tr_mean, tr_std = np.asarray(tr["column_mean"]), np.asarray(tr["column_std"])
+    train_ok = bool(np.all(np.abs(tr_mean) < 0.05) and np.all(np.abs(tr_std - 1) < 0.05))
+    parts.append(train_ok)
+    if not train_ok:
+        messages.append(
+            f"`{train}` is not standardised: each feature should have mean 0 and standard "
+            "deviation 1 (subtract the training mean, divide by the training sd)"
+        )
+    expected = ev.reference.get("test_column_mean_with_train_stats")
+    te_mean = np.asarray(te["column_mean"])
+    if expected is None or len(expected) != len(te_mean):
+        parts.append(False)
+        messages.append(f"`{test}` does not have the lab's {len(expected or [])} features")
+    else:
+        test_ok = bool(np.allclose(te_mean, expected, atol=0.02))
+        parts.append(test_ok)
+        if not test_ok:
+            own = np.all(np.abs(te_mean) < 0.02)
+            messages.append(
+                f"`{test}` was normalised with its own mean and sd; use the training set's "
+                "(the test data must not influence preprocessing)"
+                if own
+                else f"`{test}` is not normalised with the training set's mean and sd"
+            )
+    if not messages:
+        messages.append("features standardised with the training set's mean and sd")
+    return CheckResult.scored(check, sum(parts) / len(parts), messages)
+
+
+# --- callbacks --------------------------------------------------------------------------
+
+
+def check_callbacks(check: Check, ev: Evidence) -> CheckResult:
+    required = list(check.params.get("required", []))
+    used = {c["class"] for c in ev.callbacks if c.get("used")}
+    unused = {c["class"] for c in ev.callbacks if not c.get("used")}
+    messages = []
+    hits = 0
+    for name in required:
+        if name in used:
+            hits += 1
+        elif name in unused:
+            article = "an" if name[:1] in "AEIOU" else "a"
+            messages.append(
+                f"{article} {name} callback was created but never passed to fit(callbacks=...)"
+            )
+        else:
+            messages.append(f"no {name} callback: pass one to fit(callbacks=[...])")
+    if not messages:
+        messages.append("callbacks used in fit: " + ", ".join(sorted(used)))
+    return CheckResult.scored(check, hits / max(1, len(required)), messages)
+
+
+# --- a comparison of two training runs --------------------------------------------------
+
+
+def check_comparison(check: Check, ev: Evidence) -> CheckResult:
+    """Both runs were trained, and the comparison holds their final figures."""
+    p = check.params
+    metric = p.get("history_metric", "val_mae")
+    names = list(p["histories"])
+    finals: dict[str, float] = {}
+    messages = []
+    for name in names:
+        value = ev.values.get(name, {})
+        series = value.get("history", {}).get(metric) if value.get("type") == "history" else None
+        if not series:
+            messages.append(
+                ev.missing(name, f"a History with '{metric}'")
+                if value.get("type") != "history"
+                else f"`{name}` has no '{metric}': train with validation data"
+            )
+        else:
+            finals[name] = float(series[-1])
+    runs_ok = len(finals) == len(names)
+    compared_ok = False
+    comp_name = p["comparison"]
+    comp = ev.values.get(comp_name, {})
+    if comp.get("type") != "mapping":
+        messages.append(ev.missing(comp_name, "a dict or DataFrame of final results"))
+    elif runs_ok:
+        recorded = [v for v in comp["value"].values() if v is not None]
+        compared_ok = all(
+            any(abs(v - f) <= 1e-3 * max(1, abs(f)) for v in recorded) for f in finals.values()
+        )
+        if not compared_ok:
+            messages.append(
+                f"`{comp_name}` does not hold the final {metric} of "
+                + " and ".join(f"`{n}`" for n in names)
+            )
+    if not messages:
+        shown = ", ".join(f"{n} {v:.3f}" for n, v in finals.items())
+        messages.append(f"both runs made and compared (final {metric}: {shown})")
+    return CheckResult.scored(check, (runs_ok + compared_ok) / 2, messages)
 
 
 CHECKS: dict[str, Callable[[Check, Evidence], CheckResult]] = {
     "architecture": check_architecture,
     "compile": check_compile,
     "inputs": check_inputs,
-    "accuracy": check_accuracy,
+    "metric": check_metric,
+    "normalisation": check_normalisation,
+    "callbacks": check_callbacks,
+    "comparison": check_comparison,
 }
 
 
@@ -437,37 +623,26 @@ def self_check(lab: str, check_id: str, namespace: Mapping[str, Any]) -> CheckRe
     """Run one rubric check in the student's kernel on live objects, for feedback only.
 
     Raises ``AssertionError`` with the check's messages when it does not pass, as a visible
-    nbgrader test does. The held-out accuracy is not available here: the accuracy check
-    uses the student's own test split, a preview, never the grade.
+    nbgrader test does. The held-out data is not available here: a metric check previews
+    the student's own test split, never the grade.
     """
+    import tempfile
+    from pathlib import Path
+
+    from .evaluate import evidence_from_capture, preview_metrics
+
     rubric = load_rubric(lab)
     check = rubric.check(check_id)
-    model = namespace.get(rubric.model_variable)
-    problems: dict[str, str] = {}
-    summary = None
-    if model is None:
-        problems["model"] = f"`{rubric.model_variable}` is not defined"
-    else:
-        try:
-            summary = summarize_model(model)
-        except Exception as exc:
-            problems["model"] = f"`{rubric.model_variable}` is not a Keras model ({exc})"
-    arrays = {}
-    for c in rubric.checks:
-        for key in ("variable", "labels"):
-            var = c.params.get(key)
-            if isinstance(var, str) and var in namespace:
-                arrays[var] = summarize_array(namespace[var])
-    metrics: dict[str, float] = {}
-    if check.kind == "accuracy" and summary is not None and "test_images" in namespace:
-        from .evaluate import accuracy_of  # heavy: only when asked
+    with tempfile.TemporaryDirectory(prefix="autograder-self-check-") as tmp:
+        from .capture import capture_source
 
-        metrics["accuracy"] = accuracy_of(
-            model, namespace["test_images"], namespace["test_labels"], raw=False
-        )
-    from .datasets import data_source
-
-    ev = Evidence(summary, arrays, metrics, data_source(rubric.dataset), problems)
+        exec(capture_source(rubric, Path(tmp)), dict(namespace))
+        model = namespace.get(rubric.model_variable)
+        metrics: dict[str, float] = {}
+        problems: dict[str, str] = {}
+        if check.kind == "metric" and model is not None:
+            metrics, problems = preview_metrics(rubric, model, namespace)
+        ev = evidence_from_capture(rubric, Path(tmp), metrics=metrics, problems=problems)
     result = CHECKS[check.kind](check, ev)
     print(f"[{result.status}] {result.title}: {result.score:g}/{result.points:g}")
     for m in result.messages:

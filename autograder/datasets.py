@@ -50,6 +50,7 @@ __all__ = [
     "DATA_DIR_ENV",
     "IMDB_ARCHIVE_ENV",
     "STAGE_COMMAND",
+    "TRAIN_LIMIT_ENV",
     "DatasetMissing",
     "DatasetStageResult",
     "StageReport",
@@ -63,11 +64,13 @@ __all__ = [
     "load_mnist",
     "main",
     "stage",
+    "train_limit",
 ]
 
 DATASETS: Final = ("mnist", "boston_housing", "imdb")
 DATA_DIR_ENV: Final = "AUTOGRADER_DATA_DIR"
 IMDB_ARCHIVE_ENV: Final = "AUTOGRADER_IMDB_ARCHIVE"
+TRAIN_LIMIT_ENV: Final = "AUTOGRADER_TRAIN_LIMIT"
 STAGE_COMMAND: Final = "autograder stage-data"
 IMDB_ARCHIVE_NAME: Final = "aclImdb-labeled.tar.xz"
 
@@ -679,25 +682,55 @@ def _load(name: str, folder: str) -> dict[str, Array]:
         return {k: f[k] for k in f.files}
 
 
+def train_limit(name: str) -> int | None:
+    """The training-set cap for ``name`` from ``$AUTOGRADER_TRAIN_LIMIT`` (``imdb=2000,...``).
+
+    Quick runs (the test suite, quick calibrations) train on the first N training examples;
+    the cap is part of the data source, so such runs are held to thresholds of their own.
+    """
+    for item in os.environ.get(TRAIN_LIMIT_ENV, "").split(","):
+        key, _, value = item.partition("=")
+        if key.strip() == name and value.strip():
+            try:
+                limit = int(value)
+            except ValueError:
+                raise DataError(f"{TRAIN_LIMIT_ENV}: '{item}' is not name=count") from None
+            if limit <= 0:
+                raise DataError(f"{TRAIN_LIMIT_ENV}: the count for {name} must be positive")
+            return limit
+    return None
+
+
+def _limited(name: str, split: Split) -> Split:
+    limit = train_limit(name)
+    if limit is None:
+        return split
+    (x, y), test = split
+    return (x[:limit], y[:limit]), test
+
+
 def data_source(name: str) -> str:
-    """Where the staged ``name`` came from: ``canonical`` or an ``offline*`` mirror."""
+    """Where the staged ``name`` came from: ``canonical`` or an ``offline*`` mirror, with
+    ``@N`` appended when ``$AUTOGRADER_TRAIN_LIMIT`` caps its training set at N examples."""
     _staged_file(name, "public")
     entry = _read_manifest(data_dir() / "public")["datasets"].get(name)
     if not isinstance(entry, dict) or "source" not in entry:
         raise DatasetMissing(name, data_dir(), "Its manifest entry is missing.")
-    return str(entry["source"])
+    limit = train_limit(name)
+    return str(entry["source"]) + (f"@{limit}" if limit is not None else "")
 
 
 def load_mnist() -> Split:
     """Like ``keras.datasets.mnist.load_data()``: uint8 ``(n, 28, 28)`` images, uint8 labels."""
     d = _load("mnist", "public")
-    return (d["x_train"], d["y_train"]), (d["x_test"], d["y_test"])
+    return _limited("mnist", ((d["x_train"], d["y_train"]), (d["x_test"], d["y_test"])))
 
 
 def load_boston_housing() -> Split:
     """Like ``keras.datasets.boston_housing.load_data()``: float64 ``(n, 13)``, ``(n,)``."""
     d = _load("boston_housing", "public")
-    return (d["x_train"], d["y_train"]), (d["x_test"], d["y_test"])
+    split = (d["x_train"], d["y_train"]), (d["x_test"], d["y_test"])
+    return _limited("boston_housing", split)
 
 
 def load_imdb(
@@ -723,7 +756,7 @@ def load_imdb(
     d = _load("imdb", "public")
     train = _imdb_view(d, d["x_train_values"], d["x_train_offsets"], d["y_train"], **kwargs)
     test = _imdb_view(d, d["x_test_values"], d["x_test_offsets"], d["y_test"], **kwargs)
-    return train, test
+    return _limited("imdb", (train, test))
 
 
 def load_imdb_word_index() -> dict[str, int]:

@@ -13,21 +13,27 @@ import os
 import subprocess
 import sys
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .capture import MODEL_FILE, read_capture
-from .checks import ArraySummary, Evidence, run_checks, summarize_model
+from .checks import Evidence, run_checks, summarize_model
 from .results import CheckResult, GradingResult
-from .rubric import Preprocess, Rubric, load_rubric
+from .rubric import Rubric, load_rubric
 
 __all__ = [
-    "accuracy_of",
     "evaluate_artifacts",
+    "evidence_from_capture",
     "failed_result",
     "grade_in_subprocess",
+    "heldout_metrics",
+    "load_model_safely",
+    "metric_value",
+    "prepare_inputs",
+    "preview_metrics",
     "unsafe_layers",
 ]
 
@@ -64,20 +70,43 @@ def _read_model_config(path: Path) -> dict[str, Any]:
         return json.loads(zf.read("config.json"))
 
 
-def _prepare(x: np.ndarray, pre: Preprocess) -> np.ndarray:
+def _student_view(rubric: Rubric) -> Any:
+    from . import datasets
+
+    loader = getattr(datasets, f"load_{rubric.dataset}")
+    return loader(**rubric.preprocess.load)
+
+
+def prepare_inputs(x: Any, rubric: Rubric) -> np.ndarray:
+    """The held-out inputs as the lab's notebook prepares its own: pad, reshape, normalise."""
+    pre = rubric.preprocess
+    if pre.pad is not None:
+        from keras.utils import pad_sequences
+
+        x = pad_sequences(list(x), maxlen=pre.pad)
+    x = np.asarray(x)
     if pre.reshape is not None:
         x = x.reshape(pre.reshape)
-    return x.astype(pre.dtype) / np.asarray(pre.scale, dtype=pre.dtype)
+    x = x.astype(pre.dtype)
+    if pre.normalize == "train":
+        (train_x, _), _ = _student_view(rubric)
+        mean, std = train_x.mean(axis=0), train_x.std(axis=0)
+        x = (x - mean) / std
+    if pre.scale != 1.0:
+        x = x / np.asarray(pre.scale, dtype=pre.dtype)
+    return x
 
 
-def accuracy_of(
-    model: Any, x: np.ndarray, y: np.ndarray, *, raw: bool = False, pre: Preprocess | None = None
-) -> float:
-    """Classification accuracy of ``model`` on ``x``; labels may be integers or one-hot."""
-    if raw and pre is not None:
-        x = _prepare(x, pre)
-    pred = np.asarray(model.predict(x, batch_size=1024, verbose=0))
+def metric_value(metric: str, pred: np.ndarray, y: np.ndarray) -> float:
+    """``accuracy`` (integer, one-hot or binary labels) or ``mae`` of predictions ``pred``."""
+    pred = np.asarray(pred)
     y = np.asarray(y)
+    if not np.isfinite(pred).all():
+        raise ValueError("the model predicts NaN or infinite values (did training diverge?)")
+    if metric == "mae":
+        if pred.ndim != 2 or pred.shape[1] != 1:
+            raise ValueError(f"predictions have shape {pred.shape}; a regression needs (n, 1)")
+        return float(np.abs(pred[:, 0] - y.reshape(-1)).mean())
     if y.ndim == 2 and y.shape[1] > 1:
         y = y.argmax(axis=1)
     y = y.reshape(-1)
@@ -85,10 +114,141 @@ def accuracy_of(
         raise ValueError(
             f"the model's predictions have shape {pred.shape}; expected ({y.shape[0]}, classes)"
         )
-    if not np.isfinite(pred).all():
-        raise ValueError("the model predicts NaN or infinite values (did training diverge?)")
     labels = (pred[:, 0] > 0.5).astype(y.dtype) if pred.shape[1] == 1 else pred.argmax(axis=1)
     return float((labels == y).mean())
+
+
+def _metric_checks(rubric: Rubric) -> list[str]:
+    return [c.params["metric"] for c in rubric.checks if c.kind == "metric"]
+
+
+def heldout_metrics(rubric: Rubric, model: Any) -> tuple[dict[str, float], dict[str, str]]:
+    """The rubric's metrics on the held-out split, which the student's notebook never loads."""
+    from .datasets import load_heldout
+
+    metrics: dict[str, float] = {}
+    problems: dict[str, str] = {}
+    wanted = _metric_checks(rubric)
+    if not wanted:
+        return metrics, problems
+    try:
+        x, y = load_heldout(rubric.dataset, **rubric.preprocess.load)
+        if rubric.preprocess.limit is not None:
+            x, y = x[: rubric.preprocess.limit], y[: rubric.preprocess.limit]
+        pred = model.predict(prepare_inputs(x, rubric), batch_size=512, verbose=0)
+        for metric in wanted:
+            metrics[metric] = metric_value(metric, pred, y)
+    except Exception as exc:
+        for metric in wanted:
+            problems[metric] = f"the model could not be evaluated on held-out data: {_short(exc)}"
+    return metrics, problems
+
+
+def preview_metrics(
+    rubric: Rubric, model: Any, namespace: Any
+) -> tuple[dict[str, float], dict[str, str]]:
+    """In the student's kernel: the metric on the notebook's own test split, as a preview."""
+    metrics: dict[str, float] = {}
+    problems: dict[str, str] = {}
+    for check in rubric.checks:
+        if check.kind != "metric":
+            continue
+        x_name, y_name = check.params.get("preview", (None, None))
+        metric = check.params["metric"]
+        if x_name not in namespace or y_name not in namespace:
+            problems[metric] = f"define `{x_name}` and `{y_name}` to preview the {metric}"
+            continue
+        try:
+            pred = model.predict(namespace[x_name], batch_size=512, verbose=0)
+            metrics[metric] = metric_value(metric, pred, namespace[y_name])
+        except Exception as exc:
+            problems[metric] = f"the model could not be evaluated on your test data: {_short(exc)}"
+    return metrics, problems
+
+
+def reference_figures(rubric: Rubric) -> dict[str, Any]:
+    """Figures the checks compare the student's arrays with, from the grader's copy of the data."""
+    if not any(c.kind == "normalisation" for c in rubric.checks):
+        return {}
+    (train_x, _), (test_x, _) = _student_view(rubric)
+    mean, std = train_x.mean(axis=0), train_x.std(axis=0)
+    return {"test_column_mean_with_train_stats": ((test_x - mean) / std).mean(axis=0).tolist()}
+
+
+def load_model_safely(rubric: Rubric, artifacts: Path, problems: dict[str, str]) -> Any:
+    """The saved model, loaded with keras' safe mode after refusing code-carrying layers.
+
+    Returns ``None`` (with the reason in ``problems["model"]``) when it cannot be had.
+    """
+    mv = rubric.model_variable
+    path = artifacts / MODEL_FILE
+    if mv in problems:
+        problems["model"] = problems[mv]
+        return None
+    if not path.is_file():
+        problems["model"] = f"`{mv}` was not saved by the notebook"
+        return None
+    try:
+        bad = unsafe_layers(_read_model_config(path))
+        if bad:
+            problems["model"] = (
+                f"`{mv}` contains {', '.join(bad)}: code-carrying layers are not accepted; "
+                "use built-in Keras layers only"
+            )
+            return None
+        import keras
+
+        return keras.saving.load_model(path, safe_mode=True, compile=False)
+    except Exception as exc:
+        problems["model"] = f"`{mv}` could not be loaded safely: {_short(exc)}"
+        return None
+
+
+def _capture_problems(capture: dict[str, Any]) -> dict[str, str]:
+    problems = {}
+    for name in capture.get("missing", []):
+        problems[name] = f"`{name}` is not defined when the notebook finishes"
+    for name, err in dict(capture.get("errors", {})).items():
+        problems[name] = f"`{name}` could not be captured: {err}"
+    return problems
+
+
+def evidence_from_capture(
+    rubric: Rubric,
+    artifacts: Path,
+    *,
+    metrics: dict[str, float] | None = None,
+    problems: dict[str, str] | None = None,
+    heldout: bool = False,
+) -> Evidence:
+    """Evidence for the checks from a capture folder; with ``heldout``, score held-out data."""
+    from .datasets import data_source
+
+    capture = read_capture(artifacts) or {}
+    problems = {**_capture_problems(capture), **(problems or {})}
+    model = load_model_safely(rubric, artifacts, problems)
+    summary = None
+    metrics = dict(metrics or {})
+    if model is not None:
+        summary = summarize_model(model)
+        config = _read_model_config(artifacts / MODEL_FILE)
+        summary = replace(summary, compile_config=config.get("compile_config") or {})
+        if heldout:
+            found, failed = heldout_metrics(rubric, model)
+            metrics.update(found)
+            problems.update(failed)
+    for metric in _metric_checks(rubric):
+        if metric not in metrics:
+            problems.setdefault(metric, problems.get("model", "no model to evaluate"))
+    return Evidence(
+        model=summary,
+        values=dict(capture.get("values", {})),
+        metrics=metrics,
+        data_source=data_source(rubric.dataset),
+        problems=problems,
+        callbacks=tuple(capture.get("callbacks", [])),
+        reference=reference_figures(rubric),
+    )
 
 
 def failed_result(rubric: Rubric, source: str, reason: str) -> GradingResult:
@@ -99,72 +259,25 @@ def failed_result(rubric: Rubric, source: str, reason: str) -> GradingResult:
 
 def evaluate_artifacts(lab: str, artifacts: Path) -> GradingResult:
     """Grade one submission from what the capture cell left in ``artifacts``."""
-    from .datasets import data_source, load_heldout
+    from .datasets import data_source
 
     rubric = load_rubric(lab)
-    source = data_source(rubric.dataset)
     capture = read_capture(artifacts)
     if capture is None:
         return failed_result(
             rubric,
-            source,
+            data_source(rubric.dataset),
             "the notebook did not run to the end (the kernel died or timed out), so the "
             "grader found no trained model",
         )
-    problems: dict[str, str] = {}
-    for name in capture.get("missing", []):
-        problems[name] = f"`{name}` is not defined when the notebook finishes"
-    for name, err in dict(capture.get("errors", {})).items():
-        problems[name] = f"`{name}` could not be captured: {err}"
-    arrays = {k: ArraySummary.from_dict(v) for k, v in dict(capture["arrays"]).items()}
-
-    summary = None
-    model = None
-    metrics: dict[str, float] = {}
-    model_path = artifacts / MODEL_FILE
-    mv = rubric.model_variable
-    if mv in problems:
-        problems["model"] = problems[mv]
-    elif not model_path.is_file():
-        problems["model"] = f"`{mv}` was not saved by the notebook"
-    else:
-        try:
-            config = _read_model_config(model_path)
-            bad = unsafe_layers(config)
-            if bad:
-                problems["model"] = (
-                    f"`{mv}` contains {', '.join(bad)}: code-carrying layers are "
-                    "not accepted; use built-in Keras layers only"
-                )
-            else:
-                import keras
-
-                model = keras.saving.load_model(model_path, safe_mode=True, compile=False)
-                summary = summarize_model(model)
-                compile_config = config.get("compile_config") or {}
-                summary = summary.__class__(
-                    **{**summary.__dict__, "compile_config": compile_config}
-                )
-        except Exception as exc:
-            problems["model"] = f"`{mv}` could not be loaded safely: {type(exc).__name__}: {exc}"
-    if model is not None:
-        try:
-            x, y = load_heldout(rubric.dataset)
-            metrics["accuracy"] = accuracy_of(model, x, y, raw=True, pre=rubric.preprocess)
-        except Exception as exc:
-            problems["accuracy"] = (
-                f"the model could not be evaluated on the held-out data: {_short(exc)}"
-            )
-    else:
-        problems.setdefault("accuracy", problems.get("model", "no model to evaluate"))
-    ev = Evidence(summary, arrays, metrics, source, problems)
+    ev = evidence_from_capture(rubric, artifacts, heldout=True)
     return GradingResult(
         lab=lab,
-        data_source=source,
+        data_source=ev.data_source,
         checks=run_checks(rubric, ev),
-        metrics=metrics,
+        metrics=ev.metrics,
         history=dict(capture.get("history", {})),
-        model=summary.to_dict() if summary else None,
+        model=ev.model.to_dict() if ev.model else None,
     )
 
 

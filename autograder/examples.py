@@ -2,18 +2,20 @@
 
 A submission is the student's release notebook with its solution cells filled in. The
 correct example fills them with the instructor's solution; every other example replaces
-some answers. ``build_examples`` writes them under ``autograder/examples/<lab>/``, and a
-test fails when the committed files drift from what it would write.
+some answers, declared as data in ``labs/<lab>.examples.toml``. ``build_examples``
+writes them under ``autograder/examples/<lab>/``; a test fails when they drift.
 """
 
 from __future__ import annotations
 
 import re
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import nbformat
 
+from .errors import ConfigError
 from .rubric import load_rubric
 
 __all__ = ["EXAMPLES", "Example", "build_examples", "example_path", "examples_dir"]
@@ -27,56 +29,25 @@ class Example:
     answers: dict[str, str] = field(default_factory=dict)  # grade_id -> cell source
 
 
-EXAMPLES: dict[str, dict[str, Example]] = {
-    "lab3_mnist_dense": {
-        "correct": Example("the reference solution, as a student would write it"),
-        "wrong-architecture": Example(
-            "a 64-unit sigmoid hidden layer instead of 512 relu",
-            {
-                "build_network": (
-                    "network = keras.Sequential([\n"
-                    "    keras.Input(shape=(28 * 28,)),\n"
-                    '    layers.Dense(64, activation="sigmoid"),\n'
-                    '    layers.Dense(10, activation="softmax"),\n'
-                    "])\n"
-                    "network.summary()"
-                )
-            },
-        ),
-        "not-scaled": Example(
-            "images reshaped but left as integers from 0 to 255",
-            {
-                "prepare_images": (
-                    "train_images = train_images.reshape((len(train_images), 28 * 28))\n"
-                    "test_images = test_images.reshape((len(test_images), 28 * 28))"
-                )
-            },
-        ),
-        "not-reshaped": Example(
-            "images neither reshaped nor scaled, so training fails",
-            {"prepare_images": "# I left the images as they are"},
-        ),
-        "untrained": Example(
-            "the network is compiled but never trained",
-            {"train": "# skipping training to save time\nhistory = None"},
-        ),
-        "badly-trained": Example(
-            "trained for one epoch on 300 images only",
-            {"train": "history = network.fit(train_images[:300], train_labels[:300], epochs=1)"},
-        ),
-        "monkeypatched-evaluate": Example(
-            "barely trained, then Model.evaluate monkeypatched to report 99.9% accuracy",
-            {
-                "train": "history = network.fit(train_images[:32], train_labels[:32], epochs=1)",
-                "evaluate": (
-                    "keras.Model.evaluate = lambda self, *args, **kwargs: [0.01, 0.999]\n"
-                    "test_loss, test_acc = network.evaluate(test_images, test_labels)\n"
-                    'print("test_acc:", test_acc)'
-                ),
-            },
-        ),
-    },
-}
+_LABS = Path(__file__).parent / "labs"
+
+
+def _load_examples() -> dict[str, dict[str, Example]]:
+    """Every ``labs/<lab>.examples.toml``: example name -> description and answers."""
+    out: dict[str, dict[str, Example]] = {}
+    for path in sorted(_LABS.glob("*.examples.toml")):
+        lab = path.name.removesuffix(".examples.toml")
+        out[lab] = {}
+        for name, table in tomllib.loads(path.read_text()).items():
+            unknown = set(table) - {"description", "answers"}
+            if unknown:
+                raise ConfigError(f"{path.name} [{name}]: unknown key(s) {', '.join(unknown)}")
+            answers = {k: v.strip("\n") for k, v in table.get("answers", {}).items()}
+            out[lab][name] = Example(table["description"], answers)
+    return out
+
+
+EXAMPLES: dict[str, dict[str, Example]] = _load_examples()
 
 
 def examples_dir() -> Path:

@@ -16,6 +16,8 @@ from .errors import ConfigError
 
 __all__ = [
     "CHECK_KINDS",
+    "METRICS",
+    "VARIABLE_PARAMS",
     "Check",
     "LayerSpec",
     "Preprocess",
@@ -28,13 +30,36 @@ __all__ = [
 # kind -> keys allowed in that check's table (beyond id/kind/points/title)
 CHECK_KINDS: dict[str, frozenset[str]] = {
     "architecture": frozenset(
-        {"input_shape", "layers", "match", "params", "output_units", "output_activation"}
+        {
+            "input_shape",
+            "layers",
+            "match",
+            "params",
+            "output_units",
+            "output_activation",
+            "layers_required",
+        }
     ),
     "compile": frozenset({"optimizers", "losses", "metrics"}),
-    "inputs": frozenset({"variable", "shape", "dtype", "min", "max", "labels", "labels_shape"}),
-    "accuracy": frozenset({"thresholds"}),
+    "inputs": frozenset(
+        {"variable", "shape", "dtype", "min", "max", "scaled", "labels", "labels_shape"}
+    ),
+    "metric": frozenset({"metric", "thresholds", "preview"}),
+    "normalisation": frozenset({"train_variable", "test_variable"}),
+    "callbacks": frozenset({"required", "accepted"}),
+    "comparison": frozenset({"histories", "comparison", "history_metric"}),
 }
-_LAYER_KEYS = frozenset({"type", "units", "activation", "optional", "repeat"})
+# Check parameters that name variables of the student's notebook (captured by the grader).
+VARIABLE_PARAMS = (
+    "variable",
+    "labels",
+    "train_variable",
+    "test_variable",
+    "histories",
+    "comparison",
+)
+METRICS = ("accuracy", "mae")
+_LAYER_KEYS = frozenset({"type", "units", "activation", "optional", "max_input_dim"})
 _MATCH_MODES = ("exact", "subsequence")
 
 
@@ -61,6 +86,7 @@ class LayerSpec:
     units: int | None = None
     activation: str | None = None
     optional: bool = False
+    max_input_dim: int | None = None
 
     @classmethod
     def parse(cls, table: dict[str, Any], where: str) -> LayerSpec:
@@ -69,7 +95,13 @@ class LayerSpec:
         units = table.get("units")
         if units is not None and (not isinstance(units, int) or units <= 0):
             raise ConfigError(f"{where}: 'units' must be a positive integer")
-        return cls(types, units, table.get("activation"), bool(table.get("optional", False)))
+        return cls(
+            types,
+            units,
+            table.get("activation"),
+            bool(table.get("optional", False)),
+            table.get("max_input_dim"),
+        )
 
     def describe(self) -> str:
         parts = ["/".join(self.types)]
@@ -124,7 +156,11 @@ class Preprocess:
     reshape: tuple[int, ...] | None
     scale: float
     dtype: str
-    labels: str  # "one_hot" | "sparse" | "binary"
+    labels: str  # "one_hot" | "sparse" | "binary" | "value"
+    normalize: str | None = None  # "train": feature-wise with the training set's mean and std
+    pad: int | None = None  # pad_sequences(maxlen=pad), keras' defaults otherwise
+    load: dict[str, Any] = field(default_factory=dict, hash=False)  # loader keyword arguments
+    limit: int | None = None  # grade on the first `limit` held-out examples only
 
 
 @dataclass(frozen=True)
@@ -150,9 +186,9 @@ class Rubric:
 
 _LABS_DIR = Path(__file__).parent / "labs"
 _TOP_KEYS = frozenset({"lab", "title", "dataset", "notebook", "model", "preprocess", "checks"})
-_PRE_KEYS = frozenset({"reshape", "scale", "dtype", "labels"})
+_PRE_KEYS = frozenset({"reshape", "scale", "dtype", "labels", "normalize", "pad", "load", "limit"})
 _CHECK_BASE = frozenset({"id", "kind", "points", "title"})
-_LABEL_MODES = ("one_hot", "sparse", "binary")
+_LABEL_MODES = ("one_hot", "sparse", "binary", "value")
 
 
 def _parse_check(table: dict[str, Any], where: str) -> Check:
@@ -172,7 +208,9 @@ def _parse_check(table: dict[str, Any], where: str) -> Check:
         if params.setdefault("match", "exact") not in _MATCH_MODES:
             raise ConfigError(f"{where}: 'match' must be one of {', '.join(_MATCH_MODES)}")
     thresholds: dict[str, Threshold] = {}
-    if kind == "accuracy":
+    if kind == "metric" and params.get("metric") not in METRICS:
+        raise ConfigError(f"{where}: 'metric' must be one of {', '.join(METRICS)}")
+    if kind == "metric":
         raw = _require(table, "thresholds", dict, where)
         for source, t in raw.items():
             tw = f"{where}.thresholds.{source}"
@@ -207,6 +245,8 @@ def parse_rubric(data: dict[str, Any], where: str = "rubric") -> Rubric:
     if labels not in _LABEL_MODES:
         raise ConfigError(f"{where}.preprocess: 'labels' must be one of {', '.join(_LABEL_MODES)}")
     reshape = pre.get("reshape")
+    if pre.get("normalize") not in (None, "train"):
+        raise ConfigError(f"{where}.preprocess: 'normalize' must be \"train\"")
     model = _require(data, "model", dict, where)
     _strict(model, frozenset({"variable"}), f"{where}.model")
     raw_checks = _require(data, "checks", list, where)
@@ -225,6 +265,10 @@ def parse_rubric(data: dict[str, Any], where: str = "rubric") -> Rubric:
             scale=float(pre.get("scale", 1.0)),
             dtype=str(pre.get("dtype", "float32")),
             labels=labels,
+            normalize=pre.get("normalize"),
+            pad=pre.get("pad"),
+            load=dict(pre.get("load", {})),
+            limit=pre.get("limit"),
         ),
         checks=checks,
     )
@@ -232,7 +276,7 @@ def parse_rubric(data: dict[str, Any], where: str = "rubric") -> Rubric:
 
 def lab_ids() -> list[str]:
     """The labs that have a rubric, in course order."""
-    return sorted(p.stem for p in _LABS_DIR.glob("*.toml"))
+    return sorted(p.stem for p in _LABS_DIR.glob("*.toml") if "." not in p.stem)
 
 
 @cache

@@ -36,9 +36,13 @@ def model(*layers: tuple[str, int, str], input_shape=(784,), params=407050, comp
 
 
 GOOD_MODEL = model(("Dense", 512, "relu"), ("Dense", 10, "softmax"))
+def arr(*args) -> dict:
+    return {"type": "array", **ArraySummary(*args).to_dict()}
+
+
 GOOD_ARRAYS = {
-    "train_images": ArraySummary((3000, 784), "float32", 0.0, 1.0, True),
-    "train_labels": ArraySummary((3000, 10), "float32", 0.0, 1.0, True),
+    "train_images": arr((3000, 784), "float32", 0.0, 1.0, True),
+    "train_labels": arr((3000, 10), "float32", 0.0, 1.0, True),
 }
 
 
@@ -49,7 +53,7 @@ def grade(ev: Evidence) -> dict:
 def evidence(**kw) -> Evidence:
     base = dict(
         model=GOOD_MODEL,
-        arrays=GOOD_ARRAYS,
+        values=GOOD_ARRAYS,
         metrics={"accuracy": 0.95},
         data_source="offline-sample",
     )
@@ -117,23 +121,23 @@ def test_compile_settings():
 
 
 @pytest.mark.parametrize(
-    ("arr", "score", "fragment"),
+    ("images", "score", "fragment"),
     [
-        (ArraySummary((3000, 28, 28), "uint8", 0, 255, True), 0.5, "reshape it to (n, 784)"),
-        (ArraySummary((3000, 784), "uint8", 0, 255, True), 1.0, "divide the pixel values by 255"),
-        (ArraySummary((3000, 784), "float64", 0, 1, True), 1.5, ".astype('float32')"),
-        (ArraySummary((3000, 784), "float32", 0, 1 / 255, True), 1.5, "divided twice"),
+        (arr((3000, 28, 28), "uint8", 0, 255, True), 0.5, "expected (n, 784) (one row of"),
+        (arr((3000, 784), "uint8", 0, 255, True), 1.0, "divide the pixel values by 255"),
+        (arr((3000, 784), "float64", 0, 1, True), 1.5, ".astype('float32')"),
+        (arr((3000, 784), "float32", 0, 1 / 255, True), 1.5, "divided twice"),
     ],
 )
-def test_input_problems(arr, score, fragment):
-    r = grade(evidence(arrays={**GOOD_ARRAYS, "train_images": arr}))["check_inputs"]
+def test_input_problems(images, score, fragment):
+    r = grade(evidence(values={**GOOD_ARRAYS, "train_images": images}))["check_inputs"]
     assert r.score == score
     assert any(fragment in m for m in r.messages), r.messages
 
 
 def test_sparse_labels_are_flagged():
-    arrays = {**GOOD_ARRAYS, "train_labels": ArraySummary((3000,), "uint8", 0, 9, True)}
-    r = grade(evidence(arrays=arrays))["check_inputs"]
+    values = {**GOOD_ARRAYS, "train_labels": arr((3000,), "uint8", 0, 9, True)}
+    r = grade(evidence(values=values))["check_inputs"]
     assert r.score == 1.5
     assert any("to_categorical" in m for m in r.messages)
 
@@ -145,6 +149,7 @@ def test_accuracy_partial_credit_and_zero():
     assert r.status == "partial" and r.score == pytest.approx(2.0, abs=0.01)
     low = grade(evidence(metrics={"accuracy": 0.1}))["check_accuracy"]
     assert low.score == 0 and "has not learned enough" in low.messages[0]
+    assert "held-out accuracy 0.1000" in low.messages[0]
 
 
 def test_missing_model_fails_every_model_check_with_the_reason():

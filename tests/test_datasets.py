@@ -372,3 +372,20 @@ def test_real_imdb_archive(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     (k_xtr, _), (k_xte, _) = keras_imdb_on(root / "keras" / "imdb.npz", **kwargs)
     assert as_lists(x_train) == as_lists(k_xtr)
     assert as_lists(x_test) + as_lists(x_held) == as_lists(k_xte)
+
+
+def test_train_limit_caps_training_data_and_marks_the_source(monkeypatch, tmp_path):
+    from autograder.errors import DataError
+
+    monkeypatch.setenv("AUTOGRADER_DATA_DIR", str(tmp_path))
+    ds.stage(datasets=("boston_housing",))
+    (x_full, _), (t_full, _) = ds.load_boston_housing()
+    source = ds.data_source("boston_housing")
+    monkeypatch.setenv("AUTOGRADER_TRAIN_LIMIT", "mnist=5, boston_housing=100")
+    (x, y), (t, _) = ds.load_boston_housing()
+    assert x.shape == (100, 13) and y.shape == (100,)
+    assert (x == x_full[:100]).all() and t.shape == t_full.shape  # the test split is untouched
+    assert ds.data_source("boston_housing") == source + "@100"
+    monkeypatch.setenv("AUTOGRADER_TRAIN_LIMIT", "boston_housing=many")
+    with pytest.raises(DataError, match="is not name=count"):
+        ds.load_boston_housing()

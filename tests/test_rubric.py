@@ -42,6 +42,8 @@ def test_lab3_rubric_values():
         (lambda d: d["checks"][0]["layers"][0].update(activaton="relu"), "activaton"),
         (lambda d: d["checks"][3]["thresholds"]["canonical"].update(ful=1), "ful"),
         (lambda d: d["checks"][1].update(kind="magic"), "unknown check kind 'magic'"),
+        (lambda d: d["checks"][3].update(metric="f1"), "'metric' must be one of accuracy, mae"),
+        (lambda d: d["preprocess"].update(normalize="test"), "'normalize' must be"),
         (lambda d: d["checks"][1].update(points=0), "'points' must be positive"),
         (lambda d: d["checks"][1].update(points="3"), "'points' has the wrong type"),
         (lambda d: d["checks"].append(dict(d["checks"][0])), "check ids must be unique"),
