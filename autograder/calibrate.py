@@ -53,7 +53,15 @@ def _seeded(notebook: Path, seed: int, out: Path) -> Path:
     return out
 
 
-def calibrate(lab: str, *, seeds: list[int], write: bool = True) -> dict[str, Any]:
+def calibrate(
+    lab: str, *, seeds: list[int], example: str = "correct", write: bool = True
+) -> dict[str, Any]:
+    """Grade ``example`` once per seed; record the figures under the run's data source.
+
+    The reference (``correct``) sets the entry; other accepted variants (a SimpleRNN where
+    the reference has an LSTM) are kept under ``variants``, since a threshold must let
+    every accepted variant through as well.
+    """
     rubric = load_rubric(lab)
     check = next(c for c in rubric.checks if c.kind == "metric")
     metric = check.params["metric"]
@@ -64,7 +72,7 @@ def calibrate(lab: str, *, seeds: list[int], write: bool = True) -> dict[str, An
         course = create_course(Path(tmp) / "course", labs=[lab])
         for seed in seeds:
             student = f"seed{seed}"
-            nb = _seeded(example_path(lab, "correct"), seed, Path(tmp) / f"{student}.ipynb")
+            nb = _seeded(example_path(lab, example), seed, Path(tmp) / f"{student}.ipynb")
             course.submit(student, lab, nb)
             t = time.monotonic()
             course.autograde(lab, student)
@@ -92,7 +100,7 @@ def calibrate(lab: str, *, seeds: list[int], write: bool = True) -> dict[str, An
     values = [r[metric] for r in runs]
     entry = {
         "measured": datetime.now(UTC).strftime("%Y-%m-%d"),
-        "example": "correct",
+        "example": example,
         "metric": metric,
         "runs": runs,
         "mean": round(statistics.mean(values), 4),
@@ -103,6 +111,10 @@ def calibrate(lab: str, *, seeds: list[int], write: bool = True) -> dict[str, An
     print(json.dumps({source: entry}, indent=2))
     if write:
         data = load_calibration(lab)
-        data[source] = entry
+        if example == "correct":
+            entry["variants"] = data.get(source, {}).get("variants", {})
+            data[source] = entry
+        else:
+            data.setdefault(source, {}).setdefault("variants", {})[example] = entry
         calibration_path(lab).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     return entry

@@ -70,7 +70,7 @@ def _demo(args: argparse.Namespace) -> int:
 def _calibrate(args: argparse.Namespace) -> int:
     from .calibrate import calibrate
 
-    calibrate(args.lab, seeds=args.seeds, write=not args.dry_run)
+    calibrate(args.lab, seeds=args.seeds, example=args.example, write=not args.dry_run)
     return 0
 
 
@@ -99,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("calibrate", help="measure the reference solution to set thresholds")
     p.add_argument("lab")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--example", default="correct", help="an accepted variant to measure")
     p.add_argument("--dry-run", action="store_true", help="print, do not write the figures")
     p.set_defaults(func=_calibrate)
 

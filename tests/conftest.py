@@ -24,16 +24,31 @@ def staged_data() -> None:
         data_source(name)  # raises DatasetMissing naming `autograder stage-data`
 
 
+def _graded(lab: str, factory: pytest.TempPathFactory):
+    from grading_helpers import grade_examples
+
+    course, outcomes = grade_examples(lab, factory.mktemp(lab) / "course")
+    failed = {k: o.get("error") for k, o in outcomes.items() if not o["success"]}
+    assert not failed, failed
+    return course
+
+
 @pytest.fixture(scope="session")
 def graded_lab3(tmp_path_factory: pytest.TempPathFactory, staged_data: None):
     """Every lab 3 example submission, graded once through nbgrader with our pipeline."""
-    from autograder.course import create_course
-    from autograder.examples import EXAMPLES, example_path
+    return _graded("lab3_mnist_dense", tmp_path_factory)
 
-    lab = "lab3_mnist_dense"
-    course = create_course(tmp_path_factory.mktemp("lab3") / "course", labs=[lab])
-    outcomes = {}
-    for name in EXAMPLES[lab]:
-        course.submit(name, lab, example_path(lab, name))
-        outcomes[name] = course.autograde(lab, name)
-    return course, outcomes
+
+@pytest.fixture(scope="session")
+def graded_boston(tmp_path_factory: pytest.TempPathFactory, staged_data: None):
+    return _graded("lab3_boston_regression", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def graded_cnn(tmp_path_factory: pytest.TempPathFactory, staged_data: None):
+    return _graded("lab4_mnist_cnn", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def graded_rnn(tmp_path_factory: pytest.TempPathFactory, staged_data: None):
+    return _graded("lab5_imdb_rnn", tmp_path_factory)

@@ -36,6 +36,8 @@ def model(*layers: tuple[str, int, str], input_shape=(784,), params=407050, comp
 
 
 GOOD_MODEL = model(("Dense", 512, "relu"), ("Dense", 10, "softmax"))
+
+
 def arr(*args) -> dict:
     return {"type": "array", **ArraySummary(*args).to_dict()}
 

@@ -1,0 +1,56 @@
+"""Shared helpers for the end-to-end tests: grade a lab's example submissions once."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from autograder.course import Course, create_course
+from autograder.examples import EXAMPLES, example_path
+from autograder.pipeline import read_result
+from autograder.results import GradingResult
+from autograder.rubric import load_rubric
+
+# IMDB trains on 4,000 reviews in the test suite (thresholds of their own in the rubric).
+QUICK = {"AUTOGRADER_TRAIN_LIMIT": "imdb=4000"}
+
+
+@contextlib.contextmanager
+def environment(env: dict[str, str]) -> Iterator[None]:
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def grade_examples(lab: str, root: Path) -> tuple[Course, dict[str, Any]]:
+    with environment(QUICK):
+        course = create_course(root, labs=[lab])
+        outcomes = {}
+        for name in EXAMPLES[lab]:
+            course.submit(name, lab, example_path(lab, name))
+            outcomes[name] = course.autograde(lab, name)
+    return course, outcomes
+
+
+def result_of(course: Course, lab: str, student: str) -> GradingResult:
+    result = read_result(course.root / "autograded" / student / lab, load_rubric(lab).notebook)
+    assert result is not None, f"{student} was not graded"
+    return result
+
+
+def scores(course: Course, lab: str, student: str) -> dict[str, float]:
+    return {c.id: c.score for c in result_of(course, lab, student).checks}
+
+
+def messages(course: Course, lab: str, student: str, check: str) -> tuple[str, ...]:
+    return result_of(course, lab, student).check(check).messages

@@ -1,0 +1,68 @@
+"""Boston housing regression: example submissions graded end to end."""
+
+from __future__ import annotations
+
+import pytest
+from grading_helpers import messages, result_of, scores
+
+LAB = "lab3_boston_regression"
+pytestmark = pytest.mark.slow
+FULL = {
+    "check_normalisation": 2,
+    "check_architecture": 2,
+    "check_compile": 1,
+    "check_callbacks": 1,
+    "check_mae": 3,
+    "check_comparison": 1,
+}
+
+
+@pytest.mark.parametrize("student", ["correct", "variant-functional-adam"])
+def test_correct_and_variant_get_full_marks(graded_boston, student):
+    assert scores(graded_boston, LAB, student) == FULL
+    result = result_of(graded_boston, LAB, student)
+    assert result.metrics["mae"] <= 4.77
+    assert result.data_source == "offline"
+
+
+def test_variant_messages(graded_boston):
+    msgs = messages(graded_boston, LAB, "variant-functional-adam", "check_callbacks")
+    assert msgs == ("callbacks used in fit: EarlyStopping, ModelCheckpoint",)
+
+
+def test_test_data_normalised_with_its_own_statistics(graded_boston):
+    s = scores(graded_boston, LAB, "test-own-statistics")
+    assert s["check_normalisation"] == 1  # the training half is right
+    assert messages(graded_boston, LAB, "test-own-statistics", "check_normalisation") == (
+        "`test_data` was normalised with its own mean and sd; use the training set's "
+        "(the test data must not influence preprocessing)",
+    )
+    assert {k: v for k, v in s.items() if k not in ("check_normalisation", "check_mae")} == {
+        k: v for k, v in FULL.items() if k not in ("check_normalisation", "check_mae")
+    }
+
+
+def test_sigmoid_output_unit(graded_boston):
+    s = scores(graded_boston, LAB, "sigmoid-output")
+    assert s["check_architecture"] == pytest.approx(0.67)  # only the input shape is right
+    assert s["check_mae"] == 0  # a sigmoid cannot reach prices of tens of thousands
+    msgs = messages(graded_boston, LAB, "sigmoid-output", "check_architecture")
+    assert "the output layer should be Dense 1 linear; found Dense 1 sigmoid" in msgs
+    assert result_of(graded_boston, LAB, "sigmoid-output").metrics["mae"] > 7
+
+
+def test_callback_created_but_not_used(graded_boston):
+    s = scores(graded_boston, LAB, "no-callback")
+    assert s["check_callbacks"] == 0
+    assert messages(graded_boston, LAB, "no-callback", "check_callbacks") == (
+        "an EarlyStopping callback was created but never passed to fit(callbacks=...)",
+    )
+
+
+def test_written_answer_waits_for_manual_grading(graded_boston):
+    from autograder.gradebook import check_table
+
+    table = check_table(graded_boston.db_url, [LAB]).set_index("student")
+    assert set(table["status"]) == {"needs manual grade"}
+    assert table.loc["correct", "total"] == pytest.approx(10)
+    assert table.loc["correct", "max"] == 12  # 10 autograded + 2 for the written answer
