@@ -33,7 +33,7 @@ def run_demo(workdir: Path, labs: list[str] | None = None) -> int:
     labs = labs or sorted(EXAMPLES)
     _say("1/5 data: staging the offline data sets (no download)")
     report = stage()
-    _say(f"    {report}")
+    _say("    " + report.format().replace("\n", "\n    "))
 
     course_root = workdir / "course"
     if course_root.exists():

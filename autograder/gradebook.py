@@ -20,6 +20,7 @@ def check_table(db_url: str, labs: list[str] | None = None) -> pd.DataFrame:
     from nbgrader.api import Gradebook
 
     rows = []
+    by_lab: dict[str, list[str]] = {}  # graded cells of each lab, in display order
     with Gradebook(db_url) as gb:
         for assignment in gb.assignments:
             if labs and assignment.name not in labs:
@@ -40,9 +41,13 @@ def check_table(db_url: str, labs: list[str] | None = None) -> pd.DataFrame:
                     continue
                 row: dict[str, object] = {"student": student.id, "lab": assignment.name}
                 for nb in sub.notebooks:
-                    for grade in sorted(nb.grades, key=lambda g: g.cell_id or 0):
+                    for grade in sorted(nb.grades, key=lambda g: _order(assignment.name, g.name)):
                         if grade.max_score:
-                            row[grade.name] = grade.score
+                            # An answer waiting for its grader has no score yet, not zero.
+                            pending = grade.auto_score is None and grade.manual_score is None
+                            row[grade.name] = None if pending else grade.score
+                            if grade.name not in by_lab.setdefault(assignment.name, []):
+                                by_lab[assignment.name].append(grade.name)
                 row["total"] = sub.score
                 row["max"] = sub.max_score
                 row["status"] = "needs manual grade" if sub.needs_manual_grade else "graded"
@@ -53,7 +58,21 @@ def check_table(db_url: str, labs: list[str] | None = None) -> pd.DataFrame:
     first = ["student", "lab"]
     last = ["total", "max", "status"]
     middle = [c for c in frame.columns if c not in first + last]
-    return frame[first + middle + last].sort_values(first, ignore_index=True)
+    frame[middle] = frame[middle].astype("float64")  # pending answers as NaN, not None
+    frame = frame[first + middle + last].sort_values(first, ignore_index=True)
+    frame.attrs["cells_by_lab"] = by_lab
+    return frame
+
+
+def _order(lab: str, grade_id: str) -> tuple[int, str]:
+    """Rubric checks in rubric order, then other graded cells (written answers) by name."""
+    from .rubric import lab_ids, load_rubric
+
+    if lab in lab_ids():
+        ids = [c.id for c in load_rubric(lab).checks]
+        if grade_id in ids:
+            return ids.index(grade_id), ""
+    return 10_000, grade_id
 
 
 def format_table(frame: pd.DataFrame) -> str:
@@ -62,6 +81,9 @@ def format_table(frame: pd.DataFrame) -> str:
         return "(no submissions)"
     blocks = []
     for lab, part in frame.groupby("lab", sort=True):
-        part = part.dropna(axis=1, how="all").drop(columns="lab")
-        blocks.append(f"== {lab} ==\n" + part.to_string(index=False, float_format="{:g}".format))
+        cells = frame.attrs.get("cells_by_lab", {}).get(lab)
+        keep = ["student", *cells, "total", "max", "status"] if cells else list(part.columns)
+        part = part[[c for c in keep if c in part.columns]]
+        text = part.to_string(index=False, float_format="{:g}".format, na_rep="-")
+        blocks.append(f"== {lab} ==\n{text}")
     return "\n\n".join(blocks)
