@@ -171,3 +171,57 @@ def test_summarize_array():
     s = summarize_array(np.array([[0, 255]], dtype=np.uint8))
     assert s == ArraySummary((1, 2), "uint8", 0.0, 255.0, True)
     assert summarize_array(np.array([np.nan, 1.0])).finite is False
+
+
+@pytest.mark.parametrize(
+    ("layers", "ok"),
+    [
+        ([("Embedding", None, None), ("SimpleRNN", 32, "tanh"), ("Dense", 1, "sigmoid")], True),
+        ([("Embedding", None, None), ("LSTM", 32, "tanh"), ("Dense", 1, "sigmoid")], True),
+        (
+            [
+                ("Embedding", None, None),
+                ("Bidirectional", None, None),
+                ("Dropout", None, None),
+                ("Dense", 16, "relu"),
+                ("Dense", 1, "sigmoid"),
+            ],
+            True,
+        ),
+        ([("Embedding", None, None), ("Flatten", None, None), ("Dense", 1, "sigmoid")], False),
+    ],
+)
+def test_rnn_rubric_accepts_recurrent_variants(layers, ok):
+    rubric = load_rubric("lab5_imdb_rnn")
+    m = model(
+        *layers,
+        input_shape=(None,),
+        params=1,
+        compile_config={"loss": "binary_crossentropy", "metrics": ["accuracy"]},
+    )
+    m = ModelSummary(
+        m.class_name,
+        m.input_shape,
+        m.output_shape,
+        (LayerInfo("Embedding", None, None, (None, None, 32), 0, 10000), *m.layers[1:]),
+        1,
+        m.compile_config,
+    )
+    result = {r.id: r for r in run_checks(rubric, Evidence(model=m))}["check_architecture"]
+    assert (result.score == 3) is ok, result.messages
+
+
+def test_cnn_order_matters():
+    rubric = load_rubric("lab4_mnist_cnn")
+    # Pooling before any convolution: the pattern Conv2D -> pooling -> Flatten is not there.
+    m = model(
+        ("MaxPooling2D", None, None),
+        ("Flatten", None, None),
+        ("Conv2D", 32, "relu"),
+        ("Dense", 10, "softmax"),
+        input_shape=(28, 28, 1),
+        params=1,
+    )
+    result = {r.id: r for r in run_checks(rubric, Evidence(model=m))}["check_architecture"]
+    assert result.score == 0
+    assert result.messages[0].startswith("no MaxPooling2D/AveragePooling2D layer where the lab")
