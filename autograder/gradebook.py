@@ -10,8 +10,13 @@ if TYPE_CHECKING:
 __all__ = ["check_table", "format_table"]
 
 
-def check_table(db_url: str, labs: list[str] | None = None) -> pd.DataFrame:
+def check_table(
+    db_url: str, labs: list[str] | None = None, *, include_missing: bool = True
+) -> pd.DataFrame:
     """One row per (student, lab): score per graded cell, total and max.
+
+    With ``include_missing``, a student with no submission for a lab gets a row marked
+    ``missing`` (what a TA wants to see); without it only submissions are listed.
 
     Read from nbgrader's own Gradebook API, so it shows exactly what ``nbgrader export``
     and the formgrader see (manual overrides included).
@@ -29,6 +34,8 @@ def check_table(db_url: str, labs: list[str] | None = None) -> pd.DataFrame:
                 try:
                     sub = gb.find_submission(assignment.name, student.id)
                 except Exception:  # nbgrader's MissingEntry: not submitted
+                    if not include_missing:
+                        continue
                     rows.append(
                         {
                             "student": student.id,
