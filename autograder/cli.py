@@ -67,6 +67,24 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(args.workdir, labs=args.lab or None)
 
 
+def _hub(args: argparse.Namespace) -> int:
+    from .hub import load_settings, start_hub, stop_hub, wait_until_up
+
+    settings = load_settings(args.settings)
+    proc = start_hub(args.settings)
+    url = f"http://{settings.ip}:{settings.port}/hub/login"
+    try:
+        seconds = wait_until_up(url)
+        print(
+            f"JupyterHub for {settings.course_id} is up at {url} ({seconds:.1f} s); Ctrl-C stops it"
+        )
+        return proc.wait()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        stop_hub(proc)
+
+
 def _calibrate(args: argparse.Namespace) -> int:
     from .calibrate import calibrate
 
@@ -102,6 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--example", default="correct", help="an accepted variant to measure")
     p.add_argument("--dry-run", action="store_true", help="print, do not write the figures")
     p.set_defaults(func=_calibrate)
+
+    p = sub.add_parser("hub", help="start JupyterHub on loopback with the course released")
+    p.add_argument("--settings", type=Path, default=Path("hub_config/course.toml"))
+    p.set_defaults(func=_hub)
 
     p = sub.add_parser("demo", help="the whole pipeline on the bundled example submissions")
     p.add_argument("--workdir", type=Path, default=Path("var/demo"))

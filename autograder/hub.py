@@ -1,0 +1,347 @@
+"""One course on JupyterHub: settings from ``hub_config/course.toml``, hub set-up, launcher.
+
+The hub runs on loopback with the course's groups, least-privilege roles and the
+formgrader as a Hub-managed service owned by the grader account; ``start_hub`` installs
+configurable-http-proxy from npm into the hub's folder, releases the labs to the exchange
+and starts JupyterHub in its own process group.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+__all__ = [
+    "HubSettings",
+    "configure_hub",
+    "install_proxy",
+    "load_settings",
+    "prepare_course",
+    "start_hub",
+    "stop_hub",
+    "wait_until_up",
+]
+
+_KEYS = {
+    "": {"course_id", "labs", "hub", "roster", "auth", "spawner", "gradebook"},
+    "hub": {"ip", "port", "hub_port", "proxy_api_port", "service_port", "root"},
+    "roster": {"instructors", "tas", "students"},
+    "auth": {"class", "config"},
+    "spawner": {"class", "config"},
+    "gradebook": {"db_url"},
+}
+
+
+@dataclass(frozen=True)
+class HubSettings:
+    course_id: str
+    labs: tuple[str, ...]
+    root: Path
+    ip: str = "127.0.0.1"
+    port: int = 8000
+    hub_port: int = 8081
+    proxy_api_port: int = 8001
+    service_port: int = 9999
+    instructors: tuple[str, ...] = ()
+    tas: tuple[str, ...] = ()
+    students: tuple[str, ...] = ()
+    authenticator: str = "shared-password"
+    authenticator_config: dict[str, Any] = field(default_factory=dict, hash=False)
+    spawner: str = "simple"
+    spawner_config: dict[str, Any] = field(default_factory=dict, hash=False)
+    gradebook_url: str = ""
+
+    @property
+    def grader(self) -> str:
+        """The account that owns the course directory and runs the formgrader service."""
+        return f"grader-{self.course_id}"
+
+    @property
+    def course_dir(self) -> Path:
+        return self.home(self.grader) / self.course_id
+
+    @property
+    def exchange(self) -> Path:
+        return self.root / "exchange"
+
+    def home(self, user: str) -> Path:
+        return self.root / "home" / user
+
+
+def load_settings(path: Path) -> HubSettings:
+    """Read and validate a course file; unknown keys are refused, naming the key."""
+    data = tomllib.loads(path.read_text())
+    for section, allowed in _KEYS.items():
+        table = data if not section else data.get(section, {})
+        unknown = sorted(set(table) - allowed)
+        if unknown:
+            where = f"[{section}]" if section else "top level"
+            raise ConfigError(f"{path.name} {where}: unknown key(s) {', '.join(unknown)}")
+    hub, roster = data.get("hub", {}), data.get("roster", {})
+    auth, spawner = data.get("auth", {}), data.get("spawner", {})
+    root = Path(hub.get("root", "var/hub"))
+    if not root.is_absolute():
+        root = (path.parent.parent / root).resolve()
+    return HubSettings(
+        course_id=data["course_id"],
+        labs=tuple(data.get("labs", ())),
+        root=root,
+        ip=hub.get("ip", "127.0.0.1"),
+        port=int(hub.get("port", 8000)),
+        hub_port=int(hub.get("hub_port", 8081)),
+        proxy_api_port=int(hub.get("proxy_api_port", 8001)),
+        service_port=int(hub.get("service_port", 9999)),
+        instructors=tuple(roster.get("instructors", ())),
+        tas=tuple(roster.get("tas", ())),
+        students=tuple(roster.get("students", ())),
+        authenticator=auth.get("class", "shared-password"),
+        authenticator_config=dict(auth.get("config", {})),
+        spawner=spawner.get("class", "simple"),
+        spawner_config=dict(spawner.get("config", {})),
+        gradebook_url=data.get("gradebook", {}).get("db_url", ""),
+    )
+
+
+# Config sections of the authenticators JupyterHub knows by a short name.
+_SECTIONS = {"shared-password": "SharedPasswordAuthenticator", "dummy": "DummyAuthenticator"}
+
+
+def _bin(name: str) -> str:
+    return str(Path(sys.executable).parent / name)
+
+
+def configure_hub(c: Any, s: HubSettings, *, proxy_command: str | None = None) -> None:
+    """JupyterHub settings for the course: loopback ports, groups, roles, the formgrader."""
+    course = s.course_id
+    c.JupyterHub.ip = s.ip
+    c.JupyterHub.port = s.port
+    c.JupyterHub.hub_ip = "127.0.0.1"
+    c.JupyterHub.hub_port = s.hub_port
+    c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{s.proxy_api_port}"
+    if proxy_command:
+        c.ConfigurableHTTPProxy.command = [proxy_command]
+    c.JupyterHub.db_url = f"sqlite:///{s.root / 'jupyterhub.sqlite'}"
+    c.JupyterHub.cookie_secret_file = str(s.root / "jupyterhub_cookie_secret")
+
+    c.JupyterHub.authenticator_class = s.authenticator
+    section = _SECTIONS.get(s.authenticator, s.authenticator.rsplit(".", 1)[-1])
+    for key, value in s.authenticator_config.items():
+        c[section][key] = value
+    users = {*s.instructors, *s.tas, *s.students, s.grader}
+    c.Authenticator.allowed_users = users
+
+    c.JupyterHub.spawner_class = s.spawner
+    if s.spawner == "simple":
+        c.SimpleLocalProcessSpawner.home_dir_template = str(s.root / "home" / "{username}")
+        if os.geteuid() == 0:
+            c.Spawner.args = ["--allow-root"]
+    for key, value in s.spawner_config.items():
+        setattr(c.Spawner, key, value)
+    c.Spawner.cmd = [_bin("jupyterhub-singleuser")]
+    c.Spawner.environment = {"JUPYTER_CONFIG_PATH": str(s.root / "etc" / "jupyter")}
+    c.Spawner.default_url = "/lab"
+    # Servers may list and reach the course service, so the assignment list can find it.
+    c.Spawner.server_token_scopes = [
+        "access:servers!server",
+        "users:activity!user",
+        "list:services",
+        "read:services",
+        "access:services",
+    ]
+
+    formgraders = [*s.instructors, *s.tas, s.grader]
+    c.JupyterHub.load_groups = {
+        f"formgrade-{course}": {"users": formgraders},
+        f"nbgrader-{course}": {"users": list(s.students)},
+        f"instructors-{course}": {"users": list(s.instructors)},
+    }
+    c.JupyterHub.load_roles = [
+        {
+            "name": f"formgrader-{course}",
+            "groups": [f"formgrade-{course}"],
+            "scopes": [
+                f"access:services!service={course}",
+                "list:services",
+                f"read:services!service={course}",
+            ],
+        },
+        {
+            "name": f"student-{course}",
+            "groups": [f"nbgrader-{course}"],
+            "scopes": ["list:services", f"read:services!service={course}"],
+        },
+        {
+            # Instructors run the course; they are not hub admins either.
+            "name": f"instructor-{course}",
+            "groups": [f"instructors-{course}"],
+            "scopes": [f"read:users!group=nbgrader-{course}", f"groups!group=nbgrader-{course}"],
+        },
+        {
+            "name": f"service-{course}",
+            "services": [course],
+            "scopes": [
+                "read:users:name",
+                "read:users:groups",
+                "list:groups",
+                "read:groups",
+                "groups",
+            ],
+        },
+    ]
+    grader_home = s.home(s.grader)
+    c.JupyterHub.services = [
+        {
+            "name": course,
+            "url": f"http://127.0.0.1:{s.service_port}",
+            "command": [
+                _bin("jupyterhub-singleuser"),
+                *(["--allow-root"] if os.geteuid() == 0 else []),
+                f"--ServerApp.root_dir={grader_home}",
+            ],
+            "cwd": str(grader_home),
+            "environment": {"JUPYTERHUB_DEFAULT_URL": "/lab"},
+            "oauth_no_confirm": True,
+        }
+    ]
+
+
+_STUDENT_CONFIG = """\
+# nbgrader settings for every user server of the course (written by `autograder hub`).
+import os
+
+c = get_config()  # noqa: F821
+c.Exchange.root = {exchange!r}
+c.CourseDirectory.course_id = {course!r}
+# All servers share one OS account under the simple spawner: name students by hub user.
+c.CourseDirectory.student_id = os.environ.get("JUPYTERHUB_USER", "")
+c.ExchangeCollect.check_owner = False
+"""
+
+_GRADER_CONFIG = """\
+# The course directory's nbgrader settings (written by `autograder hub`).
+from autograder.course import apply_course_config
+
+c = get_config()  # noqa: F821
+apply_course_config(c, root={course_dir!r}, course_id={course!r}, db_url={db_url!r} or None)
+c.Exchange.root = {exchange!r}
+c.ExchangeCollect.check_owner = False
+"""
+
+
+def prepare_course(s: HubSettings) -> None:
+    """Homes, the exchange, nbgrader configs, and the course released to the exchange."""
+    from .course import Course, create_course
+
+    for user in (*s.instructors, *s.tas, *s.students, s.grader):
+        s.home(user).mkdir(parents=True, exist_ok=True)
+    s.exchange.mkdir(parents=True, exist_ok=True)
+    # nbgrader's exchange: anyone may write; the sticky bit keeps users off others' files.
+    s.exchange.chmod(0o1777)
+    etc = s.root / "etc" / "jupyter"
+    etc.mkdir(parents=True, exist_ok=True)
+    (etc / "nbgrader_config.py").write_text(
+        _STUDENT_CONFIG.format(exchange=str(s.exchange), course=s.course_id)
+    )
+    if not (s.course_dir / "gradebook.db").exists():
+        create_course(s.course_dir, course_id=s.course_id, labs=list(s.labs) or None)
+    # The formgrader service starts in the grader's home: nbgrader reads its config there.
+    (s.home(s.grader) / "nbgrader_config.py").write_text(
+        _GRADER_CONFIG.format(
+            course_dir=str(s.course_dir),
+            course=s.course_id,
+            db_url=s.gradebook_url,
+            exchange=str(s.exchange),
+        )
+    )
+    from nbgrader.apps import NbGraderAPI
+
+    config = Course(s.course_dir, s.course_id).config()
+    config.Exchange.root = str(s.exchange)
+    api = NbGraderAPI(config=config)
+    for lab in s.labs:
+        result = api.release_assignment(lab)
+        if not result["success"] and "already exists" not in result.get("log", ""):
+            raise ConfigError(f"nbgrader release_assignment {lab} failed")
+    for student in s.students:
+        api.gradebook.update_or_create_student(student)
+
+
+PROXY_PACKAGE = "configurable-http-proxy@5"
+
+
+def hub_config_file() -> Path:
+    """The project's ``hub_config/jupyterhub_config.py``."""
+    return Path(__file__).resolve().parents[1] / "hub_config" / "jupyterhub_config.py"
+
+
+def install_proxy(prefix: Path) -> Path:
+    """configurable-http-proxy from npm into ``prefix`` (the project, never globally)."""
+    exe = prefix / "node_modules" / ".bin" / "configurable-http-proxy"
+    if not exe.exists():
+        prefix.mkdir(parents=True, exist_ok=True)
+        cmd = ["npm", "install", "--prefix", str(prefix), "--no-audit", "--no-fund", PROXY_PACKAGE]
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if proc.returncode != 0 or not exe.exists():
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+            raise ConfigError(f"npm install {PROXY_PACKAGE} failed: {tail[0]}")
+    return exe
+
+
+def start_hub(settings_path: Path, *, log: Path | None = None) -> subprocess.Popen[bytes]:
+    """Prepare the course and start JupyterHub in the background, on loopback."""
+    settings = load_settings(settings_path)
+    settings.root.mkdir(parents=True, exist_ok=True)
+    proxy = install_proxy(settings.root / "node")
+    prepare_course(settings)
+    env = {
+        **os.environ,
+        "AUTOGRADER_HUB_SETTINGS": str(settings_path.resolve()),
+        "AUTOGRADER_PROXY_COMMAND": str(proxy),
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+    }
+    out = open(log, "ab") if log else None  # noqa: SIM115 - handed to the child process
+    return subprocess.Popen(
+        [_bin("jupyterhub"), "-f", str(hub_config_file())],
+        cwd=settings.root,
+        env=env,
+        stdout=out or subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def wait_until_up(url: str, timeout: float = 60) -> float:
+    """Seconds until ``url`` answers; raises TimeoutError when it never does."""
+    import urllib.error
+    import urllib.request
+
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return time.monotonic() - start
+        except (urllib.error.HTTPError, OSError):
+            # The proxy answers 404 until the hub has added its route.
+            time.sleep(0.3)
+    raise TimeoutError(f"{url} did not answer within {timeout:.0f} s")
+
+
+def stop_hub(proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    """Stop the hub: SIGTERM lets it stop user servers, services and the proxy itself;
+    whatever of its process group is left after ``timeout`` is killed."""
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.terminate()
+        proc.wait(timeout=timeout)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()

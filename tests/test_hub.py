@@ -1,0 +1,193 @@
+"""A real JupyterHub on loopback: the course flow and its permissions."""
+
+from __future__ import annotations
+
+import csv
+import json
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from autograder.examples import example_path
+from autograder.hub import load_settings, start_hub, stop_hub, wait_until_up
+
+pytestmark = pytest.mark.slow
+LAB = "lab3_mnist_dense"
+PASSWORD = "day2-dl-demo"
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory, staged_data):
+    root = tmp_path_factory.mktemp("hub")
+    port, hub_port, api_port, service_port = _free_ports(4)
+    settings = root / "course.toml"
+    settings.write_text(f"""
+course_id = "day2-dl"
+labs = ["{LAB}"]
+[hub]
+ip = "127.0.0.1"
+port = {port}
+hub_port = {hub_port}
+proxy_api_port = {api_port}
+service_port = {service_port}
+root = "{root / "state"}"
+[roster]
+instructors = ["instructor"]
+tas = ["ta"]
+students = ["student1", "student2"]
+[auth]
+class = "shared-password"
+config = {{ user_password = "{PASSWORD}" }}
+""")
+    proc = start_hub(settings, log=root / "hub.log")
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_up(base + "/hub/login", timeout=90)
+        yield base, load_settings(settings)
+    finally:
+        stop_hub(proc)
+    open_ports = [p for p in (port, hub_port, api_port, service_port) if _listening(p)]
+    assert not open_ports, f"ports still open after shutdown: {open_ports}"
+
+
+def _listening(port: int, wait: float = 10) -> bool:
+    start = time.monotonic()
+    while time.monotonic() - start < wait:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) != 0:
+                return False
+        time.sleep(0.3)
+    return True
+
+
+class Client:
+    """One person's browser session: hub login cookie, then each server's own cookies."""
+
+    def __init__(self, base: str, user: str) -> None:
+        self.base, self.user, self.s = base, user, requests.Session()
+        self.s.get(base + "/hub/login")
+        r = self.s.post(
+            base + "/hub/login",
+            data={"username": user, "password": PASSWORD, "_xsrf": self._xsrf("/hub/")},
+        )
+        assert r.status_code == 200, r.status_code
+
+    def _xsrf(self, prefix: str) -> str:
+        values = [
+            c.value
+            for c in self.s.cookies
+            if c.name == "_xsrf" and prefix.startswith(c.path or "/")
+        ]
+        return values[-1] if values else ""
+
+    def get(self, path: str, **kw) -> requests.Response:
+        return self.s.get(self.base + path, **kw)
+
+    def post(self, path: str, **kw) -> requests.Response:
+        return self.s.post(self.base + path, headers={"X-XSRFToken": self._xsrf(path)}, **kw)
+
+    def put(self, path: str, **kw) -> requests.Response:
+        return self.s.put(self.base + path, headers={"X-XSRFToken": self._xsrf(path)}, **kw)
+
+    def start_server(self, timeout: float = 60) -> None:
+        start = time.monotonic()
+        while time.monotonic() - start < timeout:
+            self.get(f"/user/{self.user}/lab")  # spawns, then picks up the server's cookie
+            if self.get(f"/user/{self.user}/api/status").status_code == 200:
+                return
+            time.sleep(0.5)
+        raise TimeoutError(f"server of {self.user} did not start")
+
+
+def test_student_to_feedback(hub):
+    base, settings = hub
+    student = Client(base, "student1")
+    student.start_server()
+    user = "/user/student1"
+    listed = student.get(f"{user}/assignments?course_id=day2-dl").json()
+    assert [a["assignment_id"] for a in listed["value"]] == [LAB]
+    r = student.post(
+        f"{user}/assignments/fetch", data={"course_id": "day2-dl", "assignment_id": LAB}
+    )
+    assert r.json()["success"]
+    # The student does the lab: the correct answers, written into the fetched notebook.
+    nb = json.loads(example_path(LAB, "correct").read_text())
+    r = student.put(
+        f"{user}/api/contents/{LAB}/{LAB}.ipynb",
+        json={"type": "notebook", "format": "json", "content": nb},
+    )
+    assert r.status_code == 200, r.text
+    r = student.post(
+        f"{user}/assignments/submit", data={"course_id": "day2-dl", "assignment_id": LAB}
+    )
+    assert r.json()["success"], r.text
+
+    instructor = Client(base, "instructor")
+    api = f"/services/{settings.course_id}/formgrader/api"
+    assert instructor.get(f"/services/{settings.course_id}/formgrader").status_code == 200
+    assert instructor.post(f"{api}/assignment/{LAB}/collect").json()["success"]
+    r = instructor.post(f"{api}/submission/{LAB}/student1/autograde")
+    assert r.json()["success"], r.text[-2000:]
+    submissions = instructor.get(f"{api}/submissions/{LAB}").json()
+    assert [(s["student"], s["score"]) for s in submissions] == [("student1", 10.0)]
+
+    # The TA sees the grades through the formgrader and exports the gradebook with
+    # nbgrader's own exporter on the course directory the formgrader serves.
+    ta = Client(base, "ta")
+    assert [s["score"] for s in ta.get(f"{api}/submissions/{LAB}").json()] == [10.0]
+    nbgrader = Path(sys.executable).parent / "nbgrader"
+    subprocess.run(
+        [str(nbgrader), "export"], cwd=settings.course_dir, check=True, capture_output=True
+    )
+    with open(settings.course_dir / "grades.csv") as f:
+        rows = list(csv.DictReader(f))
+    scores = {r["student_id"]: float(r["score"]) for r in rows}
+    assert scores == {"student1": 10.0, "student2": 0.0}  # student2 has not submitted
+
+    r = instructor.post(f"{api}/assignment/{LAB}/generate_feedback")
+    assert r.json()["success"], r.text[-2000:]
+    r = instructor.post(f"{api}/assignment/{LAB}/release_feedback")
+    assert r.json()["success"], r.text[-2000:]
+    r = student.post(
+        f"{user}/assignments/fetch_feedback", data={"course_id": "day2-dl", "assignment_id": LAB}
+    )
+    assert r.json()["success"], r.text
+    feedback = list((settings.home("student1") / LAB / "feedback").rglob("*.html"))
+    assert feedback, "no feedback fetched"
+    assert "held-out accuracy" in feedback[0].read_text()
+
+
+def test_permissions(hub):
+    base, settings = hub
+    student = Client(base, "student2")
+    formgrader = student.get(f"/services/{settings.course_id}/formgrader")
+    assert formgrader.status_code == 403
+    assert student.get("/user/student1/api/contents").status_code in (403, 404)
+    ta = Client(base, "ta")
+    assert ta.get("/hub/admin").status_code == 403
+    assert ta.get("/hub/api/users").status_code == 403
+    student.start_server()
+    # The server's root is the student's own home: other homes, the exchange and the
+    # grader's data are outside it and cannot be listed or read over HTTP.
+    listing = student.get("/user/student2/api/contents").json()
+    assert {item["name"] for item in listing["content"]} <= {LAB, "nbgrader_config.py"}
+    for path in ("%2E%2E", "%2E%2E/student1", "%2E%2E/grader-day2-dl/day2-dl/gradebook.db"):
+        r = student.get(f"/user/student2/api/contents/{path}")
+        # Either refused, or normalised to a path inside the server: never another home.
+        assert r.status_code in (400, 403, 404) or "content" not in r.json(), r.text[:200]
+        assert "student1" not in r.text and "gradebook" not in r.text
