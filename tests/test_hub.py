@@ -191,3 +191,45 @@ def test_permissions(hub):
         # Either refused, or normalised to a path inside the server: never another home.
         assert r.status_code in (400, 403, 404) or "content" not in r.json(), r.text[:200]
         assert "student1" not in r.text and "gradebook" not in r.text
+
+
+def _fetch_and_submit(exchange: Path, home: Path, student: str) -> None:
+    """What a student's server does on fetch and submit, through nbgrader's exchange."""
+    from nbgrader.auth import Authenticator
+    from nbgrader.coursedir import CourseDirectory
+    from nbgrader.exchange.default import ExchangeFetchAssignment, ExchangeSubmit
+    from traitlets.config import Config
+
+    home.mkdir(parents=True)
+    c = Config()
+    c.Exchange.root = str(exchange)
+    c.Exchange.assignment_dir = str(home)
+    c.Exchange.cache = str(home / ".nbgrader_cache")  # each server has its own HOME
+    c.CourseDirectory.course_id = "day2-dl"
+    c.CourseDirectory.assignment_id = LAB
+    c.CourseDirectory.student_id = student
+    c.CourseDirectory.root = str(home)
+    for step in (ExchangeFetchAssignment, ExchangeSubmit):
+        coursedir = CourseDirectory(config=c)
+        step(coursedir=coursedir, authenticator=Authenticator(config=c), config=c).start()
+
+
+def test_thirty_students_submit_at_once(hub, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    base, settings = hub
+    students = [f"sim{i:02d}" for i in range(30)]
+    with ThreadPoolExecutor(max_workers=30) as pool:
+        list(pool.map(lambda s: _fetch_and_submit(settings.exchange, tmp_path / s, s), students))
+    inbound = {p.name.split("+")[0] for p in (settings.exchange / "day2-dl" / "inbound").iterdir()}
+    assert set(students) <= inbound
+    instructor = Client(base, "instructor")
+    api = f"/services/{settings.course_id}/formgrader/api"
+    assert instructor.get(f"/services/{settings.course_id}/formgrader").status_code == 200
+    assert instructor.post(f"{api}/assignment/{LAB}/collect").json()["success"]
+    collected = {
+        p.name
+        for p in (settings.course_dir / "submitted").iterdir()
+        if (p / LAB / f"{LAB}.ipynb").is_file()
+    }
+    assert set(students) <= collected, sorted(set(students) - collected)
