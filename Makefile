@@ -6,9 +6,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup data demo test lint format release calibrate clean
+.PHONY: setup data demo test lint format release calibrate hub clean
 
 $(STAMP): requirements.lock pyproject.toml
+	@# Debian packages: Chromium for the browser test, Node.js/npm for the hub's proxy.
+	command -v chromium >/dev/null && command -v npm >/dev/null || \
+	  (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium nodejs npm)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -r requirements.lock
@@ -43,6 +46,9 @@ calibrate: data
 	$(BIN)/autograder calibrate lab4_mnist_cnn --seeds 0 1 2 3 4
 	$(BIN)/autograder calibrate lab5_imdb_rnn --seeds 0 1 2
 	AUTOGRADER_TRAIN_LIMIT=imdb=4000 $(BIN)/autograder calibrate lab5_imdb_rnn --seeds 0 1 2 3 4
+
+hub: data
+	$(BIN)/autograder hub
 
 clean:
 	rm -rf $(VENV) var

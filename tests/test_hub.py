@@ -233,3 +233,43 @@ def test_thirty_students_submit_at_once(hub, tmp_path):
         if (p / LAB / f"{LAB}.ipynb").is_file()
     }
     assert set(students) <= collected, sorted(set(students) - collected)
+
+
+CHROMIUM = "/usr/bin/chromium"
+# Flags for a machine with no network beyond loopback (see the env notes): without the
+# background-networking ones Chromium keeps trying, and failing, to reach Google's hosts.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+]
+
+
+def test_student_sees_the_lab_in_a_browser(hub, tmp_path):
+    """Headless Chromium: log in, open Nbgrader > Assignment List, see the lab."""
+    from playwright.sync_api import sync_playwright
+
+    base, _ = hub
+    assert Path(CHROMIUM).is_file(), "Debian's chromium is missing: run `make setup`"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.goto(base + "/hub/login")
+            page.fill("#username_input", "student2")
+            page.fill("#password_input", PASSWORD)
+            page.click("#login_submit")
+            page.wait_for_url("**/user/student2/**", timeout=90_000)
+            page.get_by_text("Nbgrader", exact=True).click(timeout=60_000)
+            page.get_by_text("Assignment List", exact=True).click()
+            row = page.get_by_text(LAB, exact=True).first
+            row.wait_for(timeout=30_000)
+            page.screenshot(path=str(tmp_path / "assignment-list.png"))
+        finally:
+            browser.close()
+    assert (tmp_path / "assignment-list.png").stat().st_size > 0
