@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -27,6 +28,7 @@ __all__ = [
     "install_proxy",
     "load_settings",
     "prepare_course",
+    "publish_public_data",
     "start_hub",
     "stop_hub",
     "wait_until_up",
@@ -73,6 +75,11 @@ class HubSettings:
     @property
     def exchange(self) -> Path:
         return self.root / "exchange"
+
+    @property
+    def course_data(self) -> Path:
+        """What students' servers load: public/ only, read-only; held-out data stays out."""
+        return self.root / "course-data"
 
     def home(self, user: str) -> Path:
         return self.root / "home" / user
@@ -148,7 +155,11 @@ def configure_hub(c: Any, s: HubSettings, *, proxy_command: str | None = None) -
     for key, value in s.spawner_config.items():
         setattr(c.Spawner, key, value)
     c.Spawner.cmd = [_bin("jupyterhub-singleuser")]
-    c.Spawner.environment = {"JUPYTER_CONFIG_PATH": str(s.root / "etc" / "jupyter")}
+    c.Spawner.environment = {
+        "JUPYTER_CONFIG_PATH": str(s.root / "etc" / "jupyter"),
+        # Students load the course data from a read-only copy of public/ only.
+        "AUTOGRADER_DATA_DIR": str(s.course_data),
+    }
     c.Spawner.default_url = "/lab"
     # Servers may list and reach the course service, so the assignment list can find it.
     c.Spawner.server_token_scopes = [
@@ -274,6 +285,24 @@ def prepare_course(s: HubSettings) -> None:
             raise ConfigError(f"nbgrader release_assignment {lab} failed")
     for student in s.students:
         api.gradebook.update_or_create_student(student)
+    publish_public_data(s.course_data)
+
+
+def publish_public_data(target: Path) -> None:
+    """A read-only copy of the staged ``public/`` data sets (never ``heldout/``)."""
+    from .datasets import data_dir
+
+    source = data_dir() / "public"
+    if not source.is_dir():
+        raise ConfigError(f"no staged data in {source}: run `autograder stage-data` first")
+    public = target / "public"
+    if public.exists():
+        for path in [public, *public.rglob("*")]:
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        shutil.rmtree(public)
+    shutil.copytree(source, public)
+    for path in [*public.rglob("*"), public]:
+        path.chmod(0o555 if path.is_dir() else 0o444)
 
 
 PROXY_PACKAGE = "configurable-http-proxy@5"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -186,6 +187,11 @@ def test_permissions(hub):
     # grader's data are outside it and cannot be listed or read over HTTP.
     listing = student.get("/user/student2/api/contents").json()
     assert {item["name"] for item in listing["content"]} <= {LAB, "nbgrader_config.py"}
+    # Course data for students: public/ only, read-only.
+    assert sorted(p.name for p in settings.course_data.iterdir()) == ["public"]
+    assert not any(
+        os.access(p, os.W_OK) and p.stat().st_mode & 0o222 for p in settings.course_data.rglob("*")
+    )
     for path in ("%2E%2E", "%2E%2E/student1", "%2E%2E/grader-day2-dl/day2-dl/gradebook.db"):
         r = student.get(f"/user/student2/api/contents/{path}")
         # Either refused, or normalised to a path inside the server: never another home.
