@@ -77,6 +77,12 @@ def _student_view(rubric: Rubric) -> Any:
     return loader(**rubric.preprocess.load)
 
 
+def _train_stats(rubric: Rubric) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Feature-wise mean and sd of the students' training set, and their test inputs."""
+    (train_x, _), (test_x, _) = _student_view(rubric)
+    return train_x.mean(axis=0), train_x.std(axis=0), test_x
+
+
 def prepare_inputs(x: Any, rubric: Rubric) -> np.ndarray:
     """The held-out inputs as the lab's notebook prepares its own: pad, reshape, normalise."""
     pre = rubric.preprocess
@@ -89,8 +95,7 @@ def prepare_inputs(x: Any, rubric: Rubric) -> np.ndarray:
         x = x.reshape(pre.reshape)
     x = x.astype(pre.dtype)
     if pre.normalize == "train":
-        (train_x, _), _ = _student_view(rubric)
-        mean, std = train_x.mean(axis=0), train_x.std(axis=0)
+        mean, std, _ = _train_stats(rubric)
         x = (x - mean) / std
     if pre.scale != 1.0:
         x = x / np.asarray(pre.scale, dtype=pre.dtype)
@@ -170,8 +175,7 @@ def reference_figures(rubric: Rubric) -> dict[str, Any]:
     """Figures the checks compare the student's arrays with, from the grader's copy of the data."""
     if not any(c.kind == "normalisation" for c in rubric.checks):
         return {}
-    (train_x, _), (test_x, _) = _student_view(rubric)
-    mean, std = train_x.mean(axis=0), train_x.std(axis=0)
+    mean, std, test_x = _train_stats(rubric)
     return {"test_column_mean_with_train_stats": ((test_x - mean) / std).mean(axis=0).tolist()}
 
 
