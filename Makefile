@@ -1,7 +1,9 @@
 # The README's two commands: `make demo` (main job) and `make test` (the test suite).
-# Both set up from nothing but Python 3.11: a virtual environment in .venv with the pinned
+# Both set up from nothing but Debian: a virtual environment in .venv with the pinned
 # packages of requirements.lock, and the offline data sets.
-PYTHON ?= python3
+# Debian's Python, not one under /root: students' servers run as their own OS accounts and
+# must be able to read the interpreter and its standard library.
+PYTHON ?= /usr/bin/python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -9,6 +11,8 @@ STAMP := $(VENV)/.installed
 .PHONY: setup data demo test lint format release calibrate hub clean
 
 $(STAMP): requirements.lock pyproject.toml
+	test -x $(PYTHON) && $(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || \
+	  (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y python3.11 python3.11-venv)
 	@# Debian packages: Chromium for the browser test, Node.js/npm for the hub's proxy.
 	command -v chromium >/dev/null && command -v npm >/dev/null || \
 	  (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium nodejs npm)
