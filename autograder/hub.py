@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -25,9 +27,11 @@ from .errors import ConfigError
 __all__ = [
     "HubSettings",
     "configure_hub",
+    "ensure_system_users",
     "install_proxy",
     "load_settings",
     "prepare_course",
+    "protect_heldout",
     "publish_public_data",
     "start_hub",
     "stop_hub",
@@ -81,8 +85,25 @@ class HubSettings:
         """What students' servers load: public/ only, read-only; held-out data stays out."""
         return self.root / "course-data"
 
+    @property
+    def state(self) -> Path:
+        """The hub's own database and cookie secret: readable by the hub's user only."""
+        return self.root / "state"
+
+    @property
+    def system_users(self) -> bool:
+        """Each person's server runs as their own OS account (created by the launcher)."""
+        return self.spawner in _SYSTEM_USER_SPAWNERS
+
+    @property
+    def users(self) -> tuple[str, ...]:
+        return (*self.instructors, *self.tas, *self.students, self.grader)
+
     def home(self, user: str) -> Path:
         return self.root / "home" / user
+
+
+_SYSTEM_USER_SPAWNERS = {"localprocess", "jupyterhub.spawner.LocalProcessSpawner"}
 
 
 def load_settings(path: Path) -> HubSettings:
@@ -137,21 +158,23 @@ def configure_hub(c: Any, s: HubSettings, *, proxy_command: str | None = None) -
     c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{s.proxy_api_port}"
     if proxy_command:
         c.ConfigurableHTTPProxy.command = [proxy_command]
-    c.JupyterHub.db_url = f"sqlite:///{s.root / 'jupyterhub.sqlite'}"
-    c.JupyterHub.cookie_secret_file = str(s.root / "jupyterhub_cookie_secret")
+    c.JupyterHub.db_url = f"sqlite:///{s.state / 'jupyterhub.sqlite'}"
+    c.JupyterHub.cookie_secret_file = str(s.state / "jupyterhub_cookie_secret")
 
     c.JupyterHub.authenticator_class = s.authenticator
     section = _SECTIONS.get(s.authenticator, s.authenticator.rsplit(".", 1)[-1])
     for key, value in s.authenticator_config.items():
         c[section][key] = value
-    users = {*s.instructors, *s.tas, *s.students, s.grader}
-    c.Authenticator.allowed_users = users
+    c.Authenticator.allowed_users = set(s.users)
 
     c.JupyterHub.spawner_class = s.spawner
     if s.spawner == "simple":
         c.SimpleLocalProcessSpawner.home_dir_template = str(s.root / "home" / "{username}")
         if os.geteuid() == 0:
             c.Spawner.args = ["--allow-root"]
+    elif s.system_users:
+        # The accounts' home directories are set by prepare_course; the server's root is it.
+        c.Spawner.notebook_dir = str(s.root / "home" / "{username}")
     for key, value in s.spawner_config.items():
         setattr(c.Spawner, key, value)
     c.Spawner.cmd = [_bin("jupyterhub-singleuser")]
@@ -233,9 +256,8 @@ import os
 c = get_config()  # noqa: F821
 c.Exchange.root = {exchange!r}
 c.CourseDirectory.course_id = {course!r}
-# All servers share one OS account under the simple spawner: name students by hub user.
+# Under the simple spawner all servers share one OS account: name students by hub user.
 c.CourseDirectory.student_id = os.environ.get("JUPYTERHUB_USER", "")
-c.ExchangeCollect.check_owner = False
 """
 
 _GRADER_CONFIG = """\
@@ -245,7 +267,10 @@ from autograder.course import apply_course_config
 c = get_config()  # noqa: F821
 apply_course_config(c, root={course_dir!r}, course_id={course!r}, db_url={db_url!r} or None)
 c.Exchange.root = {exchange!r}
-c.ExchangeCollect.check_owner = False
+# With an OS account per student, a submission filed under another student's name is refused.
+c.ExchangeCollect.check_owner = {check_owner!r}
+if {check_owner!r}:
+    c.ExchangeFactory.collect = "autograder.exchange.OwnerCheckedCollect"
 """
 
 
@@ -253,8 +278,13 @@ def prepare_course(s: HubSettings) -> None:
     """Homes, the exchange, nbgrader configs, and the course released to the exchange."""
     from .course import Course, create_course
 
-    for user in (*s.instructors, *s.tas, *s.students, s.grader):
+    s.state.mkdir(parents=True, exist_ok=True)
+    s.state.chmod(0o700)
+    for user in s.users:
         s.home(user).mkdir(parents=True, exist_ok=True)
+    if s.system_users:
+        ensure_system_users(s)
+    protect_heldout()
     s.exchange.mkdir(parents=True, exist_ok=True)
     # nbgrader's exchange: anyone may write; the sticky bit keeps users off others' files.
     s.exchange.chmod(0o1777)
@@ -272,6 +302,7 @@ def prepare_course(s: HubSettings) -> None:
             course=s.course_id,
             db_url=s.gradebook_url,
             exchange=str(s.exchange),
+            check_owner=s.system_users,
         )
     )
     from nbgrader.apps import NbGraderAPI
@@ -303,6 +334,60 @@ def publish_public_data(target: Path) -> None:
     shutil.copytree(source, public)
     for path in [*public.rglob("*"), public]:
         path.chmod(0o555 if path.is_dir() else 0o444)
+
+
+def protect_heldout() -> Path:
+    """The held-out grading data: the grading user's alone (0700), whatever umask staged it."""
+    from .datasets import data_dir
+
+    heldout = data_dir() / "heldout"
+    if heldout.is_dir():
+        for path in heldout.rglob("*"):
+            path.chmod(0o700 if path.is_dir() else 0o600)
+        heldout.chmod(0o700)
+    return heldout
+
+
+def _unreachable(path: Path) -> Path | None:
+    """The first directory on the way to ``path`` that other accounts cannot enter."""
+    for parent in reversed(path.resolve().parents):
+        if not parent.stat().st_mode & stat.S_IXOTH:
+            return parent
+    return None
+
+
+def ensure_system_users(s: HubSettings) -> None:
+    """One OS account per person, home in the hub's ``home/`` (0700, their own): students
+    cannot read each other's work, the course directory or the held-out data."""
+    if os.geteuid() != 0:
+        raise ConfigError("spawner 'localprocess' creates OS accounts: run the launcher as root")
+    for needed in (Path(sys.executable), s.root):
+        blocked = _unreachable(needed)
+        if blocked is not None:
+            raise ConfigError(
+                f"other accounts cannot enter {blocked}, on the way to {needed}: "
+                "use a hub root and a Python (Debian's python3.11) outside it"
+            )
+    for user in s.users:
+        home = s.home(user)
+        try:
+            current = pwd.getpwnam(user).pw_dir
+        except KeyError:
+            cmd = ["useradd", "--no-create-home", "--home-dir", str(home)]
+            _run([*cmd, "--shell", "/usr/sbin/nologin", "--user-group", user])
+        else:
+            if current != str(home):
+                _run(["usermod", "--home", str(home), user])
+        entry = pwd.getpwnam(user)
+        for path in [home, *home.rglob("*")]:
+            os.chown(path, entry.pw_uid, entry.pw_gid, follow_symlinks=False)
+        home.chmod(0o700)
+
+
+def _run(cmd: list[str]) -> None:
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise ConfigError(f"{cmd[0]} failed: {proc.stderr.strip() or proc.returncode}")
 
 
 PROXY_PACKAGE = "configurable-http-proxy@5"

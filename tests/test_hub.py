@@ -3,19 +3,30 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
+import pwd
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import pytest
 import requests
 
 from autograder.examples import example_path
-from autograder.hub import load_settings, start_hub, stop_hub, wait_until_up
+from autograder.hub import (
+    ensure_system_users,
+    load_settings,
+    start_hub,
+    stop_hub,
+    wait_until_up,
+)
 
 pytestmark = pytest.mark.slow
 LAB = "lab3_mnist_dense"
@@ -34,9 +45,12 @@ def _free_ports(n: int) -> list[int]:
 
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory, staged_data):
-    root = tmp_path_factory.mktemp("hub")
+    # Students' servers run as their own OS accounts, so the hub's folder must be one they
+    # can enter: pytest's own temporary folders are 0700.
+    root = Path(tempfile.mkdtemp(prefix="autograder-hub-", dir="/tmp"))
+    root.chmod(0o755)
     port, hub_port, api_port, service_port = _free_ports(4)
-    settings = root / "course.toml"
+    settings = tmp_path_factory.mktemp("hub") / "course.toml"
     settings.write_text(f"""
 course_id = "day2-dl"
 labs = ["{LAB}"]
@@ -54,14 +68,17 @@ students = ["student1", "student2"]
 [auth]
 class = "shared-password"
 config = {{ user_password = "{PASSWORD}" }}
+[spawner]
+class = "localprocess"
 """)
-    proc = start_hub(settings, log=root / "hub.log")
+    proc = start_hub(settings, log=settings.parent / "hub.log")
     base = f"http://127.0.0.1:{port}"
     try:
         wait_until_up(base + "/hub/login", timeout=90)
         yield base, load_settings(settings)
     finally:
         stop_hub(proc)
+        shutil.rmtree(root, ignore_errors=True)
     open_ports = [p for p in (port, hub_port, api_port, service_port) if _listening(p)]
     assert not open_ports, f"ports still open after shutdown: {open_ports}"
 
@@ -90,7 +107,7 @@ class Client:
 
     def _xsrf(self, prefix: str) -> str:
         values = [
-            c.value
+            c.value or ""
             for c in self.s.cookies
             if c.name == "_xsrf" and prefix.startswith(c.path or "/")
         ]
@@ -104,6 +121,49 @@ class Client:
 
     def put(self, path: str, **kw) -> requests.Response:
         return self.s.put(self.base + path, headers={"X-XSRFToken": self._xsrf(path)}, **kw)
+
+    def run_code(self, code: str, timeout: float = 60) -> str:
+        """Run ``code`` in a new kernel of this user's server; its stdout."""
+        import websocket
+
+        prefix = f"/user/{self.user}/api/kernels"
+        kernel = self.post(prefix, json={"name": "python3"}).json()["id"]
+        cookies = "; ".join(f"{c.name}={c.value}" for c in self.s.cookies)
+        url = self.base.replace("http", "ws", 1) + f"{prefix}/{kernel}/channels"
+        ws = websocket.create_connection(url, cookie=cookies, timeout=timeout)
+        try:
+            msg_id = uuid.uuid4().hex
+            header = {"msg_id": msg_id, "username": self.user, "session": uuid.uuid4().hex}
+            content = {"code": code, "silent": False, "allow_stdin": False, "stop_on_error": True}
+            ws.send(
+                json.dumps(
+                    {
+                        "header": {**header, "msg_type": "execute_request", "version": "5.3"},
+                        "parent_header": {},
+                        "metadata": {},
+                        "content": content,
+                        "channel": "shell",
+                        "buffers": [],
+                    }
+                )
+            )
+            out: list[str] = []
+            while True:
+                msg = json.loads(ws.recv())
+                if msg.get("parent_header", {}).get("msg_id") != msg_id:
+                    continue
+                kind, body = msg["msg_type"], msg["content"]
+                if kind == "stream":
+                    out.append(body["text"])
+                elif kind == "error":
+                    raise AssertionError("\n".join(body["traceback"]))
+                elif kind == "status" and body["execution_state"] == "idle":
+                    return "".join(out)
+        finally:
+            ws.close()
+            self.s.delete(
+                self.base + f"{prefix}/{kernel}", headers={"X-XSRFToken": self._xsrf(prefix)}
+            )
 
     def start_server(self, timeout: float = 60) -> None:
         start = time.monotonic()
@@ -199,46 +259,144 @@ def test_permissions(hub):
         assert "student1" not in r.text and "gradebook" not in r.text
 
 
-def _fetch_and_submit(exchange: Path, home: Path, student: str) -> None:
-    """What a student's server does on fetch and submit, through nbgrader's exchange."""
-    from nbgrader.auth import Authenticator
-    from nbgrader.coursedir import CourseDirectory
-    from nbgrader.exchange.default import ExchangeFetchAssignment, ExchangeSubmit
-    from traitlets.config import Config
+PROBE = """
+import json, os, pwd, sys
 
-    home.mkdir(parents=True)
-    c = Config()
-    c.Exchange.root = str(exchange)
-    c.Exchange.assignment_dir = str(home)
-    c.Exchange.cache = str(home / ".nbgrader_cache")  # each server has its own HOME
-    c.CourseDirectory.course_id = "day2-dl"
-    c.CourseDirectory.assignment_id = LAB
-    c.CourseDirectory.student_id = student
-    c.CourseDirectory.root = str(home)
-    for step in (ExchangeFetchAssignment, ExchangeSubmit):
-        coursedir = CourseDirectory(config=c)
-        step(coursedir=coursedir, authenticator=Authenticator(config=c), config=c).start()
+def probe(path, how):
+    try:
+        if how == "list":
+            os.listdir(path)
+        elif how == "write":
+            open(path, "w").close()
+        else:
+            open(path, "rb").read(1)
+        return "allowed"
+    except PermissionError:
+        return "denied"
+    except OSError as e:
+        return type(e).__name__
+
+paths = json.loads(%r)
+result = {k: probe(*v) for k, v in paths.items()}
+print(json.dumps({"user": pwd.getpwuid(os.getuid()).pw_name, **result}))
+"""
 
 
-def test_thirty_students_submit_at_once(hub, tmp_path):
-    from concurrent.futures import ThreadPoolExecutor
+def test_student_kernel_is_confined_by_the_os(hub):
+    """Code in a student's kernel runs as that student's OS account: their own home and the
+    public course data, nothing of other students, the grader or the hub."""
+    from autograder.datasets import data_dir
 
     base, settings = hub
-    students = [f"sim{i:02d}" for i in range(30)]
-    with ThreadPoolExecutor(max_workers=30) as pool:
-        list(pool.map(lambda s: _fetch_and_submit(settings.exchange, tmp_path / s, s), students))
-    inbound = {p.name.split("+")[0] for p in (settings.exchange / "day2-dl" / "inbound").iterdir()}
-    assert set(students) <= inbound
-    instructor = Client(base, "instructor")
-    api = f"/services/{settings.course_id}/formgrader/api"
-    assert instructor.get(f"/services/{settings.course_id}/formgrader").status_code == 200
-    assert instructor.post(f"{api}/assignment/{LAB}/collect").json()["success"]
-    collected = {
-        p.name
-        for p in (settings.course_dir / "submitted").iterdir()
-        if (p / LAB / f"{LAB}.ipynb").is_file()
+    heldout = data_dir() / "heldout"
+    targets = {
+        "heldout_file": (str(heldout / "mnist.npz"), "read"),
+        "heldout_dir": (str(heldout), "list"),
+        "other_home": (str(settings.home("student1")), "list"),
+        "gradebook": (str(settings.course_dir / "gradebook.db"), "read"),
+        "inbound": (str(settings.exchange / "day2-dl" / "inbound"), "list"),
+        "hub_db": (str(settings.state / "jupyterhub.sqlite"), "read"),
+        "public_data": (str(settings.course_data / "public" / "mnist.npz"), "read"),
+        "public_write": (str(settings.course_data / "public" / "x.txt"), "write"),
+        "own_home": (str(settings.home("student2") / "x.txt"), "write"),
     }
-    assert set(students) <= collected, sorted(set(students) - collected)
+    for name, (path, _) in targets.items():
+        if not name.endswith(("_write", "own_home")):
+            assert Path(path).exists(), path  # the grader (root here) sees every one of them
+    assert heldout.stat().st_mode & 0o777 == 0o700
+    student = Client(base, "student2")
+    student.start_server()
+    result = json.loads(student.run_code(PROBE % json.dumps(targets)))
+    assert result == {
+        "user": "student2",
+        "heldout_file": "denied",
+        "heldout_dir": "denied",
+        "other_home": "denied",
+        "gradebook": "denied",
+        "inbound": "denied",
+        "hub_db": "denied",
+        "public_data": "allowed",
+        "public_write": "denied",
+        "own_home": "allowed",
+    }
+    assert pwd.getpwnam("student2").pw_uid != pwd.getpwnam("student1").pw_uid != 0
+
+
+SUBMIT = """
+import json, sys
+from pathlib import Path
+from nbgrader.auth import Authenticator
+from nbgrader.coursedir import CourseDirectory
+from nbgrader.exchange.default import ExchangeFetchAssignment, ExchangeSubmit
+from traitlets.config import Config
+
+exchange, home, student, lab, submit_as = sys.argv[1:]
+c = Config()
+c.Exchange.root = exchange
+c.Exchange.assignment_dir = home
+c.CourseDirectory.course_id = "day2-dl"
+c.CourseDirectory.assignment_id = lab
+c.CourseDirectory.root = home
+for step in (ExchangeFetchAssignment, ExchangeSubmit):
+    if step is ExchangeSubmit and submit_as != student:
+        nb = Path(home, lab, lab + ".ipynb")
+        data = json.loads(nb.read_text())
+        data["cells"].append({"cell_type": "markdown", "metadata": {}, "source": "FORGED"})
+        nb.write_text(json.dumps(data))
+    c.CourseDirectory.student_id = submit_as
+    coursedir = CourseDirectory(config=c)
+    step(coursedir=coursedir, authenticator=Authenticator(config=c), config=c).start()
+"""
+
+
+def _submit_as_os_user(settings, student: str, submit_as: str) -> subprocess.Popen:
+    """What a student's server does on fetch and submit, as the student's own OS account."""
+    home = settings.home(student)
+    args = [str(settings.exchange), str(home), student, LAB, submit_as]
+    return subprocess.Popen(
+        [sys.executable, "-c", SUBMIT, *args],
+        user=student,
+        group=student,
+        extra_groups=[],
+        cwd=home,
+        env={**os.environ, "HOME": str(home)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def test_thirty_students_submit_at_once(hub):
+    base, settings = hub
+    students = [f"sim{i:02d}" for i in range(30)]
+    forger = "sim30"
+    sims = dataclasses.replace(settings, instructors=(), tas=(), students=(*students, forger))
+    for user in sims.users:
+        sims.home(user).mkdir(parents=True, exist_ok=True)
+    ensure_system_users(sims)
+    try:
+        procs = [_submit_as_os_user(settings, s, s) for s in students]  # all at once
+        for proc in procs:
+            out, _ = proc.communicate(timeout=300)
+            assert proc.returncode == 0, out[-2000:]
+        # Then one student files a later submission under another student's name.
+        proc = _submit_as_os_user(settings, forger, students[0])
+        out, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 0, out[-2000:]
+        inbound = settings.exchange / "day2-dl" / "inbound"
+        assert set(students) <= {p.name.split("+")[0] for p in inbound.iterdir()}
+        instructor = Client(base, "instructor")
+        api = f"/services/{settings.course_id}/formgrader/api"
+        assert instructor.get(f"/services/{settings.course_id}/formgrader").status_code == 200
+        assert instructor.post(f"{api}/assignment/{LAB}/collect").json()["success"]
+        submitted = settings.course_dir / "submitted"
+        collected = {p.name for p in submitted.iterdir() if (p / LAB / f"{LAB}.ipynb").is_file()}
+        assert set(students) <= collected, sorted(set(students) - collected)
+        # The forged, later one was refused (owner check): the student's own was collected.
+        assert "FORGED" not in (submitted / students[0] / LAB / f"{LAB}.ipynb").read_text()
+    finally:
+        for user in (*students, forger):
+            subprocess.run(["userdel", user], capture_output=True, check=False)
 
 
 CHROMIUM = "/usr/bin/chromium"
