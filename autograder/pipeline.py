@@ -110,13 +110,18 @@ class GradeFromArtifacts(NbGraderPreprocessor):
 
     def preprocess(self, nb: NotebookNode, resources: Any) -> tuple[NotebookNode, Any]:
         lab = resources["nbgrader"]["assignment"]
-        artifacts = resources.get("autograder", {}).get("artifacts")
-        if artifacts is None:
-            return nb, resources
-        try:
-            result = grade_in_subprocess(lab, Path(artifacts), timeout=self.evaluation_timeout)
-        finally:
-            shutil.rmtree(artifacts, ignore_errors=True)
+        state = resources.get("autograder", {})
+        # A batch run evaluates in its workers and hands the result in; a serial run
+        # evaluates here.
+        result = state.get("result")
+        if result is None:
+            artifacts = state.get("artifacts")
+            if artifacts is None:
+                return nb, resources
+            try:
+                result = grade_in_subprocess(lab, Path(artifacts), timeout=self.evaluation_timeout)
+            finally:
+                shutil.rmtree(artifacts, ignore_errors=True)
         by_id = {c.id: c for c in result.checks}
         seen = set()
         for cell in nb.cells:
@@ -138,13 +143,19 @@ class GradeFromArtifacts(NbGraderPreprocessor):
 
 def check_order(pipeline: list[type]) -> None:
     """Raise :class:`ConfigError` when a step's declared order constraints are broken."""
-    position = {step: i for i, step in enumerate(pipeline)}
-    for step in pipeline:
+
+    def where(wanted: type) -> int | None:
+        # A subclass stands in for its base (the batch run's replaying Execute, say).
+        return next((i for i, step in enumerate(pipeline) if issubclass(step, wanted)), None)
+
+    for i, step in enumerate(pipeline):
         for other in getattr(step, "runs_after", ()):
-            if other not in position or position[other] > position[step]:
+            at = where(other)
+            if at is None or at > i:
                 raise ConfigError(f"{step.__name__} must run after {other.__name__}")
         for other in getattr(step, "runs_before", ()):
-            if other not in position or position[other] < position[step]:
+            at = where(other)
+            if at is None or at < i:
                 raise ConfigError(f"{step.__name__} must run before {other.__name__}")
 
 
