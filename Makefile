@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup data demo test lint format release calibrate hub clean
+.PHONY: setup data demo test lint format release calibrate hub bench clean
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(PYTHON) && $(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || \
@@ -53,6 +53,11 @@ calibrate: data
 
 hub: data
 	$(BIN)/autograder hub
+
+# Serial `nbgrader autograde` against `autograder grade` on the same 8 submissions, on the
+# offline sample and on full-size Fashion-MNIST (about 15 minutes on 2 cores).
+bench: data
+	$(BIN)/python benchmarks/batch_vs_serial.py --n 8
 
 clean:
 	rm -rf $(VENV) var

@@ -45,19 +45,41 @@ def _example_labs() -> set[str]:
 
 
 def _grade(args: argparse.Namespace) -> int:
-    from .course import Course
+    from .batch import grade_batch
     from .gradebook import check_table, format_table
 
-    course = Course(args.course.resolve())
-    labs = args.lab or sorted(p.name for p in (course.root / "source").iterdir())
-    submitted = course.root / "submitted"
-    for lab in labs:
-        students = args.student or sorted(p.name for p in submitted.iterdir() if (p / lab).is_dir())
-        for student in students:
-            result = course.autograde(lab, student, force=True)
-            state = "graded" if result["success"] else "FAILED: " + result.get("error", "")[-200:]
-            print(f"{lab} {student}: {state}")
-    print(format_table(check_table(course.db_url, labs)))
+    if args.time_limit:
+        os.environ["AUTOGRADER_NOTEBOOK_TIMEOUT"] = str(args.time_limit)
+    if args.memory_mb:
+        os.environ["AUTOGRADER_MEMORY_MB"] = str(args.memory_mb)
+    summary = grade_batch(
+        args.course,
+        labs=args.lab or None,
+        students=args.student or None,
+        workers=args.workers,
+        scheduler=args.scheduler,
+        force=args.force,
+        progress=not args.no_progress,
+    )
+    labs = sorted({o.lab for o in summary.outcomes})
+    if labs:
+        db_url = f"sqlite:///{args.course.resolve() / 'gradebook.db'}"
+        print(format_table(check_table(db_url, labs)))
+    print(summary.format())
+    return 1 if summary.count("failed") else 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from .export import export_gradebook
+
+    result = export_gradebook(
+        args.course,
+        args.format or ["all"],
+        args.out,
+        db_url=args.db_url,
+        refresh_penalties=args.refresh_late_penalties,
+    )
+    print(result.format())
     return 0
 
 
@@ -114,11 +136,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--check", action="store_true", help="only report drift; exit 1 if any")
     p.set_defaults(func=_release)
 
-    p = sub.add_parser("grade", help="autograde the submissions of a course directory")
+    p = sub.add_parser(
+        "grade", help="autograde every submission of a course directory, in parallel"
+    )
     p.add_argument("course", type=Path)
     p.add_argument("--lab", action="append", default=[])
     p.add_argument("--student", action="append", default=[])
+    p.add_argument("--workers", type=int, default=None, help="default: the machine's cores")
+    p.add_argument(
+        "--scheduler",
+        default=None,
+        help="Dask: 'local' for a LocalCluster of worker processes, or a scheduler address",
+    )
+    p.add_argument("--force", action="store_true", help="regrade unchanged, graded submissions")
+    p.add_argument("--time-limit", type=int, default=None, help="seconds per notebook")
+    p.add_argument("--memory-mb", type=int, default=None, help="memory per notebook")
+    p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_grade)
+
+    p = sub.add_parser("export", help="gradebook exports (CSV, Excel, Canvas, Moodle), stats, plot")
+    p.add_argument("course", type=Path)
+    p.add_argument(
+        "--format",
+        action="append",
+        choices=["csv", "xlsx", "canvas", "moodle", "all"],
+        help="repeatable; default: all",
+    )
+    p.add_argument("--out", type=Path, default=None, help="default: COURSE/exports")
+    p.add_argument("--db-url", default=None, help="default: COURSE/gradebook.db")
+    p.add_argument(
+        "--refresh-late-penalties",
+        action="store_true",
+        help="re-apply late_policy.toml to the stored penalties first (after manual grading)",
+    )
+    p.set_defaults(func=_export)
 
     p = sub.add_parser("calibrate", help="measure the reference solution to set thresholds")
     p.add_argument("lab")

@@ -46,6 +46,7 @@ def apply_course_config(
     c.CourseDirectory.root = str(root)
     c.CourseDirectory.course_id = course_id
     c.CourseDirectory.db_url = db_url or f"sqlite:///{root / 'gradebook.db'}"
+    c.AssignLatePenalties.plugin_class = "autograder.late.PolicyPenalty"  # late_policy.toml
     configure(c)
 
 

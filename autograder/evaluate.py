@@ -268,10 +268,16 @@ def evaluate_artifacts(lab: str, artifacts: Path) -> GradingResult:
     rubric = load_rubric(lab)
     capture = read_capture(artifacts)
     if capture is None:
+        from .sandbox import read_limit
+
+        # A kernel stopped by a limit left its reason: that is what the student must read.
+        limit = read_limit(artifacts)
         return failed_result(
             rubric,
             data_source(rubric.dataset),
-            "the notebook did not run to the end (the kernel died or timed out), so the "
+            f"{limit}, so the grader found no trained model"
+            if limit
+            else "the notebook did not run to the end (the kernel died or timed out), so the "
             "grader found no trained model",
         )
     ev = evidence_from_capture(rubric, artifacts, heldout=True)

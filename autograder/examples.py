@@ -27,6 +27,9 @@ _SOLUTION = re.compile(r"^[ \t]*### (BEGIN|END) SOLUTION[ \t]*\n?", re.M)
 class Example:
     description: str
     answers: dict[str, str] = field(default_factory=dict)  # grade_id -> cell source
+    # Hangs, hoards memory or reaches for the network on purpose: grade it under tight
+    # limits (autograder.sandbox), or the production limits make it cost half an hour.
+    adversarial: bool = False
 
 
 _LABS = Path(__file__).parent / "labs"
@@ -39,11 +42,14 @@ def _load_examples() -> dict[str, dict[str, Example]]:
         lab = path.name.removesuffix(".examples.toml")
         out[lab] = {}
         for name, table in tomllib.loads(path.read_text()).items():
-            unknown = set(table) - {"description", "answers"}
+            unknown = set(table) - {"description", "answers", "adversarial"}
             if unknown:
                 raise ConfigError(f"{path.name} [{name}]: unknown key(s) {', '.join(unknown)}")
+            adversarial = table.get("adversarial", False)
+            if not isinstance(adversarial, bool):
+                raise ConfigError(f"{path.name} [{name}]: adversarial must be true or false")
             answers = {k: v.strip("\n") for k, v in table.get("answers", {}).items()}
-            out[lab][name] = Example(table["description"], answers)
+            out[lab][name] = Example(table["description"], answers, adversarial)
     return out
 
 

@@ -1,13 +1,172 @@
-"""Read grades back from nbgrader's gradebook as pandas tables."""
+"""Read grades back from nbgrader's gradebook: one snapshot, and pandas tables made from it."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["check_table", "format_table"]
+__all__ = [
+    "GradebookSnapshot",
+    "GradedCell",
+    "LabRecord",
+    "StudentRecord",
+    "SubmissionRecord",
+    "SubmissionStatus",
+    "check_table",
+    "format_table",
+    "read_gradebook",
+]
+
+SubmissionStatus = Literal["graded", "needs manual grade", "missing"]
+
+
+@dataclass(frozen=True)
+class StudentRecord:
+    """A student as nbgrader knows them; names and email are often empty."""
+
+    id: str
+    first_name: str = ""
+    last_name: str = ""
+    email: str = ""
+    lms_user_id: str = ""
+
+    @property
+    def name(self) -> str:
+        """Last name, first name as LMS gradebooks list students; the id when there is none."""
+        parts = [p for p in (self.last_name, self.first_name) if p]
+        return ", ".join(parts) or self.id
+
+    @property
+    def contact(self) -> str:
+        """The email, or the id when the id is itself an email (hub logins often are)."""
+        return self.email or (self.id if "@" in self.id else "")
+
+
+@dataclass(frozen=True)
+class GradedCell:
+    name: str
+    max_score: float
+
+
+@dataclass(frozen=True)
+class LabRecord:
+    name: str
+    duedate: datetime | None  # naive UTC, as nbgrader stores it
+    max_score: float
+    cells: tuple[GradedCell, ...]  # rubric checks in rubric order, then written answers
+
+
+@dataclass(frozen=True)
+class SubmissionRecord:
+    """One (student, lab): what ``nbgrader export`` and the formgrader see."""
+
+    student: str
+    lab: str
+    status: SubmissionStatus
+    scores: Mapping[str, float | None]  # per graded cell; None: waiting for its grader
+    raw_score: float  # nbgrader's score: manual grades win over automatic ones
+    max_score: float
+    timestamp: datetime | None = None
+    seconds_late: float = 0.0
+    penalty: float = 0.0  # nbgrader's stored late penalty (AssignLatePenalties)
+
+    @property
+    def final_score(self) -> float:
+        # nbgrader's own export: score minus penalty, never below zero.
+        return max(0.0, self.raw_score - self.penalty)
+
+
+@dataclass(frozen=True)
+class GradebookSnapshot:
+    students: tuple[StudentRecord, ...]  # nbgrader's order: last name, first name
+    labs: tuple[LabRecord, ...]  # nbgrader's order: due date, name
+    submissions: tuple[SubmissionRecord, ...]  # every (lab, student), missing ones included
+
+    def of_lab(self, lab: str) -> tuple[SubmissionRecord, ...]:
+        return tuple(s for s in self.submissions if s.lab == lab)
+
+    def record(self, student: str, lab: str) -> SubmissionRecord:
+        return self._by_key[student, lab]
+
+    @cached_property
+    def _by_key(self) -> dict[tuple[str, str], SubmissionRecord]:
+        # A class of hundreds times four labs: a dict, not a scan per cell of the export.
+        return {(s.student, s.lab): s for s in self.submissions}
+
+
+def read_gradebook(db_url: str, labs: list[str] | None = None) -> GradebookSnapshot:
+    """Everything the exports need, read once through nbgrader's own Gradebook API.
+
+    Going through the API (not the SQL tables) means manual grades and extra credit from
+    the formgrader count exactly as nbgrader counts them.
+    """
+    from nbgrader.api import Gradebook, MissingEntry
+
+    with Gradebook(db_url) as gb:
+        students = tuple(_student(s) for s in gb.students)
+        lab_records: list[LabRecord] = []
+        records: list[SubmissionRecord] = []
+        for assignment in gb.assignments:
+            if labs and assignment.name not in labs:
+                continue
+            lab = _lab(assignment)
+            lab_records.append(lab)
+            for student in students:
+                try:
+                    sub = gb.find_submission(assignment.name, student.id)
+                except MissingEntry:
+                    records.append(
+                        SubmissionRecord(student.id, lab.name, "missing", {}, 0.0, lab.max_score)
+                    )
+                    continue
+                records.append(_submission(sub, lab))
+    return GradebookSnapshot(students, tuple(lab_records), tuple(records))
+
+
+def _student(s: Any) -> StudentRecord:
+    return StudentRecord(
+        s.id, s.first_name or "", s.last_name or "", s.email or "", s.lms_user_id or ""
+    )
+
+
+def _lab(assignment: Any) -> LabRecord:
+    cells = [
+        GradedCell(cell.name, float(cell.max_score))
+        for nb in assignment.notebooks
+        for cell in [*nb.grade_cells, *nb.task_cells]
+        if cell.max_score
+    ]
+    cells.sort(key=lambda c: _order(assignment.name, c.name))
+    return LabRecord(
+        assignment.name, assignment.duedate, float(assignment.max_score or 0.0), tuple(cells)
+    )
+
+
+def _submission(sub: Any, lab: LabRecord) -> SubmissionRecord:
+    scores: dict[str, float | None] = {}
+    for nb in sub.notebooks:
+        for grade in nb.grades:
+            if grade.max_score:
+                # An answer waiting for its grader has no score yet, not zero.
+                pending = grade.auto_score is None and grade.manual_score is None
+                scores[grade.name] = None if pending else float(grade.score)
+    return SubmissionRecord(
+        student=sub.student.id,
+        lab=lab.name,
+        status="needs manual grade" if sub.needs_manual_grade else "graded",
+        scores={c.name: scores[c.name] for c in lab.cells if c.name in scores},
+        raw_score=float(sub.score or 0.0),
+        max_score=float(sub.max_score or 0.0),
+        timestamp=sub.timestamp,
+        seconds_late=float(sub.total_seconds_late),
+        penalty=float(sub.late_submission_penalty or 0.0),
+    )
 
 
 def check_table(
@@ -22,43 +181,26 @@ def check_table(
     and the formgrader see (manual overrides included).
     """
     import pandas as pd
-    from nbgrader.api import Gradebook
 
     rows = []
-    by_lab: dict[str, list[str]] = {}  # graded cells of each lab, in display order
-    with Gradebook(db_url) as gb:
-        for assignment in gb.assignments:
-            if labs and assignment.name not in labs:
-                continue
-            for student in gb.students:
-                try:
-                    sub = gb.find_submission(assignment.name, student.id)
-                except Exception:  # nbgrader's MissingEntry: not submitted
-                    if not include_missing:
-                        continue
-                    rows.append(
-                        {
-                            "student": student.id,
-                            "lab": assignment.name,
-                            "status": "missing",
-                            "total": 0.0,
-                            "max": assignment.max_score,
-                        }
-                    )
-                    continue
-                row: dict[str, object] = {"student": student.id, "lab": assignment.name}
-                for nb in sub.notebooks:
-                    for grade in sorted(nb.grades, key=lambda g: _order(assignment.name, g.name)):
-                        if grade.max_score:
-                            # An answer waiting for its grader has no score yet, not zero.
-                            pending = grade.auto_score is None and grade.manual_score is None
-                            row[grade.name] = None if pending else grade.score
-                            if grade.name not in by_lab.setdefault(assignment.name, []):
-                                by_lab[assignment.name].append(grade.name)
-                row["total"] = sub.score
-                row["max"] = sub.max_score
-                row["status"] = "needs manual grade" if sub.needs_manual_grade else "graded"
-                rows.append(row)
+    by_lab: dict[str, list[str]] = {}  # graded cells of each lab with submissions
+    for rec in read_gradebook(db_url, labs).submissions:
+        if rec.status == "missing":
+            if include_missing:
+                rows.append(
+                    {
+                        "student": rec.student,
+                        "lab": rec.lab,
+                        "status": "missing",
+                        "total": 0.0,
+                        "max": rec.max_score,
+                    }
+                )
+            continue
+        row: dict[str, object] = {"student": rec.student, "lab": rec.lab, **rec.scores}
+        by_lab.setdefault(rec.lab, list(rec.scores))
+        row.update(total=rec.raw_score, max=rec.max_score, status=rec.status)
+        rows.append(row)
     frame = pd.DataFrame(rows)
     if frame.empty:
         return frame

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar
 
+from nbclient.exceptions import DeadKernelError
 from nbconvert.preprocessors import ClearMetadataPreprocessor
 from nbformat import NotebookNode
 from nbformat.v4 import new_code_cell, new_output
@@ -25,13 +27,21 @@ from nbgrader.preprocessors import (
     NbGraderPreprocessor,
     SaveAutoGrades,
 )
-from traitlets import Integer
+from traitlets import Bool, Integer
 
 from .capture import capture_source
 from .errors import ConfigError
 from .evaluate import grade_in_subprocess
 from .results import CheckResult, GradingResult
 from .rubric import lab_ids, load_rubric
+from .sandbox import (
+    Limits,
+    SandboxedKernelManager,
+    Watchdog,
+    cell_timeout_message,
+    kernel_pid,
+    write_limit,
+)
 
 __all__ = [
     "GradeFromArtifacts",
@@ -45,7 +55,14 @@ RESULT_SUFFIX = ".grading.json"
 
 
 class GraderExecute(Execute):
-    """nbgrader's Execute, then one grader-owned cell that saves the model and array summaries."""
+    """nbgrader's Execute, then one grader-owned cell that saves the model and array summaries.
+
+    The kernel runs under :mod:`autograder.sandbox` limits: no network where the OS allows
+    it, a watchdog on memory and on the whole notebook's time, nbclient's per-cell timeout.
+    A kernel stopped by a limit is not a failed autograde: the cells left show the reason
+    as an error (which nbgrader scores as zero), and ``limit.json`` in the artifacts folder
+    tells the evaluation why no model was captured.
+    """
 
     runs_after: ClassVar[tuple[type, ...]] = ()
     runs_before: ClassVar[tuple[type, ...]] = ()
@@ -53,25 +70,172 @@ class GraderExecute(Execute):
     # nbgrader's 30 s default per cell is far too short for a training cell.
     timeout = Integer(900, allow_none=True).tag(config=True)
 
+    # Unset (None): from the AUTOGRADER_* environment variables, else the defaults of Limits.
+    cell_timeout = Integer(
+        None, allow_none=True, help="Seconds per cell (overrides AUTOGRADER_CELL_TIMEOUT)"
+    ).tag(config=True)
+    notebook_timeout = Integer(
+        None,
+        allow_none=True,
+        help="Seconds for the whole notebook (overrides AUTOGRADER_NOTEBOOK_TIMEOUT)",
+    ).tag(config=True)
+    memory_limit_mb = Integer(
+        None,
+        allow_none=True,
+        help="MiB of resident memory for the kernel and its children "
+        "(overrides AUTOGRADER_MEMORY_MB)",
+    ).tag(config=True)
+    allow_network = Bool(
+        None, allow_none=True, help="Let the student's kernel reach the network (default: no)"
+    ).tag(config=True)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("kernel_manager_class", SandboxedKernelManager)
+        super().__init__(*args, **kwargs)
+        # A bad setting fails when the pipeline is built, not once per notebook.
+        self._limits = self.limits()
+        self._watchdog: Watchdog | None = None
+        self._stopped: str | None = None  # why the kernel is gone, once it is
+        self._next_cell = 0
+        self._cell_timeouts = 0
+        self._isolated = False
+
+    def limits(self) -> Limits:
+        """This run's limits: traits set here, else environment, else ``timeout``/defaults."""
+        base = Limits(cell_timeout_s=self.timeout) if self.timeout and self.timeout > 0 else None
+        limits = Limits.from_env(defaults=base)
+        overrides: dict[str, Any] = {
+            "cell_timeout_s": self.cell_timeout,
+            "notebook_timeout_s": self.notebook_timeout,
+            "memory_mb": self.memory_limit_mb,
+            "network": self.allow_network,
+        }
+        return replace(limits, **{k: v for k, v in overrides.items() if v is not None})
+
     def preprocess(self, nb: NotebookNode, resources: Any) -> tuple[NotebookNode, Any]:
+        limits = self.limits()
         lab = resources["nbgrader"]["assignment"]
         if lab not in lab_ids():
-            return super().preprocess(nb, resources)
+            return self._execute(nb, resources, limits)
         artifacts = Path(tempfile.mkdtemp(prefix=f"autograder-{lab}-"))
-        resources.setdefault("autograder", {})["artifacts"] = str(artifacts)
+        state = resources.setdefault("autograder", {})
+        state["artifacts"] = str(artifacts)
         cell = new_code_cell(capture_source(load_rubric(lab), artifacts))
         nb.cells.append(cell)
         try:
             with utils.setenv(TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES=""):
-                nb, resources = super().preprocess(nb, resources)
+                nb, resources = self._execute(nb, resources, limits)
         finally:
             # The grader's cell never reaches the autograded notebook or the feedback.
             if nb.cells and nb.cells[-1] is cell:
                 nb.cells.pop()
-            resources["autograder"]["capture_outputs"] = [
+            state["capture_outputs"] = [
                 o.get("text", o.get("evalue", "")) for o in cell.get("outputs", [])
             ]
+            hit = self._limit_hit(limits)
+            if hit is not None:
+                dog = self._watchdog
+                details = (
+                    {"peak_rss_mb": round(dog.peak_rss_mb), "elapsed_s": round(dog.elapsed, 1)}
+                    if dog is not None
+                    else None
+                )
+                write_limit(artifacts, *hit, limits, details)
+                state["limit"] = hit[1]
         return nb, resources
+
+    def _execute(
+        self, nb: NotebookNode, resources: Any, limits: Limits
+    ) -> tuple[NotebookNode, Any]:
+        self._limits = limits
+        self._watchdog = None
+        self._stopped = None
+        self._next_cell = 0
+        self._cell_timeouts = 0
+        self._isolated = False
+        configured_timeout, self.timeout = self.timeout, limits.cell_timeout_s
+        message = cell_timeout_message(limits)
+        self.error_on_timeout = {
+            "ename": "CellTimeoutError",
+            "evalue": message,
+            "traceback": [f"\x1b[0;31mCellTimeoutError\x1b[0m: {message}"],
+        }
+        try:
+            nb, resources = super().preprocess(nb, resources)
+        except (DeadKernelError, RuntimeError) as exc:
+            # Died outside a cell (while starting, say): the cells that never ran say why.
+            # A RuntimeError is nbclient's "kernel died before replying": ours only if the
+            # watchdog stopped it.
+            stopped_by_us = self._watchdog is not None and self._watchdog.reason is not None
+            if not (isinstance(exc, DeadKernelError) or stopped_by_us):
+                raise
+            self._stopped = self._stopped or self._death_reason()
+            for cell in nb.cells[self._next_cell :]:
+                self._mark_stopped(cell)
+        finally:
+            if self._watchdog is not None:
+                self._watchdog.stop()
+            self.timeout = configured_timeout  # the next notebook reads its own limits
+        if "autograder" in resources:
+            resources["autograder"]["network_isolated"] = self._isolated
+        return nb, resources
+
+    def create_kernel_manager(self) -> Any:
+        km = super().create_kernel_manager()
+        if isinstance(km, SandboxedKernelManager):
+            km.network = self._limits.network
+        return km
+
+    def start_new_kernel(self, **kwargs: Any) -> None:
+        super().start_new_kernel(**kwargs)
+        self._isolated = bool(getattr(self.km, "isolated", False))
+        pid = kernel_pid(self.km)
+        if pid is not None:
+            self._watchdog = Watchdog(pid, self._limits).start()
+
+    def preprocess_cell(self, cell: NotebookNode, resources: Any, index: int) -> Any:
+        if self._stopped is not None:
+            # The kernel is gone: say so rather than wait on it for every cell left.
+            self._mark_stopped(cell)
+            return cell, resources
+        self._next_cell = index + 1
+        try:
+            cell, resources = super().preprocess_cell(cell, resources, index)
+        except DeadKernelError:
+            self._stopped = self._death_reason()
+            self.log.warning("cell %d: %s", index, self._stopped)
+            self._mark_stopped(cell)
+            return cell, resources
+        if any(o.get("ename") == "CellTimeoutError" for o in cell.get("outputs", [])):
+            self._cell_timeouts += 1
+        return cell, resources
+
+    def _death_reason(self) -> str:
+        if self._watchdog is not None and self._watchdog.reason:
+            return self._watchdog.reason
+        return "the kernel died (it crashed or was killed by the system)"
+
+    def _mark_stopped(self, cell: NotebookNode) -> None:
+        if cell.cell_type != "code" or not cell.source.strip():
+            return
+        assert self._stopped is not None
+        cell.setdefault("outputs", []).append(
+            new_output(
+                "error",
+                ename="KernelStopped",
+                evalue=self._stopped,
+                traceback=[f"\x1b[0;31mKernelStopped\x1b[0m: {self._stopped}"],
+            )
+        )
+
+    def _limit_hit(self, limits: Limits) -> tuple[str, str] | None:
+        """Which limit stopped or cut short this notebook (kind, reason), if one did."""
+        dog = self._watchdog
+        if dog is not None and dog.kind is not None and dog.reason is not None:
+            return dog.kind, dog.reason
+        if self._cell_timeouts:
+            return "cell_time", cell_timeout_message(limits)
+        return None
 
 
 def _outputs_for(result: CheckResult) -> list[NotebookNode]:
@@ -178,6 +342,9 @@ def configure(c: Any) -> None:
     """Apply the grader's settings to an nbgrader config object (``get_config()``)."""
     c.Autograde.autograde_preprocessors = autograde_preprocessors()
     c.GraderExecute.timeout = 900
+    # Everything needed is saved by the capture cell; a graceful shutdown waits ~3 s for
+    # TensorFlow's exit handlers, per notebook.
+    c.GraderExecute.shutdown_kernel = "immediate"
     c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedError()"}
 
 

@@ -25,6 +25,7 @@ __all__ = [
     "Threshold",
     "lab_ids",
     "load_rubric",
+    "rubric_file",
 ]
 
 # kind -> keys allowed in that check's table (beyond id/kind/points/title)
@@ -277,6 +278,11 @@ def parse_rubric(data: dict[str, Any], where: str = "rubric") -> Rubric:
 def lab_ids() -> list[str]:
     """The labs that have a rubric, in course order."""
     return sorted(p.stem for p in _LABS_DIR.glob("*.toml") if "." not in p.stem)
+
+
+def rubric_file(lab: str) -> Path:
+    """Where ``lab``'s rubric lives (``autograder/labs/<lab>.toml``)."""
+    return _LABS_DIR / f"{lab}.toml"
 
 
 @cache

@@ -1,0 +1,149 @@
+"""Serial `nbgrader autograde` against `autograder grade` on the same submissions.
+
+Two workloads: lab 3 (MNIST dense) on the offline 5,000-digit sample, where kernel start
+and imports weigh most, and on full-size Fashion-MNIST (60,000 training images), where
+training does. For each, the same N submissions are graded twice in one run, in two
+identical course directories, and the script prints the ratio of wall times, the CPU
+utilisation of each (CPU seconds of the process tree / (cores x wall)), and the batch
+grader's overhead per submission (time beyond the notebook's own cells).
+
+    .venv/bin/python benchmarks/batch_vs_serial.py [--n 8] [--workload sample fashion]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+LAB = "lab3_mnist_dense"
+# A class: mostly correct work, some of the usual mistakes (all of them train a model).
+MIX = ["correct", "not-scaled", "correct", "wrong-architecture", "correct", "badly-trained"]
+
+
+def _children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def _timed(cmd: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, float]:
+    """Wall seconds and CPU seconds of ``cmd`` and everything it started."""
+    cpu0, t0 = _children_cpu(), time.monotonic()
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, check=False)
+    wall, cpu = time.monotonic() - t0, _children_cpu() - cpu0
+    if proc.returncode not in (0, 1):  # 1: some submission failed; still a measurement
+        sys.exit(f"{cmd[0]} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return wall, cpu
+
+
+def _course(root: Path, n: int, env: dict[str, str]) -> None:
+    code = f"""
+from pathlib import Path
+from autograder.course import create_course
+from autograder.examples import example_path
+course = create_course(Path({str(root)!r}), labs=[{LAB!r}])
+mix = {MIX!r}
+for i in range({n}):
+    course.submit(f"student{{i:02d}}", {LAB!r}, example_path({LAB!r}, mix[i % len(mix)]))
+"""
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True)
+
+
+def _scores(root: Path) -> dict[str, float]:
+    out = {}
+    for path in sorted(root.glob(f"autograded/*/{LAB}/{LAB}.ipynb.grading.json")):
+        out[path.parts[-3]] = json.loads(path.read_text())["checks"]
+        out[path.parts[-3]] = round(sum(c["score"] for c in out[path.parts[-3]]), 2)
+    return out
+
+
+def run(workload: str, n: int, workers: int | None, keep: Path | None) -> dict[str, float]:
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    work = Path(tempfile.mkdtemp(prefix=f"bench-{workload}-"))
+    if workload == "fashion":
+        env["AUTOGRADER_DATA_DIR"] = str(work / "data")
+        subprocess.run(
+            [str(bin_dir / "autograder"), "stage-data", "--mnist-from", "fashion-mnist"],
+            env=env,
+            check=True,
+            capture_output=True,
+        )
+    serial, batch = work / "serial", work / "batch"
+    _course(serial, n, env)
+    shutil.copytree(serial, batch)
+    cores = os.cpu_count() or 1
+    s_wall, s_cpu = _timed([str(bin_dir / "nbgrader"), "autograde", LAB], serial, env)
+    cmd = [str(bin_dir / "autograder"), "grade", str(batch), "--lab", LAB, "--no-progress"]
+    if workers:
+        cmd += ["--workers", str(workers)]
+    b_wall, b_cpu = _timed(cmd, batch, env)
+    summary = json.loads((batch / "batch_summary.json").read_text())
+    graded = [o for o in summary["outcomes"] if o["status"] == "graded"]
+    overhead = [
+        o["timing"]["worker_s"] - o["timing"]["cells_s"] + o["timing"]["replay_s"] for o in graded
+    ]
+    figures = {
+        "n": n,
+        "cores": cores,
+        "workers": summary["workers"],
+        "serial_wall_s": s_wall,
+        "batch_wall_s": b_wall,
+        "ratio": s_wall / b_wall,
+        "serial_utilisation": s_cpu / (cores * s_wall),
+        "batch_utilisation": b_cpu / (cores * b_wall),
+        "overhead_s_mean": statistics.mean(overhead) if overhead else float("nan"),
+        "overhead_s_max": max(overhead) if overhead else float("nan"),
+        "graded": len(graded),
+    }
+    s_scores, b_scores = _scores(serial), _scores(batch)
+    f = figures
+    print(f"\n== {workload}: {n} submissions of {LAB}, {cores} cores ==")
+    print(
+        f"serial nbgrader autograde: {s_wall:7.1f} s wall, "
+        f"utilisation {f['serial_utilisation']:.2f}"
+    )
+    print(
+        f"autograder grade:          {b_wall:7.1f} s wall, utilisation {f['batch_utilisation']:.2f}"
+        f", {f['workers']} workers"
+    )
+    print(f"ratio (serial / batch):    {f['ratio']:.2f}")
+    print(
+        f"overhead per submission:   mean {f['overhead_s_mean']:.2f} s, "
+        f"max {f['overhead_s_max']:.2f} s"
+    )
+    print(f"scores, serial: {s_scores}")
+    print(f"scores, batch:  {b_scores}")
+    if keep:
+        keep.mkdir(parents=True, exist_ok=True)
+        (keep / f"{workload}.json").write_text(
+            json.dumps({**figures, "serial_scores": s_scores, "batch_scores": b_scores}, indent=1)
+        )
+    shutil.rmtree(work, ignore_errors=True)
+    return figures
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--n", type=int, default=8)
+    parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument(
+        "--workload", nargs="+", default=["sample", "fashion"], choices=["sample", "fashion"]
+    )
+    parser.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
+    args = parser.parse_args()
+    for workload in args.workload:
+        run(workload, args.n, args.workers, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

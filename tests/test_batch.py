@@ -1,0 +1,129 @@
+"""Batch grading: same grades as serial nbgrader, resumable, on a Dask LocalCluster too."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from grading_helpers import QUICK, environment
+
+from autograder.batch import STATE_FILE, grade_batch
+from autograder.course import Course, create_course
+from autograder.examples import example_path
+from autograder.gradebook import check_table
+
+pytestmark = pytest.mark.slow
+LAB = "lab3_mnist_dense"
+# Examples whose scores do not hinge on the last digit of an accuracy: training is not
+# bit-for-bit reproducible across runs (thread counts change float sums), serial or not.
+STABLE = ["correct", "not-reshaped", "untrained", "monkeypatched-evaluate"]
+
+
+def _course(root: Path, names: list[str]) -> Course:
+    with environment(QUICK):
+        course = create_course(root, labs=[LAB])
+    for i, name in enumerate(names):
+        course.submit(f"s{i}-{name}", LAB, example_path(LAB, name))
+    return course
+
+
+def _gradebook(course: Course) -> pd.DataFrame:
+    """Per student: every graded cell's score, the total and the max, as the gradebook has
+    them (what the formgrader and ``nbgrader export`` show)."""
+    return check_table(course.db_url, [LAB])
+
+
+def _integrity(course: Course) -> str:
+    with sqlite3.connect(course.root / "gradebook.db") as db:
+        return str(db.execute("PRAGMA integrity_check").fetchone()[0])
+
+
+def test_dask_batch_gives_the_grades_of_serial_nbgrader(tmp_path, staged_data):
+    serial = _course(tmp_path / "serial", STABLE)
+    batch = _course(tmp_path / "batch", STABLE)
+    nbgrader = Path(sys.executable).parent / "nbgrader"
+    proc = subprocess.run(
+        [str(nbgrader), "autograde", LAB], cwd=serial.root, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = grade_batch(batch.root, scheduler="local", workers=2, progress=False)
+    assert summary.engine == "dask" and summary.workers == 2
+    assert summary.count("graded") == len(STABLE), summary.format()
+    expected = _gradebook(serial)
+    assert len(expected) == len(STABLE) and (expected["status"] == "graded").all()
+    pd.testing.assert_frame_equal(_gradebook(batch), expected)
+    totals = dict(zip(expected["student"], expected["total"], strict=True))
+    assert {o.student: o.score for o in summary.outcomes} == totals
+    assert totals[f"s0-{STABLE[0]}"] == 10.0 and min(totals.values()) < 10.0
+    # The autograded notebooks carry the grader's outputs, not the student's.
+    nb = batch.root / "autograded" / f"s3-{STABLE[3]}" / LAB / f"{LAB}.ipynb"
+    assert "AutograderCheckFailed" in nb.read_text() or "[pass]" in nb.read_text()
+
+
+def test_killed_batch_resumes_with_what_is_left(tmp_path, staged_data):
+    names = ["correct", "untrained", "not-reshaped", "monkeypatched-evaluate"]
+    course = _course(tmp_path / "course", names)
+    cmd = [sys.executable, "-m", "autograder", "grade", str(course.root), "--workers", "2"]
+    env = {**os.environ, **QUICK}
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    states = course.root / "autograded"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not list(states.glob(f"*/{LAB}/{STATE_FILE}")):
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # the coordinator and its workers, mid-batch
+    proc.wait()
+    finished = {p.parts[-3] for p in states.glob(f"*/{LAB}/{STATE_FILE}")}
+    assert 1 <= len(finished) < len(names)
+    assert _integrity(course) == "ok"
+
+    summary = grade_batch(course.root, workers=2, progress=False)
+    skipped = {o.student for o in summary.outcomes if o.status == "skipped"}
+    graded = {o.student for o in summary.outcomes if o.status == "graded"}
+    assert skipped == finished
+    assert graded == {f"s{i}-{n}" for i, n in enumerate(names)} - finished
+    assert summary.count("failed") == 0
+    assert _integrity(course) == "ok"
+    scores = {o.student: o.score for o in summary.outcomes if o.status == "graded"}
+    assert all(score is not None for score in scores.values())
+
+    # Unchanged: nothing to do. One submission changed: only that one is graded again.
+    again = grade_batch(course.root, workers=2, progress=False)
+    assert again.count("skipped") == len(names)
+    course.submit("s1-untrained", LAB, example_path(LAB, "correct"))
+    again = grade_batch(course.root, workers=2, progress=False)
+    assert {o.student for o in again.outcomes if o.status == "graded"} == {"s1-untrained"}
+    rescored = next(o.score for o in again.outcomes if o.student == "s1-untrained")
+    assert rescored is not None and rescored > 9  # was untrained (6 of 10), now trained
+
+    # --force grades everything again; stored executions are replayed, not run again.
+    forced = grade_batch(course.root, workers=2, force=True, progress=False)
+    assert forced.count("graded") == len(names)
+    assert not any("execute_s" in o.timing for o in forced.outcomes)
+    summary_file = json.loads((course.root / "batch_summary.json").read_text())
+    assert len(summary_file["outcomes"]) == len(names)
+
+
+def test_unreadable_submission_is_marked_failed_and_the_rest_graded(tmp_path, staged_data):
+    course = _course(tmp_path / "course", ["correct"])
+    broken = tmp_path / "broken.ipynb"
+    broken.write_text(example_path(LAB, "correct").read_text()[:5000])  # cut mid-JSON
+    course.submit("s1-broken", LAB, broken)
+    summary = grade_batch(course.root, workers=2, progress=False)
+    by_student = {o.student: o for o in summary.outcomes}
+    assert by_student["s0-correct"].status == "graded"
+    assert by_student["s1-broken"].status == "failed"
+    assert "could not be read" in by_student["s1-broken"].reason
+    assert "FAILED lab3_mnist_dense s1-broken" in summary.format()
+    # Not marked done: the next run tries it again (and fails again, with the reason).
+    again = grade_batch(course.root, workers=2, progress=False)
+    assert [o.status for o in again.outcomes if o.student == "s1-broken"] == ["failed"]

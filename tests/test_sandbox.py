@@ -1,0 +1,351 @@
+"""Limits on the student's kernel: time, memory, network (autograder/sandbox.py).
+
+The three adversarial lab 3 submissions go through nbgrader autograde with small limits;
+the watchdog, the limits' configuration and the network namespace are tested on their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import grading_helpers as gh
+import nbformat
+import psutil
+import pytest
+from nbformat.v4 import new_code_cell, new_notebook
+
+from autograder.course import create_course
+from autograder.errors import ConfigError
+from autograder.evaluate import evaluate_artifacts
+from autograder.examples import EXAMPLES, example_path
+from autograder.pipeline import GraderExecute
+from autograder.sandbox import (
+    Limits,
+    SandboxedKernelManager,
+    Watchdog,
+    isolation_prefix,
+    read_limit,
+    write_limit,
+)
+
+LAB = "lab3_mnist_dense"
+ADVERSARIAL = [name for name, example in EXAMPLES[LAB].items() if example.adversarial]
+NOTEBOOK_TIMEOUT = int(gh.ADVERSARIAL_LIMITS["AUTOGRADER_NOTEBOOK_TIMEOUT"])
+MEMORY_MB = int(gh.ADVERSARIAL_LIMITS["AUTOGRADER_MEMORY_MB"])
+ISOLATED = isolation_prefix() is not None
+
+
+# --- the adversarial submissions, through nbgrader ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def graded(tmp_path_factory: pytest.TempPathFactory, staged_data: None):
+    """The adversarial examples in one course, each graded under the tight test limits."""
+    root = tmp_path_factory.mktemp("sandbox") / "course"
+    with gh.environment(gh.QUICK):
+        course = create_course(root, labs=[LAB])
+    outcomes, seconds = {}, {}
+    for name in ADVERSARIAL:
+        course.submit(name, LAB, example_path(LAB, name))
+        started = time.monotonic()
+        with gh.environment({**gh.QUICK, **gh.limits_for(LAB, name)}):
+            outcomes[name] = course.autograde(LAB, name)
+        seconds[name] = time.monotonic() - started
+    return course, outcomes, seconds
+
+
+def _autograded(course, student: str) -> nbformat.NotebookNode:
+    return nbformat.read(course.root / "autograded" / student / LAB / f"{LAB}.ipynb", 4)
+
+
+def _cell(nb: nbformat.NotebookNode, grade_id: str) -> nbformat.NotebookNode:
+    return next(c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") == grade_id)
+
+
+def _shown(cell: nbformat.NotebookNode) -> str:
+    """What the student reads in a cell's outputs."""
+    return "\n".join(
+        o.get("text", "") + o.get("evalue", "") + "".join(o.get("traceback", []))
+        for o in cell.outputs
+    )
+
+
+def test_adversarial_examples_are_declared():
+    assert set(ADVERSARIAL) == {"infinite-loop", "memory-hog", "network-access"}
+    assert not EXAMPLES[LAB]["correct"].adversarial
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("student", "reason"),
+    [
+        (
+            "infinite-loop",
+            f"time limit exceeded: the notebook ran longer than {NOTEBOOK_TIMEOUT} s",
+        ),
+        ("memory-hog", f"memory limit exceeded: the notebook used more than {MEMORY_MB} MiB"),
+    ],
+)
+def test_stopped_notebook_is_graded_zero_with_the_reason(graded, student, reason):
+    course, outcomes, seconds = graded
+    assert outcomes[student]["success"], outcomes[student].get("error")
+    result = gh.result_of(course, LAB, student)
+    assert result.error is not None and result.error.startswith(reason)
+    assert result.score == 0
+    assert all(c.score == 0 and c.messages[0].startswith(reason) for c in result.checks)
+    nb = _autograded(course, student)
+    # The graded cells carry the reason, and so does the cell where the kernel was stopped.
+    for check in result.checks:
+        assert reason in _shown(_cell(nb, check.id))
+    train = _cell(nb, "train")
+    assert "KernelStopped" in _shown(train) and reason in _shown(train)
+    # Only this notebook's time: the limit, starting the kernel, evaluating, nbgrader.
+    assert seconds[student] < NOTEBOOK_TIMEOUT + 45
+
+
+@pytest.mark.slow
+def test_network_is_blocked_and_the_rest_grades_normally(graded):
+    course, outcomes, _ = graded
+    assert outcomes["network-access"]["success"], outcomes["network-access"].get("error")
+    result = gh.result_of(course, LAB, "network-access")
+    assert result.error is None
+    assert {c.id: c.score for c in result.checks} == {
+        "check_architecture": 3,
+        "check_compile": 1,
+        "check_inputs": 2,
+        "check_accuracy": 4,
+    }
+    printed = _shown(_cell(_autograded(course, "network-access"), "build_network"))
+    assert "network: " in printed
+    if ISOLATED:
+        assert "network: no access" in printed and "Network is unreachable" in printed
+
+
+# --- limits: configuration ------------------------------------------------------------------
+
+
+def test_limits_defaults_and_environment():
+    assert Limits.from_env({}) == Limits(900, 1800, 4096, False)
+    env = {
+        "AUTOGRADER_CELL_TIMEOUT": "60",
+        "AUTOGRADER_NOTEBOOK_TIMEOUT": " 120 ",
+        "AUTOGRADER_MEMORY_MB": "2048",
+    }
+    assert Limits.from_env(env) == Limits(60, 120, 2048)
+    assert Limits.from_env({"AUTOGRADER_MEMORY_MB": ""}) == Limits()  # empty: unset
+    defaults = Limits(cell_timeout_s=30)
+    assert Limits.from_env({"AUTOGRADER_MEMORY_MB": "100"}, defaults=defaults) == Limits(
+        30, 1800, 100
+    )
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-5", "1.5", "4GB"])
+@pytest.mark.parametrize(
+    "var", ["AUTOGRADER_CELL_TIMEOUT", "AUTOGRADER_NOTEBOOK_TIMEOUT", "AUTOGRADER_MEMORY_MB"]
+)
+def test_bad_limit_in_environment_is_a_config_error(var, value):
+    with pytest.raises(ConfigError, match=f"{var} must be a positive whole number"):
+        Limits.from_env({var: value})
+
+
+def test_bad_limit_value_is_refused():
+    with pytest.raises(ConfigError, match="memory_mb"):
+        Limits(memory_mb=0)
+
+
+def test_grader_execute_limits_precedence(monkeypatch):
+    monkeypatch.setenv("AUTOGRADER_CELL_TIMEOUT", "77")
+    monkeypatch.setenv("AUTOGRADER_MEMORY_MB", "3000")
+    ex = GraderExecute(timeout=900, memory_limit_mb=1234)
+    # traits set on GraderExecute > environment > `timeout` and the defaults
+    assert ex.limits() == Limits(cell_timeout_s=77, memory_mb=1234)
+    monkeypatch.delenv("AUTOGRADER_CELL_TIMEOUT")
+    assert ex.limits().cell_timeout_s == 900
+    assert GraderExecute(cell_timeout=5, allow_network=True).limits().network
+
+
+def test_grader_execute_refuses_a_bad_environment_when_built(monkeypatch):
+    monkeypatch.setenv("AUTOGRADER_NOTEBOOK_TIMEOUT", "soon")
+    with pytest.raises(ConfigError, match="AUTOGRADER_NOTEBOOK_TIMEOUT"):
+        GraderExecute()
+
+
+def test_evaluation_reports_the_limit_when_nothing_was_captured(tmp_path):
+    reason = "memory limit exceeded: the notebook used more than 10 MiB"
+    write_limit(tmp_path, "memory", reason, Limits(memory_mb=10))
+    assert read_limit(tmp_path) == reason
+    result = evaluate_artifacts(LAB, tmp_path)
+    assert result.error is not None and result.error.startswith(reason)
+    assert all(c.messages[0].startswith(reason) and c.score == 0 for c in result.checks)
+    (tmp_path / "limit.json").unlink()
+    assert "did not run to the end" in (evaluate_artifacts(LAB, tmp_path).error or "")
+
+
+# --- the watchdog on plain processes -------------------------------------------------------
+
+HOG = textwrap.dedent(
+    """
+    import time
+    hoard = []
+    while True:
+        hoard.append(bytearray(20 * 2**20))
+        time.sleep(0.02)
+    """
+)
+
+
+def _python(code: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
+
+
+def test_watchdog_kills_a_memory_hog_and_its_parent():
+    # The hog is a child: the tree's memory counts, and the whole tree goes.
+    proc = _python(f"import subprocess, sys; subprocess.run([sys.executable, '-c', {HOG!r}])")
+    parent = psutil.Process(proc.pid)
+    started = time.monotonic()
+    with Watchdog(proc.pid, Limits(memory_mb=200, notebook_timeout_s=60)) as dog:
+        children: list[psutil.Process] = []
+        while not children and proc.poll() is None:
+            children = parent.children()
+            time.sleep(0.01)
+        assert proc.wait(timeout=30) == -9
+    assert time.monotonic() - started < 15
+    assert dog.kind == "memory"
+    assert dog.reason == "memory limit exceeded: the notebook used more than 200 MiB"
+    assert dog.peak_rss_mb > 200
+    assert children
+    deadline = time.monotonic() + 5
+    while not all(map(_gone, children)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert all(map(_gone, children))  # the hog went with its parent
+
+
+def _gone(p: psutil.Process) -> bool:
+    """Dead, or a zombie waiting for its new parent to reap it."""
+    try:
+        return p.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_watchdog_kills_a_sleeper_at_the_notebook_time_limit():
+    proc = _python("import time; time.sleep(120)")
+    started = time.monotonic()
+    with Watchdog(proc.pid, Limits(notebook_timeout_s=1)) as dog:
+        assert proc.wait(timeout=10) == -9
+    assert 0.9 < time.monotonic() - started < 5
+    assert dog.kind == "notebook_time"
+    assert dog.reason == "time limit exceeded: the notebook ran longer than 1 s"
+
+
+def test_watchdog_leaves_a_process_within_its_limits_alone():
+    proc = _python("import time; time.sleep(1.5)")
+    with Watchdog(proc.pid, Limits(memory_mb=500, notebook_timeout_s=30)) as dog:
+        assert proc.wait(timeout=10) == 0
+    assert dog.reason is None and dog.kind is None
+
+
+# --- GraderExecute on small notebooks (no nbgrader, no TensorFlow) -----------------------------
+
+
+def _run(tmp_path: Path, *sources: str, **traits) -> nbformat.NotebookNode:
+    nb = new_notebook(cells=[new_code_cell(s) for s in sources])
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    resources = {"nbgrader": {"assignment": "not-a-lab"}, "metadata": {"path": str(tmp_path)}}
+    nb, _ = GraderExecute(**traits).preprocess(nb, resources)
+    return nb
+
+
+def test_cell_timeout_interrupts_the_cell_and_says_so(tmp_path):
+    nb = _run(
+        tmp_path,
+        "print('before')",
+        "import time\nwhile True:\n    time.sleep(0.1)",
+        "print('after')",
+        cell_timeout=2,
+    )
+    shown = _shown(nb.cells[1])
+    assert "CellTimeoutError" in shown
+    assert "time limit exceeded: this cell ran longer than 2 s" in shown
+    assert "after" in _shown(nb.cells[2])  # interrupted, not killed: the notebook goes on
+
+
+@pytest.fixture
+def socket_dir(monkeypatch: pytest.MonkeyPatch):
+    """A temp folder of our own (short: a unix socket's path holds 107 bytes)."""
+    path = Path(tempfile.mkdtemp(prefix="sbx-", dir="/tmp"))
+    monkeypatch.setattr(tempfile, "tempdir", str(path))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_kernel_stopped_for_memory_leaves_the_other_cells_with_the_reason(tmp_path, socket_dir):
+    started = time.monotonic()
+    nb = _run(tmp_path, "print('before')", HOG, "print('after')", memory_limit_mb=300)
+    assert time.monotonic() - started < 30
+    assert list(socket_dir.iterdir()) == []  # the killed kernel's socket folder is gone too
+    reason = "memory limit exceeded: the notebook used more than 300 MiB"
+    assert "before" in _shown(nb.cells[0])
+    for cell in nb.cells[1:]:
+        assert "KernelStopped" in _shown(cell) and reason in _shown(cell)
+    assert "after" not in _shown(nb.cells[2])
+
+
+# --- the network namespace ------------------------------------------------------------------
+
+
+def _connect_from_kernel(network: bool, port: int) -> str:
+    code = textwrap.dedent(
+        f"""
+        import socket
+        try:
+            socket.create_connection(("127.0.0.1", {port}), timeout=3).close()
+            print("connected")
+        except OSError as exc:
+            print("refused:", exc)
+        """
+    )
+
+    async def run() -> str:
+        km = SandboxedKernelManager(network=network)
+        await km.start_kernel()
+        kc = km.client()
+        kc.start_channels()
+        out: list[str] = []
+        try:
+            await kc.wait_for_ready(timeout=60)
+            assert km.isolated == (ISOLATED and not network)
+            assert km.transport == ("ipc" if km.isolated else "tcp")
+
+            def hook(msg) -> None:
+                if msg["msg_type"] == "stream":
+                    out.append(msg["content"]["text"])
+
+            await kc.execute_interactive(code, timeout=30, output_hook=hook)
+        finally:
+            kc.stop_channels()
+            await km.shutdown_kernel(now=True)
+        return "".join(out)
+
+    return asyncio.run(run())
+
+
+@pytest.mark.skipif(not ISOLATED, reason="network namespaces are not available here")
+def test_kernel_cannot_reach_the_host_network():
+    # A server on the grader's own loopback: outside the namespace it answers.
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        assert "Network is unreachable" in _connect_from_kernel(False, port)
+        assert "connected" in _connect_from_kernel(True, port)
