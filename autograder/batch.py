@@ -35,7 +35,7 @@ from typing import Any, Literal
 from nbformat import NotebookNode, from_dict, reads
 from traitlets import Unicode
 
-from .errors import ConfigError
+from .errors import ConfigError, GradingError
 from .pipeline import GraderExecute, autograde_preprocessors
 from .results import GradingResult
 from .rubric import load_rubric
@@ -173,9 +173,13 @@ def _already_graded(course_root: Path, s: Submission) -> bool:
 # ----------------------------------------------------------------------------- executions
 
 
-def execution_key(nb: NotebookNode, fingerprint: str) -> str:
-    """The sanitized notebook as execution sees it (cell kinds, sources, nbgrader metadata)."""
-    h = hashlib.sha256(fingerprint.encode())
+def execution_key(nb: NotebookNode, submission_digest: str) -> str:
+    """One submission (its files and the grader's inputs: ``Submission.digest``) and the
+    sanitized notebook as execution sees it (cell kinds, sources, nbgrader metadata).
+
+    Scoped to the submission: two students' identical notebooks are each run, not one
+    replayed for the other."""
+    h = hashlib.sha256(submission_digest.encode())
     for cell in nb.cells:
         meta = cell.get("metadata", {}).get("nbgrader", {})
         h.update(json.dumps([cell.cell_type, cell.source, meta], sort_keys=True).encode())
@@ -221,10 +225,14 @@ def _evaluator(labs: tuple[str, ...]) -> Any:
     from .evaluator import Evaluator
 
     if _EVALUATOR is None:
-        _EVALUATOR = Evaluator(labs)
         import atexit
+        from multiprocessing import util
 
+        _EVALUATOR = Evaluator(labs)
+        # Pool workers end through multiprocessing's exit path, which skips atexit: close
+        # the server from both, so it is waited for (never orphaned) when the worker ends.
         atexit.register(_EVALUATOR.close)
+        util.Finalize(_EVALUATOR, _EVALUATOR.close, exitpriority=10)
     return _EVALUATOR
 
 
@@ -237,7 +245,7 @@ def _sanitize(nb: NotebookNode, resources: dict[str, Any], config: Any) -> Noteb
 
 
 def execute_submission(
-    course_root: str, course_id: str, lab: str, student: str, fingerprint: str, threads: int
+    course_root: str, course_id: str, lab: str, student: str, digest: str, threads: int
 ) -> dict[str, Any]:
     """In a worker: sanitize, execute and evaluate one submission; store the execution.
 
@@ -254,6 +262,8 @@ def execute_submission(
         "OMP_NUM_THREADS": str(threads),
     }
     os.environ.update(threads_env)
+    # The evaluator's imports and data loading overlap this submission's execution.
+    _evaluator((lab,)).warm()
     root = Path(course_root)
     course = Course(root, course_id)
     rubric = load_rubric(lab)
@@ -280,7 +290,7 @@ def execute_submission(
         out["error"] = f"sanitizing failed: {type(exc).__name__}: {exc}"[:300]
         return out
     out["sanitize_s"] = time.monotonic() - start
-    key = execution_key(nb, fingerprint)
+    key = execution_key(nb, digest)
     cache = _cache_dir(root)
     cache.mkdir(parents=True, exist_ok=True)
     out["key"] = key
@@ -313,10 +323,12 @@ class ReplayExecute(GraderExecute):
     matches the notebook, and executes as usual when none does."""
 
     replay_dir = Unicode("", help="Folder of stored executions").tag(config=True)
-    fingerprint = Unicode("", help="grader_fingerprint of the lab being graded").tag(config=True)
+    submission_digest = Unicode("", help="Submission.digest of the one being graded").tag(
+        config=True
+    )
 
     def preprocess(self, nb: NotebookNode, resources: Any) -> tuple[NotebookNode, Any]:
-        entry = Path(self.replay_dir) / execution_key(nb, self.fingerprint)
+        entry = Path(self.replay_dir) / execution_key(nb, self.submission_digest)
         if not self.replay_dir or not (entry / "result.json").is_file():
             self.log.warning("no stored execution for this notebook: executing it here")
             return super().preprocess(nb, resources)
@@ -355,7 +367,7 @@ def _executor(workers: int, scheduler: str | None) -> Iterator[tuple[Executor, s
         yield client.get_executor(pure=False), "dask", n
 
 
-def _replay_api(course: Any, cache: Path, fingerprint: str) -> Any:
+def _replay_api(course: Any, cache: Path) -> Any:
     from nbgrader.apps import NbGraderAPI
 
     from ._runtime import ensure_tool_path
@@ -365,7 +377,6 @@ def _replay_api(course: Any, cache: Path, fingerprint: str) -> Any:
         ReplayExecute if step is GraderExecute else step for step in autograde_preprocessors()
     ]
     config.ReplayExecute.replay_dir = str(cache)
-    config.ReplayExecute.fingerprint = fingerprint
     ensure_tool_path()
     return NbGraderAPI(config=config)
 
@@ -390,15 +401,53 @@ def grade_batch(
     ``scheduler``: None for local worker processes, ``"local"`` for a Dask LocalCluster, or a
     Dask scheduler address. ``force`` regrades unchanged, already graded submissions.
     """
+    start = time.monotonic()
+    course_root = course_root.resolve()
+    if not (course_root / "gradebook.db").exists() and not (course_root / "source").is_dir():
+        raise ConfigError(f"{course_root} is not a course directory (no source/, no gradebook)")
+    with _exclusive(course_root):
+        return _grade(course_root, labs, students, workers, scheduler, force, progress, start)
+
+
+@contextlib.contextmanager
+def _exclusive(course_root: Path) -> Iterator[None]:
+    """One batch per course at a time: a second one is refused, naming the first."""
+    import fcntl
+
+    path = course_root / ".autograder" / "grade.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "unknown"
+            raise GradingError(
+                f"another `autograder grade` (pid {holder}) is grading {course_root}: "
+                "wait for it to finish or stop it"
+            ) from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(str(os.getpid()))
+        lock.flush()
+        yield  # the kernel drops the lock when this process ends, however it ends
+
+
+def _grade(
+    course_root: Path,
+    labs: list[str] | None,
+    students: list[str] | None,
+    workers: int | None,
+    scheduler: str | None,
+    force: bool,
+    progress: bool,
+    start: float,
+) -> BatchSummary:
     from tqdm import tqdm
 
     from .course import Course
     from .pipeline import read_result
 
-    start = time.monotonic()
-    course_root = course_root.resolve()
-    if not (course_root / "gradebook.db").exists() and not (course_root / "source").is_dir():
-        raise ConfigError(f"{course_root} is not a course directory (no source/, no gradebook)")
     course = Course(course_root)
     labs = labs or sorted(p.name for p in (course_root / "source").iterdir() if p.is_dir())
     submissions = find_submissions(course_root, labs, students or [])
@@ -412,9 +461,8 @@ def grade_batch(
             outcomes.append(SubmissionOutcome(s.lab, s.student, "skipped"))
         else:
             todo.append(s)
-    fingerprints = {lab: grader_fingerprint(course_root, lab) for lab in labs}
     cache = _cache_dir(course_root)
-    apis = {lab: _replay_api(course, cache, fingerprints[lab]) for lab in labs}
+    api = _replay_api(course, cache)
     bar = tqdm(
         total=len(submissions),
         initial=len(outcomes),
@@ -431,7 +479,7 @@ def grade_batch(
                 course.course_id,
                 s.lab,
                 s.student,
-                fingerprints[s.lab],
+                s.digest,
                 threads,
             ): s
             for s in todo
@@ -443,7 +491,7 @@ def grade_batch(
             except Exception as exc:
                 done = {"key": None, "worker_s": 0.0, "cells_s": 0.0}
                 done["error"] = f"the worker running it failed: {type(exc).__name__}: {exc}"
-            outcome = _record(course_root, apis[s.lab], s, done, read_result)
+            outcome = _record(course_root, api, s, done, read_result)
             outcomes.append(outcome)
             bar.update(1)
             bar.set_postfix(failed=sum(o.status == "failed" for o in outcomes), refresh=False)
@@ -458,6 +506,7 @@ def _record(
 ) -> SubmissionOutcome:
     """nbgrader's autograde for one submission (replaying its execution), and the state."""
     begin = time.monotonic()
+    api.config.ReplayExecute.submission_digest = s.digest  # read by this autograde's app
     result = api.autograde(s.lab, s.student, force=True, create=True)
     replay_s = time.monotonic() - begin
     timing = {k: round(v, 3) for k, v in done.items() if k.endswith("_s")}

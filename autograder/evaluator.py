@@ -135,14 +135,25 @@ def serve(labs: list[str], requests: IO[str], replies: IO[str]) -> None:
     from .rubric import load_rubric
 
     keep_loaded()
-    for lab in labs:
+    loaded: set[str] = set()
+
+    def preload(lab: str) -> None:
+        # Decoded here, before forking, so every child shares the arrays (numpy only: no
+        # TensorFlow op runs in this process).
+        if lab in loaded:
+            return
+        loaded.add(lab)
         rubric = load_rubric(lab)
         with contextlib.suppress(Exception):  # a missing data set is reported per submission
             load_heldout(rubric.dataset, **rubric.preprocess.load)
             if rubric.preprocess.normalize:
                 _train_stats(rubric)
+
+    for lab in labs:
+        preload(lab)
     for line in requests:
         request = json.loads(line)
+        preload(request["lab"])
         pid = os.fork()
         if pid == 0:
             os.setsid()  # its own process group: a timeout kills everything it started

@@ -17,6 +17,7 @@ from grading_helpers import QUICK, environment
 
 from autograder.batch import STATE_FILE, grade_batch
 from autograder.course import Course, create_course
+from autograder.errors import GradingError
 from autograder.examples import example_path
 from autograder.gradebook import check_table
 
@@ -127,3 +128,29 @@ def test_unreadable_submission_is_marked_failed_and_the_rest_graded(tmp_path, st
     # Not marked done: the next run tries it again (and fails again, with the reason).
     again = grade_batch(course.root, workers=2, progress=False)
     assert [o.status for o in again.outcomes if o.student == "s1-broken"] == ["failed"]
+
+
+def test_a_second_grader_on_the_same_course_is_refused(tmp_path, staged_data):
+    course = _course(tmp_path / "course", ["correct"])
+    hold = (
+        "import sys, time; from pathlib import Path; from autograder.batch import _exclusive\n"
+        "with _exclusive(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(60)"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", hold, str(course.root)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with pytest.raises(GradingError, match=f"pid {holder.pid}"):
+            grade_batch(course.root, workers=1, progress=False)
+        result = subprocess.run(
+            [sys.executable, "-m", "autograder", "grade", str(course.root)],
+            capture_output=True,
+            text=True,
+        )
+        assert result.returncode == GradingError.exit_code
+        assert "another `autograder grade`" in result.stderr
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not (course.root / "autograded").exists()  # nothing graded while refused
