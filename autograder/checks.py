@@ -258,7 +258,9 @@ def check_architecture(check: Check, ev: Evidence) -> CheckResult:
         if not ok:
             got = "unknown" if model.input_shape is None else _fmt_shape(model.input_shape)
             messages.append(
-                f"the first layer expects inputs of shape {got}; the lab needs {_fmt_shape(want)}"
+                f"the first layer expects inputs of shape {got}; the lab needs {_fmt_shape(want)}: "
+                f"start the network with `keras.Input(shape={_fmt_shape(want)})` and train it on "
+                f"arrays of shape {_fmt_shape((None, *want))}"
             )
     match = _match_exact if p.get("match", "exact") == "exact" else _match_subsequence
     layer_problems = match(check.layers, model.layers) + _input_dim_problems(
@@ -276,7 +278,9 @@ def check_architecture(check: Check, ev: Evidence) -> CheckResult:
         if not ok:
             got = "nothing" if last is None else _describe_layer(last, full=True)
             expected = " ".join(str(x) for x in ("Dense", units, act) if x is not None)
-            messages.append(f"the output layer should be {expected}; found {got}")
+            messages.append(
+                f"the output layer should be {expected}; found {got}: {_output_fix(units, act)}"
+            )
     if "params" in p:
         ok = model.params == p["params"]
         parts.append(ok)
@@ -291,6 +295,22 @@ def check_architecture(check: Check, ev: Evidence) -> CheckResult:
         # The layer pattern is the point of the lab: without it, the rest earns nothing.
         return CheckResult.scored(check, 0.0, messages)
     return CheckResult.scored(check, sum(parts) / len(parts), messages)
+
+
+# Why the lab's output layer is what it is, by activation.
+_OUTPUT_WHY = {
+    "linear": "no activation, so that it can predict any value",
+    "softmax": "one probability per class, summing to 1",
+    "sigmoid": "the probability of the positive class, between 0 and 1",
+}
+
+
+def _output_fix(units: int | None, activation: str | None) -> str:
+    args = [str(units if units is not None else "...")]
+    if activation is not None and activation != "linear":
+        args.append(f'activation="{activation}"')
+    why = _OUTPUT_WHY.get(activation or "")
+    return f"end the network with `layers.Dense({', '.join(args)})`" + (f" ({why})" if why else "")
 
 
 def _describe_layer(layer: LayerInfo, full: bool = False) -> str:
@@ -331,6 +351,15 @@ def _name_of(item: Any) -> str:
     return str(item).lower()
 
 
+def _compile_argument(key: str, allowed: list[Any]) -> str:
+    """The ``compile()`` argument that fixes ``key``, written as the student would."""
+    if key == "optimizers":
+        return f'`optimizer="{str(allowed[0]).lower()}"`'
+    if key == "losses":
+        return f'`loss="{allowed[0]}"`'
+    return "`metrics=[" + ", ".join(f'"{m}"' for m in allowed) + "]`"
+
+
 def check_compile(check: Check, ev: Evidence) -> CheckResult:
     model = ev.model
     if model is None:
@@ -364,7 +393,10 @@ def check_compile(check: Check, ev: Evidence) -> CheckResult:
             ok += 1
         else:
             shown = ", ".join(sorted(got)) or "none"
-            messages.append(f"{label}: found {shown}; the lab uses {', '.join(map(str, allowed))}")
+            messages.append(
+                f"{label}: found {shown}; the lab uses {', '.join(map(str, allowed))}: "
+                f"pass {_compile_argument(key, allowed)} to compile()"
+            )
     if not messages:
         messages.append("compiled as expected")
     return CheckResult.scored(check, ok / max(1, len(wanted)), messages)
@@ -387,7 +419,7 @@ def check_inputs(check: Check, ev: Evidence) -> CheckResult:
         return CheckResult.failed(
             check,
             f"`{name}` is a list of sequences of different lengths, not a tensor: pad them "
-            "to one length with pad_sequences",
+            f"to one length with {_pad_call(name, p.get('shape'))}",
         )
     messages: list[str] = []
     parts: list[bool] = []
@@ -395,13 +427,7 @@ def check_inputs(check: Check, ev: Evidence) -> CheckResult:
         ok = _shape_ok(arr.shape, p["shape"])
         parts.append(ok)
         if not ok:
-            hint = ""
-            if len(arr.shape) == 3 and len(p["shape"]) == 2:
-                hint = " (one row of 28 * 28 = 784 pixels per image)"
-            elif len(arr.shape) == 3 and len(p["shape"]) == 4:
-                hint = " (add the channel axis last: reshape((n, 28, 28, 1)))"
-            elif len(arr.shape) == 1 and len(p["shape"]) == 2:
-                hint = " (pad the sequences to one length with pad_sequences)"
+            hint = _shape_hint(name, arr.shape, list(p["shape"]), images=bool(p.get("scaled")))
             messages.append(
                 f"`{name}` has shape {_fmt_shape(arr.shape)}; expected "
                 f"{_fmt_shape(tuple(p['shape']))}{hint}"
@@ -411,14 +437,26 @@ def check_inputs(check: Check, ev: Evidence) -> CheckResult:
         ok = arr.dtype in allowed
         parts.append(ok)
         if not ok:
-            messages.append(f"`{name}` is {arr.dtype}; convert it with .astype('{allowed[0]}')")
+            messages.append(
+                f'`{name}` is {arr.dtype}; convert it with `{name} = {name}.astype("{allowed[0]}")`'
+            )
     if "min" in p or "max" in p:
         lo, hi = p.get("min"), p.get("max")
         ok = False
         if arr.min is None or arr.max is None or not arr.finite:
             messages.append(f"`{name}` holds non-numeric or non-finite values")
         elif (lo is not None and arr.min < lo - 1e-6) or (hi is not None and arr.max > hi + 1e-6):
-            hint = " (divide the pixel values by 255)" if p.get("scaled") else ""
+            hint = ""
+            if p.get("scaled"):
+                hint = (
+                    f' (divide the pixel values by 255: `{name} = {name}.astype("float32") / 255`)'
+                )
+            elif hi is not None and arr.max > hi and float(hi).is_integer():
+                # Integer codes above the range: word indices from a larger vocabulary.
+                hint = (
+                    f" (keep only the {int(hi) + 1:,} most frequent words: load the data with "
+                    f"`num_words={int(hi) + 1}`)"
+                )
             messages.append(
                 f"`{name}` values range from {arr.min:g} to {arr.max:g}; they should lie in "
                 f"[{lo:g}, {hi:g}]{hint}"
@@ -440,15 +478,51 @@ def check_inputs(check: Check, ev: Evidence) -> CheckResult:
         elif "labels_shape" in p and not _shape_ok(labels.shape, p["labels_shape"]):
             ok = False
             want = _fmt_shape(tuple(p["labels_shape"]))
+            classes = p["labels_shape"][-1]
             messages.append(
                 f"`{lab_name}` has shape {_fmt_shape(labels.shape)}; expected {want}"
-                + (" (one-hot encode with to_categorical)" if len(labels.shape) == 1 else "")
+                + (
+                    f" (one-hot encode them with to_categorical: `{lab_name} = "
+                    f"keras.utils.to_categorical({lab_name}, {classes})`)"
+                    if len(labels.shape) == 1
+                    else ""
+                )
             )
         parts.append(ok)
     if not messages:
         rng = f" in [{arr.min:g}, {arr.max:g}]" if arr.min is not None else ""
         messages.append(f"`{name}` is {_fmt_shape(arr.shape)} {arr.dtype}{rng} as expected")
     return CheckResult.scored(check, sum(parts) / max(1, len(parts)), messages)
+
+
+def _pad_call(name: str, shape: Any) -> str:
+    maxlen = shape[1] if isinstance(shape, list) and len(shape) == 2 and shape[1] > 0 else None
+    return f"`{name} = pad_sequences({name}" + (f", maxlen={maxlen})`" if maxlen else ")`")
+
+
+def _shape_hint(name: str, got: tuple[int, ...], want: list[int], *, images: bool) -> str:
+    """What to change so that an array of shape ``got`` takes the lab's shape ``want``."""
+    got_rest, want_rest = got[1:], want[1:]
+    same_size = (
+        len(got) >= 2
+        and all(w > 0 for w in want_rest)
+        and int(np.prod(got_rest)) == int(np.prod(want_rest))
+    )
+    if images and same_size:
+        if len(got) == 3 and len(want) == 2:
+            rows = " * ".join(map(str, got_rest))
+            return (
+                f" (one row of {rows} = {want_rest[0]} pixels per image): flatten the images "
+                f"with `{name} = {name}.reshape((len({name}), {rows}))`, the test images likewise"
+            )
+        dims = ", ".join(map(str, want_rest))
+        what = "add the channel axis last" if len(want) == len(got) + 1 else "reshape them"
+        return (
+            f" ({what}: `{name} = {name}.reshape((len({name}), {dims}))`, the test images likewise)"
+        )
+    if not images and len(want) == 2 and len(got) <= 2:
+        return f" (pad or truncate every sequence to one length with {_pad_call(name, want)})"
+    return ""
 
 
 # --- held-out metric --------------------------------------------------------------------
@@ -503,7 +577,8 @@ def check_normalisation(check: Check, ev: Evidence) -> CheckResult:
     if not train_ok:
         messages.append(
             f"`{train}` is not standardised: each feature should have mean 0 and standard "
-            "deviation 1 (subtract the training mean, divide by the training sd)"
+            f"deviation 1: compute `mean = {train}.mean(axis=0)` and `std = {train}.std(axis=0)`, "
+            f"then `{train} = ({train} - mean) / std`"
         )
     expected = ev.reference.get("test_column_mean_with_train_stats")
     te_mean = np.asarray(te["column_mean"])
@@ -515,11 +590,12 @@ def check_normalisation(check: Check, ev: Evidence) -> CheckResult:
         parts.append(test_ok)
         if not test_ok:
             own = np.all(np.abs(te_mean) < 0.02)
+            fix = f"`{test} = ({test} - mean) / std`, with `mean` and `std` computed on `{train}`"
             messages.append(
-                f"`{test}` was normalised with its own mean and sd; use the training set's "
-                "(the test data must not influence preprocessing)"
+                f"`{test}` was normalised with its own mean and sd; use the training set's: "
+                f"{fix} (the test data must not influence preprocessing)"
                 if own
-                else f"`{test}` is not normalised with the training set's mean and sd"
+                else f"`{test}` is not normalised with the training set's mean and sd: use {fix}"
             )
     if not messages:
         messages.append("features standardised with the training set's mean and sd")
@@ -527,6 +603,11 @@ def check_normalisation(check: Check, ev: Evidence) -> CheckResult:
 
 
 # --- callbacks --------------------------------------------------------------------------
+
+
+_CALLBACK_EXAMPLES = {
+    "EarlyStopping": 'keras.callbacks.EarlyStopping(monitor="val_loss", patience=10)',
+}
 
 
 def check_callbacks(check: Check, ev: Evidence) -> CheckResult:
@@ -544,7 +625,11 @@ def check_callbacks(check: Check, ev: Evidence) -> CheckResult:
                 f"{article} {name} callback was created but never passed to fit(callbacks=...)"
             )
         else:
-            messages.append(f"no {name} callback: pass one to fit(callbacks=[...])")
+            example = _CALLBACK_EXAMPLES.get(name, f"keras.callbacks.{name}(...)")
+            messages.append(
+                f"no {name} callback in fit(): create one, e.g. `{example}`, and pass it with "
+                "`fit(..., callbacks=[...])`"
+            )
     if not messages:
         messages.append("callbacks used in fit: " + ", ".join(sorted(used)))
     return CheckResult.scored(check, hits / max(1, len(required)), messages)

@@ -25,6 +25,7 @@ from .results import CheckResult, GradingResult
 from .rubric import Rubric, load_rubric
 
 __all__ = [
+    "confusion_matrix",
     "evaluate_artifacts",
     "evidence_from_capture",
     "failed_result",
@@ -127,15 +128,57 @@ def _metric_checks(rubric: Rubric) -> list[str]:
     return [c.params["metric"] for c in rubric.checks if c.kind == "metric"]
 
 
-def heldout_metrics(rubric: Rubric, model: Any) -> tuple[dict[str, float], dict[str, str]]:
-    """The rubric's metrics on the held-out split, which the student's notebook never loads."""
+def confusion_matrix(pred: np.ndarray, y: np.ndarray) -> list[list[int]]:
+    """Counts of (true class, predicted class): rows true, columns predicted.
+
+    Classes are read as :func:`metric_value` reads them, so the diagonal over the total is
+    the accuracy it computes from the same arrays.
+    """
+    pred = np.asarray(pred)
+    y = np.asarray(y)
+    width = y.shape[1] if y.ndim == 2 and y.shape[1] > 1 else 2 if pred.shape[1] == 1 else 0
+    true = y.argmax(axis=1) if y.ndim == 2 and y.shape[1] > 1 else y.reshape(-1)
+    true = true.astype(np.int64)
+    labels = (pred[:, 0] > 0.5) if pred.shape[1] == 1 else pred.argmax(axis=1)
+    labels = labels.astype(np.int64)
+    n = max(width, pred.shape[1], int(true.max()) + 1, int(labels.max()) + 1)
+    counts = np.bincount(true * n + labels, minlength=n * n).reshape(n, n)
+    return counts.tolist()
+
+
+# Class names shown on the confusion matrix where the class index means something else.
+_CLASS_NAMES = {"imdb": ("negative", "positive")}
+
+
+def _classifier_figures(rubric: Rubric, pred: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+    matrix = confusion_matrix(pred, y)
+    names = _CLASS_NAMES.get(rubric.dataset, ())
+    labels = list(names) if len(names) == len(matrix) else [str(i) for i in range(len(matrix))]
+    return {"confusion_matrix": {"labels": labels, "matrix": matrix, "data": "held-out"}}
+
+
+def _regression_figures(rubric: Rubric, model: Any) -> dict[str, Any]:
+    # The students' own test split, prepared as the held-out houses are: showing predictions
+    # on held-out houses would reveal their prices.
+    _, (test_x, test_y) = _student_view(rubric)
+    pred = model.predict(prepare_inputs(test_x, rubric), batch_size=512, verbose=0)
+    pred = np.asarray(pred).reshape(len(test_y), -1)[:, 0]
+    if not np.isfinite(pred).all():
+        return {}
+    pairs = [[round(float(t), 4), round(float(p), 4)] for t, p in zip(test_y, pred, strict=True)]
+    return {"predicted_vs_true": {"pairs": pairs, "data": "public test split"}}
+
+
+def _heldout(rubric: Rubric, model: Any) -> tuple[dict[str, float], dict[str, str], dict[str, Any]]:
+    """Metrics and problems as :func:`heldout_metrics`, and the numbers for the feedback."""
     from .datasets import load_heldout
 
     metrics: dict[str, float] = {}
     problems: dict[str, str] = {}
+    figures: dict[str, Any] = {}
     wanted = _metric_checks(rubric)
     if not wanted:
-        return metrics, problems
+        return metrics, problems, figures
     try:
         x, y = load_heldout(rubric.dataset, **rubric.preprocess.load)
         if rubric.preprocess.limit is not None:
@@ -146,6 +189,20 @@ def heldout_metrics(rubric: Rubric, model: Any) -> tuple[dict[str, float], dict[
     except Exception as exc:
         for metric in wanted:
             problems[metric] = f"the model could not be evaluated on held-out data: {_short(exc)}"
+        return metrics, problems, figures
+    try:
+        if "accuracy" in metrics:
+            figures.update(_classifier_figures(rubric, pred, y))
+        if "mae" in metrics:
+            figures.update(_regression_figures(rubric, model))
+    except Exception:  # pictures are a courtesy: they must never cost a grade
+        pass
+    return metrics, problems, figures
+
+
+def heldout_metrics(rubric: Rubric, model: Any) -> tuple[dict[str, float], dict[str, str]]:
+    """The rubric's metrics on the held-out split, which the student's notebook never loads."""
+    metrics, problems, _ = _heldout(rubric, model)
     return metrics, problems
 
 
@@ -226,6 +283,17 @@ def evidence_from_capture(
     heldout: bool = False,
 ) -> Evidence:
     """Evidence for the checks from a capture folder; with ``heldout``, score held-out data."""
+    ev, _ = _evidence_and_figures(rubric, artifacts, metrics, problems, heldout)
+    return ev
+
+
+def _evidence_and_figures(
+    rubric: Rubric,
+    artifacts: Path,
+    metrics: dict[str, float] | None,
+    problems: dict[str, str] | None,
+    heldout: bool,
+) -> tuple[Evidence, dict[str, Any]]:
     from .datasets import data_source
 
     capture = read_capture(artifacts) or {}
@@ -233,18 +301,19 @@ def evidence_from_capture(
     model = load_model_safely(rubric, artifacts, problems)
     summary = None
     metrics = dict(metrics or {})
+    figures: dict[str, Any] = {}
     if model is not None:
         summary = summarize_model(model)
         config = _read_model_config(artifacts / MODEL_FILE)
         summary = replace(summary, compile_config=config.get("compile_config") or {})
         if heldout:
-            found, failed = heldout_metrics(rubric, model)
+            found, failed, figures = _heldout(rubric, model)
             metrics.update(found)
             problems.update(failed)
     for metric in _metric_checks(rubric):
         if metric not in metrics:
             problems.setdefault(metric, problems.get("model", "no model to evaluate"))
-    return Evidence(
+    ev = Evidence(
         model=summary,
         values=dict(capture.get("values", {})),
         metrics=metrics,
@@ -253,6 +322,7 @@ def evidence_from_capture(
         callbacks=tuple(capture.get("callbacks", [])),
         reference=reference_figures(rubric),
     )
+    return ev, figures
 
 
 def failed_result(rubric: Rubric, source: str, reason: str) -> GradingResult:
@@ -280,7 +350,7 @@ def evaluate_artifacts(lab: str, artifacts: Path) -> GradingResult:
             else "the notebook did not run to the end (the kernel died or timed out), so the "
             "grader found no trained model",
         )
-    ev = evidence_from_capture(rubric, artifacts, heldout=True)
+    ev, figures = _evidence_and_figures(rubric, artifacts, None, None, heldout=True)
     return GradingResult(
         lab=lab,
         data_source=ev.data_source,
@@ -288,6 +358,7 @@ def evaluate_artifacts(lab: str, artifacts: Path) -> GradingResult:
         metrics=ev.metrics,
         history=dict(capture.get("history", {})),
         model=ev.model.to_dict() if ev.model else None,
+        figures=figures,
     )
 
 

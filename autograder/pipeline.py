@@ -346,6 +346,11 @@ def configure(c: Any) -> None:
     # TensorFlow's exit handlers, per notebook.
     c.GraderExecute.shutdown_kernel = "immediate"
     c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedError()"}
+    # Imported here: feedback imports this module (read_result, check_order).
+    from .feedback import feedback_preprocessors
+
+    # The grader's report first in each feedback page; hidden tests cleared from it.
+    c.GenerateFeedback.preprocessors = feedback_preprocessors()
 
 
 def read_result(autograded_notebook_dir: Path, notebook: str) -> GradingResult | None:

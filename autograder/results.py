@@ -46,6 +46,10 @@ class GradingResult:
     metrics: dict[str, float] = field(default_factory=dict)
     history: dict[str, list[float]] = field(default_factory=dict)
     model: dict[str, Any] | None = None
+    # Numbers for the feedback's pictures, computed in the clean evaluation process:
+    # ``confusion_matrix`` ({"labels", "matrix"}: held-out counts, aggregates only) and
+    # ``predicted_vs_true`` ({"pairs": [[true, predicted], ...]}: the public test split).
+    figures: dict[str, Any] = field(default_factory=dict)
 
     @property
     def score(self) -> float:
@@ -63,6 +67,7 @@ class GradingResult:
 
     @classmethod
     def from_json(cls, text: str) -> GradingResult:
+        # Fields added later (``figures``) have defaults: older results still load.
         data = json.loads(text)
         data["checks"] = tuple(
             CheckResult(**{**c, "messages": tuple(c["messages"])}) for c in data["checks"]

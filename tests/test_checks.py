@@ -95,7 +95,10 @@ def test_unflattened_input_is_explained():
         model=model(("Dense", 512, "relu"), ("Dense", 10, "softmax"), input_shape=(28, 28))
     )
     msgs = grade(ev)["check_architecture"].messages
-    assert msgs[0] == "the first layer expects inputs of shape (28, 28); the lab needs (784,)"
+    assert msgs[0] == (
+        "the first layer expects inputs of shape (28, 28); the lab needs (784,): start the "
+        "network with `keras.Input(shape=(784,))` and train it on arrays of shape (n, 784)"
+    )
 
 
 def test_compile_settings():
@@ -104,7 +107,10 @@ def test_compile_settings():
         evidence(model=model(("Dense", 512, "relu"), ("Dense", 10, "softmax"), compile_config=cfg))
     )["check_compile"]
     assert r.score == 0 and r.status == "fail"
-    assert "optimizer: found adam; the lab uses RMSprop" in r.messages
+    assert (
+        'optimizer: found adam; the lab uses RMSprop: pass `optimizer="rmsprop"` to compile()'
+        in r.messages
+    )
     never = grade(
         evidence(model=model(("Dense", 512, "relu"), ("Dense", 10, "softmax"), compile_config={}))
     )["check_compile"]
@@ -127,7 +133,7 @@ def test_compile_settings():
     [
         (arr((3000, 28, 28), "uint8", 0, 255, True), 0.5, "expected (n, 784) (one row of"),
         (arr((3000, 784), "uint8", 0, 255, True), 1.0, "divide the pixel values by 255"),
-        (arr((3000, 784), "float64", 0, 1, True), 1.5, ".astype('float32')"),
+        (arr((3000, 784), "float64", 0, 1, True), 1.5, '.astype("float32")`'),
         (arr((3000, 784), "float32", 0, 1 / 255, True), 1.5, "divided twice"),
     ],
 )

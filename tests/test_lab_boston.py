@@ -34,8 +34,9 @@ def test_test_data_normalised_with_its_own_statistics(graded_boston):
     s = scores(graded_boston, LAB, "test-own-statistics")
     assert s["check_normalisation"] == 1  # the training half is right
     assert messages(graded_boston, LAB, "test-own-statistics", "check_normalisation") == (
-        "`test_data` was normalised with its own mean and sd; use the training set's "
-        "(the test data must not influence preprocessing)",
+        "`test_data` was normalised with its own mean and sd; use the training set's: "
+        "`test_data = (test_data - mean) / std`, with `mean` and `std` computed on "
+        "`train_data` (the test data must not influence preprocessing)",
     )
     assert {k: v for k, v in s.items() if k not in ("check_normalisation", "check_mae")} == {
         k: v for k, v in FULL.items() if k not in ("check_normalisation", "check_mae")
@@ -47,7 +48,10 @@ def test_sigmoid_output_unit(graded_boston):
     assert s["check_architecture"] == pytest.approx(0.67)  # only the input shape is right
     assert s["check_mae"] == 0  # a sigmoid cannot reach prices of tens of thousands
     msgs = messages(graded_boston, LAB, "sigmoid-output", "check_architecture")
-    assert "the output layer should be Dense 1 linear; found Dense 1 sigmoid" in msgs
+    assert (
+        "the output layer should be Dense 1 linear; found Dense 1 sigmoid: end the network "
+        "with `layers.Dense(1)` (no activation, so that it can predict any value)" in msgs
+    )
     assert result_of(graded_boston, LAB, "sigmoid-output").metrics["mae"] > 7
 
 

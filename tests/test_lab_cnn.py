@@ -34,6 +34,7 @@ def test_missing_channel_axis(graded_cnn):
     assert s["check_inputs"] == 1.5
     assert messages(graded_cnn, LAB, "no-channel-axis", "check_inputs") == (
         "`train_images` has shape (3000, 28, 28); expected (n, 28, 28, 1) (add the channel "
-        "axis last: reshape((n, 28, 28, 1)))",
+        "axis last: `train_images = train_images.reshape((len(train_images), 28, 28, 1))`, "
+        "the test images likewise)",
     )
     assert s["check_architecture"] == 3

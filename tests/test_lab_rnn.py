@@ -31,7 +31,7 @@ def test_unpadded_sequences(graded_rnn):
     assert s["check_inputs"] == 0
     assert messages(graded_rnn, LAB, "not-padded", "check_inputs") == (
         "`input_train` is a list of sequences of different lengths, not a tensor: pad them "
-        "to one length with pad_sequences",
+        "to one length with `input_train = pad_sequences(input_train, maxlen=500)`",
     )
     assert s["check_accuracy"] == 0  # fit() failed on ragged input, the model is untrained
 
@@ -40,7 +40,11 @@ def test_softmax_output_and_oversized_embedding(graded_rnn):
     s = scores(graded_rnn, LAB, "softmax-output")
     assert s["check_architecture"] == 0 and s["check_compile"] == 0.5
     msgs = messages(graded_rnn, LAB, "softmax-output", "check_architecture")
-    assert "the output layer should be Dense 1 sigmoid; found Dense 2 softmax" in msgs
+    assert (
+        "the output layer should be Dense 1 sigmoid; found Dense 2 softmax: end the network "
+        'with `layers.Dense(1, activation="sigmoid")` (the probability of the positive class, '
+        "between 0 and 1)" in msgs
+    )
     assert (
         "Embedding has input_dim=20,000 but the data keeps only the top 10,000 words: "
         "use input_dim=10000" in msgs
