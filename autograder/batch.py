@@ -417,15 +417,23 @@ def _exclusive(course_root: Path) -> Iterator[None]:
     path = course_root / ".autograder" / "grade.lock"
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a+") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            lock.seek(0)
-            holder = lock.read().strip() or "unknown"
-            raise GradingError(
-                f"another `autograder grade` (pid {holder}) is grading {course_root}: "
-                "wait for it to finish or stop it"
-            ) from None
+        # A batch that was just killed holds the lock until its last worker is gone (tens
+        # of milliseconds): wait a moment before calling it a second grader.
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() < deadline:
+                    time.sleep(0.1)
+                    continue
+                lock.seek(0)
+                holder = lock.read().strip() or "unknown"
+                raise GradingError(
+                    f"another `autograder grade` (pid {holder}) is grading {course_root}: "
+                    "wait for it to finish or stop it"
+                ) from None
         lock.seek(0)
         lock.truncate()
         lock.write(str(os.getpid()))
