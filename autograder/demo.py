@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+from ._runtime import environment
 from .batch import grade_batch
 from .course import create_course
 from .examples import EXAMPLES, example_path
@@ -68,16 +69,8 @@ def run_demo(workdir: Path, labs: list[str] | None = None) -> int:
         # Hangs and memory hogs on purpose: tight limits, so each costs seconds, not the
         # production half hour.
         _say("    adversarial examples, under tight limits: " + ", ".join(sorted(adversarial)))
-        saved = {k: os.environ.get(k) for k in DEMO_ADVERSARIAL_LIMITS}
-        os.environ.update(DEMO_ADVERSARIAL_LIMITS)
-        try:
+        with environment(DEMO_ADVERSARIAL_LIMITS):
             summaries.append(grade_batch(course.root, labs=labs, students=sorted(adversarial)))
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
     failures = 0
     for summary in summaries:
         _say("    " + summary.format().replace("\n", "\n    "))

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from autograder._runtime import environment
 from autograder.course import Course, create_course
+from autograder.demo import DEMO_ADVERSARIAL_LIMITS
 from autograder.examples import EXAMPLES, example_path
 from autograder.pipeline import read_result
 from autograder.results import GradingResult
@@ -18,28 +17,10 @@ from autograder.rubric import load_rubric
 QUICK = {"AUTOGRADER_TRAIN_LIMIT": "imdb=4000"}
 
 
-@contextlib.contextmanager
-def environment(env: dict[str, str]) -> Iterator[None]:
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 # Adversarial examples hang or hoard memory on purpose: graded under tight limits, so that
 # each costs seconds instead of the production limits' half hour. The per-cell timeout is
 # above the notebook's, so that a hang ends the notebook (the case these examples test).
-ADVERSARIAL_LIMITS = {
-    "AUTOGRADER_NOTEBOOK_TIMEOUT": "30",
-    "AUTOGRADER_CELL_TIMEOUT": "60",
-    "AUTOGRADER_MEMORY_MB": "1500",
-}
+ADVERSARIAL_LIMITS = DEMO_ADVERSARIAL_LIMITS  # the demo grades them the same way
 
 
 def limits_for(lab: str, name: str) -> dict[str, str]:
