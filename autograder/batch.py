@@ -300,6 +300,9 @@ def execute_submission(
     with tempfile.TemporaryDirectory(prefix=f"autograder-{lab}-{student}-") as work:
         # The student's other submitted files sit next to the notebook, as in nbgrader.
         shutil.copytree(source.parent, work, dirs_exist_ok=True)
+        # copytree gave the folder the submission folder's mode (0755, say): private again,
+        # or other students' kernels could read this copy while it is graded.
+        os.chmod(work, 0o700)
         resources["metadata"] = {"path": work}
         execute = GraderExecute(config=config)
         begin = time.monotonic()

@@ -2,8 +2,11 @@
 
 A submission is the student's release notebook with its solution cells filled in. The
 correct example fills them with the instructor's solution; every other example replaces
-some answers, declared as data in ``labs/<lab>.examples.toml``. ``build_examples``
-writes them under ``autograder/examples/<lab>/``; a test fails when they drift.
+some answers, declared as data in ``labs/<lab>.examples.toml``. Tampering examples may also
+delete cells (``delete_cells``), rewrite the source of locked cells such as the visible
+tests (``edit_cells``) or give cells outputs of their own (``forge_outputs``).
+``build_examples`` writes them under ``autograder/examples/<lab>/``; a test fails when
+they drift.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import nbformat
+from nbformat.v4 import new_output
 
 from .errors import ConfigError
 from .rubric import load_rubric
@@ -30,6 +34,12 @@ class Example:
     # Hangs, hoards memory or reaches for the network on purpose: grade it under tight
     # limits (autograder.sandbox), or the production limits make it cost half an hour.
     adversarial: bool = False
+    delete_cells: tuple[str, ...] = ()  # grade_ids of cells removed from the notebook
+    edit_cells: dict[str, str] = field(default_factory=dict)  # grade_id -> new source
+    forge_outputs: dict[str, str] = field(default_factory=dict)  # grade_id -> printed text
+
+
+_KEYS = {"description", "answers", "adversarial", "delete_cells", "edit_cells", "forge_outputs"}
 
 
 _LABS = Path(__file__).parent / "labs"
@@ -42,14 +52,21 @@ def _load_examples() -> dict[str, dict[str, Example]]:
         lab = path.name.removesuffix(".examples.toml")
         out[lab] = {}
         for name, table in tomllib.loads(path.read_text()).items():
-            unknown = set(table) - {"description", "answers", "adversarial"}
+            unknown = set(table) - _KEYS
             if unknown:
                 raise ConfigError(f"{path.name} [{name}]: unknown key(s) {', '.join(unknown)}")
             adversarial = table.get("adversarial", False)
             if not isinstance(adversarial, bool):
                 raise ConfigError(f"{path.name} [{name}]: adversarial must be true or false")
             answers = {k: v.strip("\n") for k, v in table.get("answers", {}).items()}
-            out[lab][name] = Example(table["description"], answers, adversarial)
+            out[lab][name] = Example(
+                table["description"],
+                answers,
+                adversarial,
+                tuple(table.get("delete_cells", ())),
+                {k: v.strip("\n") for k, v in table.get("edit_cells", {}).items()},
+                dict(table.get("forge_outputs", {})),
+            )
     return out
 
 
@@ -91,13 +108,39 @@ def build_examples(
             if unknown:
                 raise ValueError(f"{lab}/{name}: no solution cell {', '.join(sorted(unknown))}")
             nb = nbformat.read(release, as_version=4)
+            _tamper_check(lab, name, example, nb, solutions)
             for cell in nb.cells:
                 meta = cell.metadata.get("nbgrader", {})
+                gid = meta.get("grade_id")
                 if meta.get("solution"):
-                    gid = meta["grade_id"]
                     cell.source = example.answers.get(gid, solutions[gid])
+                if gid in example.edit_cells:
+                    cell.source = example.edit_cells[gid]
+                if gid in example.forge_outputs:
+                    text = example.forge_outputs[gid]
+                    cell.outputs = [new_output("stream", name="stdout", text=text)]
+                    cell.execution_count = 1
+            nb.cells = [
+                c
+                for c in nb.cells
+                if c.metadata.get("nbgrader", {}).get("grade_id") not in example.delete_cells
+            ]
             path = out_root / lab / f"{name}.ipynb"
             path.parent.mkdir(parents=True, exist_ok=True)
             nbformat.write(nb, path)
             written.append(path)
     return written
+
+
+def _tamper_check(
+    lab: str, name: str, example: Example, nb: nbformat.NotebookNode, solutions: dict[str, str]
+) -> None:
+    """Cells named by the tampering keys must exist; answers are edited with ``answers``."""
+    ids = {c.metadata.get("nbgrader", {}).get("grade_id") for c in nb.cells} - {None}
+    named = {*example.delete_cells, *example.edit_cells, *example.forge_outputs}
+    unknown = named - ids
+    if unknown:
+        raise ValueError(f"{lab}/{name}: no cell {', '.join(sorted(unknown))}")
+    answers = set(example.edit_cells) & set(solutions)
+    if answers:
+        raise ValueError(f"{lab}/{name}: edit answer cells with `answers`: {sorted(answers)}")

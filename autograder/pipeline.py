@@ -35,11 +35,16 @@ from .evaluate import grade_in_subprocess
 from .results import CheckResult, GradingResult
 from .rubric import lab_ids, load_rubric
 from .sandbox import (
+    KernelSandbox,
     Limits,
     SandboxedKernelManager,
     Watchdog,
     cell_timeout_message,
+    close_to_others,
+    death_reason,
+    kernel_exit_status,
     kernel_pid,
+    output_limit_message,
     write_limit,
 )
 
@@ -57,11 +62,16 @@ RESULT_SUFFIX = ".grading.json"
 class GraderExecute(Execute):
     """nbgrader's Execute, then one grader-owned cell that saves the model and array summaries.
 
-    The kernel runs under :mod:`autograder.sandbox` limits: no network where the OS allows
-    it, a watchdog on memory and on the whole notebook's time, nbclient's per-cell timeout.
-    A kernel stopped by a limit is not a failed autograde: the cells left show the reason
-    as an error (which nbgrader scores as zero), and ``limit.json`` in the artifacts folder
-    tells the evaluation why no model was captured.
+    The kernel runs in an :mod:`autograder.sandbox` sandbox: an unprivileged account of its
+    own when the grader is root, no network and a PID namespace where the OS allows it,
+    process and file-size limits, a watchdog on memory and on the whole notebook's time,
+    nbclient's per-cell timeout, and a cap on the output kept. A kernel stopped by a limit,
+    or one that died, is not a failed autograde: the cells left show the reason as an error
+    (which nbgrader scores as zero), and ``limit.json`` in the artifacts folder tells the
+    evaluation why no model was captured.
+
+    Graded cells deleted from the submission are put back from the gradebook first (nbgrader's
+    own ``OverwriteCells.add_missing_cells``), so that each gets the grader's score.
     """
 
     runs_after: ClassVar[tuple[type, ...]] = ()
@@ -88,6 +98,9 @@ class GraderExecute(Execute):
     allow_network = Bool(
         None, allow_none=True, help="Let the student's kernel reach the network (default: no)"
     ).tag(config=True)
+    restore_missing_cells = Bool(
+        True, help="Put back graded cells deleted from the submission, from the gradebook"
+    ).tag(config=True)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("kernel_manager_class", SandboxedKernelManager)
@@ -99,6 +112,9 @@ class GraderExecute(Execute):
         self._next_cell = 0
         self._cell_timeouts = 0
         self._isolated = False
+        self._sandbox: KernelSandbox | None = None
+        self._output_bytes = 0
+        self._output_cut: set[int] = set()  # cells where output was dropped
 
     def limits(self) -> Limits:
         """This run's limits: traits set here, else environment, else ``timeout``/defaults."""
@@ -115,6 +131,7 @@ class GraderExecute(Execute):
     def preprocess(self, nb: NotebookNode, resources: Any) -> tuple[NotebookNode, Any]:
         limits = self.limits()
         lab = resources["nbgrader"]["assignment"]
+        nb = self._restore_deleted_cells(nb, resources)
         if lab not in lab_ids():
             return self._execute(nb, resources, limits)
         artifacts = Path(tempfile.mkdtemp(prefix=f"autograder-{lab}-"))
@@ -124,7 +141,7 @@ class GraderExecute(Execute):
         nb.cells.append(cell)
         try:
             with utils.setenv(TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES=""):
-                nb, resources = self._execute(nb, resources, limits)
+                nb, resources = self._execute(nb, resources, limits, grants=[artifacts])
         finally:
             # The grader's cell never reaches the autograded notebook or the feedback.
             if nb.cells and nb.cells[-1] is cell:
@@ -144,8 +161,37 @@ class GraderExecute(Execute):
                 state["limit"] = hit[1]
         return nb, resources
 
+    def _restore_deleted_cells(self, nb: NotebookNode, resources: Any) -> NotebookNode:
+        info = resources.get("nbgrader", {})
+        if not self.restore_missing_cells or not {"db_url", "notebook"} <= set(info):
+            return nb
+        from nbgrader.preprocessors import OverwriteCells
+
+        before = {c.metadata.get("nbgrader", {}).get("grade_id") for c in nb.cells}
+        nb, _ = OverwriteCells(add_missing_cells=True, parent=self).preprocess(nb, resources)
+        added = []
+        with_ids = any("id" in c for c in nb.cells)  # nbformat 4.5 and later
+        for cell in nb.cells:
+            gid = cell.metadata.get("nbgrader", {}).get("grade_id")
+            if gid not in before:
+                added.append(gid)
+                if with_ids:  # nbgrader adds the cell without one
+                    cell.setdefault("id", f"restored-{gid}"[:64])
+        if added:
+            self.log.warning("graded cells deleted from the submission, restored: %s", added)
+            resources.setdefault("autograder", {})["restored_cells"] = added
+        return nb
+
+    def _course_root(self) -> Path | None:
+        root = self.config.get("CourseDirectory", {}).get("root")
+        return Path(root) if isinstance(root, str) and root else None
+
     def _execute(
-        self, nb: NotebookNode, resources: Any, limits: Limits
+        self,
+        nb: NotebookNode,
+        resources: Any,
+        limits: Limits,
+        grants: list[Path] | None = None,
     ) -> tuple[NotebookNode, Any]:
         self._limits = limits
         self._watchdog = None
@@ -153,6 +199,9 @@ class GraderExecute(Execute):
         self._next_cell = 0
         self._cell_timeouts = 0
         self._isolated = False
+        self._output_bytes = 0
+        self._output_cut = set()
+        self._sandbox = box = KernelSandbox(limits)
         configured_timeout, self.timeout = self.timeout, limits.cell_timeout_s
         message = cell_timeout_message(limits)
         self.error_on_timeout = {
@@ -161,6 +210,12 @@ class GraderExecute(Execute):
             "traceback": [f"\x1b[0;31mCellTimeoutError\x1b[0m: {message}"],
         }
         try:
+            if box.shared:
+                # Another account runs the kernel: the rest of the course is out of its reach.
+                root = self._course_root()
+                close_to_others([root] if root is not None else [])
+                for path in grants or []:
+                    box.grant(path)
             nb, resources = super().preprocess(nb, resources)
         except (DeadKernelError, RuntimeError) as exc:
             # Died outside a cell (while starting, say): the cells that never ran say why.
@@ -176,14 +231,22 @@ class GraderExecute(Execute):
             if self._watchdog is not None:
                 self._watchdog.stop()
             self.timeout = configured_timeout  # the next notebook reads its own limits
+            # After the kernel: its account's processes killed, the artifacts reclaimed.
+            box.release()
+            self._sandbox = None
         if "autograder" in resources:
             resources["autograder"]["network_isolated"] = self._isolated
+            resources["autograder"]["sandbox"] = box.describe()
+            if self._output_cut:
+                resources["autograder"]["output_dropped"] = sorted(self._output_cut)
         return nb, resources
 
     def create_kernel_manager(self) -> Any:
         km = super().create_kernel_manager()
         if isinstance(km, SandboxedKernelManager):
             km.network = self._limits.network
+            km.limits = self._limits
+            km.sandbox = self._sandbox
         return km
 
     def start_new_kernel(self, **kwargs: Any) -> None:
@@ -213,7 +276,34 @@ class GraderExecute(Execute):
     def _death_reason(self) -> str:
         if self._watchdog is not None and self._watchdog.reason:
             return self._watchdog.reason
-        return "the kernel died (it crashed or was killed by the system)"
+        return death_reason(kernel_exit_status(self.km))
+
+    def output(
+        self,
+        outs: list[NotebookNode],
+        msg: dict[str, Any],
+        display_id: str | None,
+        cell_index: int,
+    ) -> NotebookNode | None:
+        """nbclient's output handling, keeping at most ``output_mb`` of the notebook's output:
+        a flood costs the grader neither memory nor a notebook too big to store. Errors
+        are always kept (shortened), since nbgrader scores them."""
+        content = msg.get("content", {})
+        if msg.get("msg_type") == "error":
+            content["evalue"] = str(content.get("evalue", ""))[:_ERROR_CHARS]
+            content["traceback"] = [
+                str(line)[:_ERROR_CHARS] for line in content.get("traceback", [])[:200]
+            ]
+            return super().output(outs, msg, display_id, cell_index)
+        size = _output_size(content)
+        self._output_bytes += size
+        if self._output_bytes > self._limits.output_mb * 2**20:  # from here on, nothing kept
+            if cell_index not in self._output_cut:
+                self._output_cut.add(cell_index)
+                note = f"\n[autograder] {output_limit_message(self._limits)}\n"
+                outs.append(new_output("stream", name="stderr", text=note))
+            return None
+        return super().output(outs, msg, display_id, cell_index)
 
     def _mark_stopped(self, cell: NotebookNode) -> None:
         if cell.cell_type != "code" or not cell.source.strip():
@@ -229,13 +319,28 @@ class GraderExecute(Execute):
         )
 
     def _limit_hit(self, limits: Limits) -> tuple[str, str] | None:
-        """Which limit stopped or cut short this notebook (kind, reason), if one did."""
+        """Which limit stopped or cut short this notebook (kind, reason), if one did; or why
+        its kernel died."""
         dog = self._watchdog
         if dog is not None and dog.kind is not None and dog.reason is not None:
             return dog.kind, dog.reason
+        if self._stopped is not None:
+            return "kernel_died", self._stopped
         if self._cell_timeouts:
             return "cell_time", cell_timeout_message(limits)
         return None
+
+
+_ERROR_CHARS = 10_000
+
+
+def _output_size(content: dict[str, Any]) -> int:
+    """Characters of text and data in one output message."""
+    size = len(str(content.get("text", "")))
+    data = content.get("data")
+    if isinstance(data, dict):
+        size += sum(len(str(v)) for v in data.values())
+    return size
 
 
 def _outputs_for(result: CheckResult) -> list[NotebookNode]:

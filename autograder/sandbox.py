@@ -1,12 +1,23 @@
-"""Limits on a student's kernel: wall time, resident memory and network access.
+"""Limits on a student's kernel: who runs it, what it can reach, how much it may use.
 
-One submission that hangs, eats memory or reaches out to the network must cost only its
-own grade, with a reason the student can read, never the batch:
+One submission that hangs, eats memory, forks without end, floods its output or reaches
+for the network, the held-out data or other students' work must cost only its own grade,
+with a reason the student can read, never the batch:
 
-- network: the kernel runs in a network namespace of its own (``unshare``), with only a
-  loopback interface that is down; its ZMQ sockets are unix sockets (``ipc``), which work
-  across network namespaces where TCP on loopback would not. Where namespaces are not
-  available the kernel runs as usual, and a warning says isolation is off.
+- user: when the grader runs as root, the kernel runs as an unprivileged account of its own
+  (``autograder-sandbox-<n>``, created on first use, one per kernel running at the same
+  time), with no supplementary groups and ``no_new_privs``. It works in a private copy of
+  the submission's folder and reads the public data from a read-only copy; the held-out
+  data, the course directory and the other kernels' folders are closed to it. Without root
+  the kernel runs as the grader's own user (a warning says so).
+- resources: ``RLIMIT_NPROC`` (processes and threads; enforced for an unprivileged
+  account), ``RLIMIT_FSIZE`` (largest file), ``RLIMIT_CORE`` 0; output kept per notebook is
+  capped by the grader (``GraderExecute``).
+- network and processes: a network namespace (``unshare``) with only a loopback that is
+  down, and a PID namespace, so that everything the notebook starts dies with its kernel.
+  The kernel's ZMQ sockets are unix sockets (``ipc``), which work across network
+  namespaces. Where namespaces are not available the kernel runs as usual, and a warning
+  says that isolation is off.
 - memory and whole-notebook time: a :class:`Watchdog` thread polls the kernel's process
   tree and kills all of it when its resident memory or its running time goes over.
 - time per cell: nbclient's own ``timeout`` (the grader's ``GraderExecute`` sets it).
@@ -14,22 +25,27 @@ own grade, with a reason the student can read, never the batch:
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import fcntl
 import functools
 import json
 import logging
 import os
+import pwd
+import re
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import psutil
 from jupyter_client.manager import AsyncKernelManager
@@ -38,14 +54,21 @@ from traitlets import Bool
 from .errors import ConfigError
 
 __all__ = [
+    "ACCOUNT_PREFIX",
     "ENV_VARS",
     "LIMIT_FILE",
+    "SANDBOX_USER_ENV",
+    "KernelSandbox",
     "Limits",
     "SandboxedKernelManager",
     "Watchdog",
     "cell_timeout_message",
+    "close_to_others",
+    "death_reason",
     "isolation_prefix",
+    "kernel_exit_status",
     "kernel_pid",
+    "output_limit_message",
     "read_limit",
     "write_limit",
 ]
@@ -61,15 +84,23 @@ ENV_VARS: dict[str, str] = {
     "memory_mb": "AUTOGRADER_MEMORY_MB",
 }
 
+# "off": run kernels as the grader's own user even when it is root.
+SANDBOX_USER_ENV = "AUTOGRADER_SANDBOX_USER"
+
 
 @dataclass(frozen=True)
 class Limits:
-    """What one notebook may use. Times in seconds, memory in MiB (kernel and children)."""
+    """What one notebook may use. Times in seconds, memory in MiB (kernel and children);
+    ``processes``: processes and threads of the kernel's account; ``file_size_mb``: the
+    largest file it may write; ``output_mb``: output kept from the whole notebook."""
 
     cell_timeout_s: int = 900
     notebook_timeout_s: int = 1800
     memory_mb: int = 4096
     network: bool = False
+    processes: int = 1024
+    file_size_mb: int = 1024
+    output_mb: int = 4
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -122,6 +153,13 @@ def write_limit(
     (artifacts / LIMIT_FILE).write_text(json.dumps(data, indent=1))
 
 
+def output_limit_message(limits: Limits) -> str:
+    return (
+        f"output limit exceeded: the notebook printed more than {limits.output_mb} MiB; "
+        "the rest of its output was dropped"
+    )
+
+
 def read_limit(artifacts: Path) -> str | None:
     """The one-line reason recorded by :func:`write_limit`, if any."""
     try:
@@ -132,47 +170,630 @@ def read_limit(artifacts: Path) -> str | None:
     return reason if isinstance(reason, str) and reason else None
 
 
-# --- network isolation -------------------------------------------------------------------
+# --- namespaces ------------------------------------------------------------------------------
 
-# Tried in order. A user namespace first: inside it the kernel holds no privilege over the
-# host's namespaces even when the grader runs as root, so it cannot setns() its way back.
-_UNSHARE_VARIANTS: tuple[tuple[str, ...], ...] = (
-    ("--user", "--map-root-user", "--net"),
-    ("--net",),
-)
+# Tried in order, each with `unshare ... -- true` once per process. `--pid --fork` puts the
+# kernel (as PID 1) and everything it starts in a PID namespace: when the kernel dies, the
+# system kills and reaps every process left in it, however it was started.
+_PID = ("--pid", "--fork", "--kill-child")
+# As root, switching to a sandbox account after unshare: no user namespace (one that maps
+# only root would leave the account's uid unmapped).
+_AS_ROOT_NO_NETWORK = (("--net", *_PID), ("--net",))
+_AS_ROOT_NETWORK = ((*_PID,),)
+# Otherwise a user namespace first: inside it the kernel holds no privilege over the host's
+# namespaces even when the grader runs as root, so it cannot setns() its way back.
+_USER = ("--user", "--map-root-user")
+_NO_NETWORK = ((*_USER, "--net", *_PID), (*_USER, "--net"), ("--net", *_PID), ("--net",))
+_NETWORK = ((*_USER, *_PID), (*_PID,))
 
 
 @functools.cache
-def isolation_prefix() -> tuple[str, ...] | None:
-    """The command prefix that runs a program without network, or None where impossible.
-
-    Probed once per process (a namespace that cannot be made now will not appear later).
-    """
+def _unshare_flags(candidates: tuple[tuple[str, ...], ...]) -> tuple[str, ...] | None:
+    """The first of ``candidates`` that `unshare` accepts here (probed once per process)."""
     unshare = shutil.which("unshare")
     if sys.platform != "linux" or unshare is None:
-        log.warning("network isolation is off: util-linux `unshare` is not available")
         return None
-    for flags in _UNSHARE_VARIANTS:
-        cmd = (unshare, *flags)
+    for flags in candidates:
         try:
             probe = subprocess.run(
-                [*cmd, "--", "true"], capture_output=True, timeout=10, check=False
+                [unshare, *flags, "--", "true"], capture_output=True, timeout=10, check=False
             )
         except (OSError, subprocess.TimeoutExpired):
             continue
         if probe.returncode == 0:
-            return (*cmd, "--")
-    log.warning(
-        "network isolation is off: this machine does not allow network namespaces "
-        "(`unshare --net` failed); student kernels can reach the network"
-    )
+            return flags
     return None
 
 
-class SandboxedKernelManager(AsyncKernelManager):
-    """A kernel manager whose kernels run without network where the OS allows it.
+def _namespace_flags(*, network: bool, as_root: bool) -> tuple[str, ...] | None:
+    if as_root:
+        return _unshare_flags(_AS_ROOT_NETWORK if network else _AS_ROOT_NO_NETWORK)
+    return _unshare_flags(_NETWORK if network else _NO_NETWORK)
 
-    Async because nbgrader's Execute drives the kernel through nbclient's async API.
+
+def isolation_prefix() -> tuple[str, ...] | None:
+    """The command prefix that runs a kernel without network here, or None where impossible."""
+    as_root = _accounts_wanted()
+    flags = _namespace_flags(network=False, as_root=as_root)
+    if flags is None:
+        _warn_once(
+            "network",
+            "network isolation is off: util-linux `unshare --net` is not available or not "
+            "allowed here; student kernels can reach the network",
+        )
+        return None
+    unshare = shutil.which("unshare")
+    assert unshare is not None
+    return (unshare, *flags, "--")
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_once(key: str, message: str) -> None:
+    if key not in _WARNED:
+        _WARNED.add(key)
+        log.warning(message)
+
+
+# --- sandbox accounts ------------------------------------------------------------------------
+
+ACCOUNT_PREFIX = "autograder-sandbox-"
+# Slot n (account ACCOUNT_PREFIX + n) is held by whoever holds the lock on slot-<n>.lock:
+# two kernels never share an account, so neither can read the other's folders or signal it.
+_SLOT_DIR = Path("/run/autograder-sandbox")
+
+
+@dataclass(frozen=True)
+class Account:
+    name: str
+    uid: int
+    gid: int
+
+
+class _Slot:
+    def __init__(self, account: Account, lock: IO[str]) -> None:
+        self.account = account
+        self._lock: IO[str] | None = lock
+
+    def release(self) -> None:
+        if self._lock is not None:
+            self._lock.close()  # drops the flock
+            self._lock = None
+
+
+def _accounts_wanted() -> bool:
+    off = os.environ.get(SANDBOX_USER_ENV, "").strip().lower() in {"off", "0", "no", "false"}
+    return sys.platform == "linux" and os.geteuid() == 0 and not off and "accounts" not in _BROKEN
+
+
+_BROKEN: dict[str, str] = {}  # "accounts" -> why sandbox accounts cannot be used here
+
+
+def _ensure_account(name: str) -> Account:
+    """The system account ``name`` (no home, no login shell), created when missing."""
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        useradd = shutil.which("useradd") or "/usr/sbin/useradd"
+        cmd = [useradd, "--system", "--no-create-home", "--home-dir", "/nonexistent"]
+        proc = subprocess.run(
+            [*cmd, "--shell", "/usr/sbin/nologin", "--user-group", name],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        try:
+            entry = pwd.getpwnam(name)  # also when another grader created it meanwhile
+        except KeyError:
+            raise ConfigError(
+                f"cannot create the sandbox account {name}: "
+                f"{proc.stderr.strip() or f'useradd exit {proc.returncode}'}"
+            ) from None
+    if entry.pw_uid == 0 or entry.pw_gid == 0:
+        raise ConfigError(f"the sandbox account {name} must not be root")
+    return Account(name, entry.pw_uid, entry.pw_gid)
+
+
+@functools.cache
+def _account_can_run_python(uid: int, gid: int) -> str | None:
+    """None when the account can start this Python and import the kernel and the grader's
+    package (a venv or checkout under /root, mode 0700, would stop it), else why not."""
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", "import ipykernel, autograder.datasets"],
+            user=uid,
+            group=gid,
+            extra_groups=[],
+            cwd="/",
+            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": "/"},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    if proc.returncode != 0:
+        lines = proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"]
+        return lines[-1][:300]
+    return None
+
+
+def _acquire_slot() -> _Slot | None:
+    """A sandbox account of our own (locked until released), or None where there is none."""
+    if not _accounts_wanted():
+        return None
+    try:
+        _SLOT_DIR.mkdir(mode=0o700, exist_ok=True)
+        for n in range(4096):
+            lock = (_SLOT_DIR / f"slot-{n}.lock").open("a+")
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                lock.close()
+                continue
+            try:
+                account = _ensure_account(f"{ACCOUNT_PREFIX}{n}")
+            except Exception:
+                lock.close()
+                raise
+            why = _account_can_run_python(account.uid, account.gid)
+            if why is not None:
+                lock.close()
+                raise ConfigError(
+                    f"the sandbox account {account.name} cannot run {sys.executable} with "
+                    f"the grader's packages ({why}); install the venv where other accounts "
+                    "can read it (e.g. on Debian's /usr/bin/python3.11, outside /root)"
+                )
+            # Anything a grader killed mid-run left behind: processes, and files (a copy of
+            # a submission, say) that the next kernel on this account could read.
+            _kill_account_processes(account)
+            _remove_account_files(account)
+            return _Slot(account, lock)
+        raise ConfigError(f"no free sandbox slot in {_SLOT_DIR}")
+    except (OSError, ConfigError) as exc:
+        _BROKEN["accounts"] = str(exc)
+        log.warning(
+            "student kernels run as the grader's own user (root): %s. Without a separate "
+            "account the kernel can read whatever the grader can, and the process limit "
+            "is not enforced",
+            exc,
+        )
+        return None
+
+
+_KILL_ALL = (
+    "import os, signal\ntry:\n    os.kill(-1, signal.SIGKILL)\nexcept ProcessLookupError:\n    pass"
+)
+
+
+def _kill_account_processes(account: Account) -> None:
+    """SIGKILL every process of the account: ``kill(-1)`` sent as the account itself reaches
+    all of them at once, so a fork bomb cannot outrun it."""
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        subprocess.run(
+            [sys.executable, "-I", "-S", "-c", _KILL_ALL],
+            user=account.uid,
+            group=account.gid,
+            extra_groups=[],
+            cwd="/",
+            env={},
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )
+
+
+def _remove_account_files(account: Account) -> None:
+    """Remove what the account owns in the shared temporary folders (its kernel's private
+    folder included): the next kernel to get the account must not find it."""
+    bases = {"/tmp", "/var/tmp", "/dev/shm", tempfile.gettempdir()}
+    for base in bases:
+        try:
+            entries = list(os.scandir(base))
+        except OSError:
+            continue
+        for entry in entries:
+            with contextlib.suppress(OSError):
+                if entry.stat(follow_symlinks=False).st_uid != account.uid:
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                else:
+                    os.unlink(entry.path)
+
+
+# --- what the kernel may read --------------------------------------------------------------
+
+
+def _open_to_others(path: Path) -> bool:
+    """Whether an unrelated account can reach ``path``: every folder on the way enterable
+    by others, and ``path`` itself with any permission for others."""
+    try:
+        resolved = path.resolve()
+        for parent in reversed(resolved.parents):
+            if not parent.stat().st_mode & stat.S_IXOTH:
+                return False
+        return bool(resolved.stat().st_mode & 0o007)
+    except OSError:
+        return False
+
+
+def close_to_others(paths: Iterable[Path]) -> list[Path]:
+    """Remove the permissions for others from each path that other accounts could reach
+    (owner and group keep theirs); return the paths changed."""
+    changed = []
+    for path in paths:
+        if path.exists() and _open_to_others(path):
+            mode = stat.S_IMODE(path.stat().st_mode)
+            path.chmod(mode & ~0o007)
+            changed.append(path)
+            log.warning("closed %s to other accounts (was mode %o)", path, mode)
+    return changed
+
+
+def _traversable(path: Path) -> bool:
+    try:
+        return all(p.stat().st_mode & stat.S_IXOTH for p in [path, *path.parents])
+    except OSError:
+        return False
+
+
+def _short_base(shared: bool) -> str:
+    """Where the kernel's private folder goes: a unix socket's path holds at most 107 bytes,
+    and an account of its own must be able to enter every folder on the way."""
+    tmp = tempfile.gettempdir()
+    ok = len(tmp) <= 60 and (not shared or _traversable(Path(tmp)))
+    return tmp if ok or not os.path.isdir("/tmp") else "/tmp"
+
+
+_PUBLIC: dict[str, Path] = {}
+
+
+def _public_data_copy() -> Path | None:
+    """A read-only, world-readable copy of the staged ``public/`` data (never ``heldout/``)
+    for kernels that run as a sandbox account; made once per process and data version."""
+    from .datasets import data_dir
+
+    source = data_dir() / "public"
+    manifest = source / "manifest.json"
+    if not manifest.is_file():
+        return None
+    key = f"{source}:{manifest.stat().st_mtime_ns}"
+    copy = _PUBLIC.get(key)
+    if copy is not None and (copy / "public" / "manifest.json").is_file():
+        return copy
+    base = _short_base(shared=True)
+    _remove_stale_public_copies(base)
+    copy = Path(tempfile.mkdtemp(prefix=f"{_PUBLIC_PREFIX}{os.getpid()}-", dir=base))
+    shutil.copytree(source, copy / "public")
+    for path in [*(copy / "public").rglob("*"), copy / "public"]:
+        path.chmod(0o555 if path.is_dir() else 0o444)
+    copy.chmod(0o755)
+    _PUBLIC[key] = copy
+    _remove_at_exit(copy)
+    return copy
+
+
+_PUBLIC_PREFIX = "autograder-public-"
+
+
+def _remove_stale_public_copies(base: str) -> None:
+    """Copies left by graders that were killed (their pid, in the name, is gone)."""
+    for path in Path(base).glob(f"{_PUBLIC_PREFIX}*-*"):
+        pid = path.name[len(_PUBLIC_PREFIX) :].split("-", 1)[0]
+        with contextlib.suppress(OSError, ValueError):
+            if path.stat().st_uid == os.geteuid() and not psutil.pid_exists(int(pid)):
+                shutil.rmtree(path, ignore_errors=True)
+
+
+def _remove_at_exit(path: Path) -> None:
+    def remove() -> None:
+        shutil.rmtree(path, ignore_errors=True)
+
+    atexit.register(remove)
+    # Pool workers end through multiprocessing's exit path, which skips atexit.
+    from multiprocessing import util
+
+    util.Finalize(None, remove, exitpriority=10)
+
+
+def _grader_only_data() -> list[Path]:
+    """The grader's data folders that hold held-out examples: ``heldout/``, and ``keras/``
+    (keras' full test split, of which the held-out split is a half)."""
+    from .datasets import data_dir
+
+    return [data_dir() / "heldout", data_dir() / "keras"]
+
+
+# Never handed to a student's kernel (hub tokens and the like).
+_SECRET = re.compile(r"TOKEN|SECRET|PASSW|CREDENTIAL|ACCESS_KEY|API_KEY|PRIVATE_KEY", re.I)
+_PER_USER = ("XDG_CACHE_HOME", "XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_RUNTIME_DIR")
+_PER_USER_TOOLS = ("IPYTHONDIR", "MPLCONFIGDIR", "KERAS_HOME", "JUPYTER_RUNTIME_DIR")
+# Where the grader was started (often the course directory) is none of the kernel's business.
+_GRADER_PLACES = ("PWD", "OLDPWD", "_")
+
+
+def _scrubbed(env: Mapping[str, str]) -> dict[str, str]:
+    return {k: v for k, v in env.items() if not (_SECRET.search(k) or k.startswith("JUPYTERHUB_"))}
+
+
+def _chown_tree(path: Path, uid: int, gid: int) -> None:
+    os.lchown(path, uid, gid)
+    for root, dirs, files in os.walk(path):
+        for name in [*dirs, *files]:
+            os.lchown(os.path.join(root, name), uid, gid)
+
+
+def _special_files(folder: str, names: list[str]) -> list[str]:
+    """For copytree: fifos, sockets and devices, which a copy would block on or must not have."""
+    skip = []
+    for name in names:
+        mode = os.lstat(os.path.join(folder, name)).st_mode
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode) or stat.S_ISLNK(mode)):
+            skip.append(name)
+    return skip
+
+
+def _reclaim(path: Path) -> None:
+    """Give a folder the kernel wrote back to the grader: links and special files removed,
+    everything else owned by the grader and private to it. Run once the kernel's processes
+    are gone, so nothing can change it afterwards."""
+    if not path.is_dir() or path.is_symlink():
+        return
+    uid, gid = os.geteuid(), os.getegid()
+    for root, dirs, files in os.walk(path):
+        for name in [*dirs, *files]:
+            p = os.path.join(root, name)
+            mode = os.lstat(p).st_mode
+            if stat.S_ISDIR(mode):
+                os.lchown(p, uid, gid)
+                os.chmod(p, 0o700)
+            elif stat.S_ISREG(mode):
+                os.lchown(p, uid, gid)
+                os.chmod(p, 0o600)
+            else:  # a symlink (to the held-out data, say) or a fifo: the grader must not follow
+                os.unlink(p)
+                if name in dirs:
+                    dirs.remove(name)
+    os.lchown(path, uid, gid)
+    path.chmod(0o700)
+
+
+def _tasks_of(uid: int) -> int:
+    total = 0
+    for p in psutil.process_iter(["uids", "num_threads"]):
+        with contextlib.suppress(psutil.Error, TypeError):
+            if p.info["uids"].real == uid:
+                total += int(p.info["num_threads"] or 1)
+    return total
+
+
+# Run between unshare and the kernel (stdlib only, `python -I -S`): resource limits, then the
+# account (groups, gid, uid: all of them, real, effective and saved), then no_new_privs so
+# that no setuid program can give privileges back. Without a PID namespace it then becomes
+# the kernel (whose parent, the grader, ipykernel watches). In a PID namespace it stays as
+# the namespace's init (PID 1): it starts the kernel, reaps whatever is orphaned (killed
+# processes must not linger as zombies: they count against the account's process limit),
+# and ends everything when the kernel ends or when the grader is gone (the grader holds the
+# write end of the pipe WATCH: when it dies the pipe reads as closed). It exits with the
+# kernel's exit code, 128 + N for a kernel killed by signal N.
+_LAUNCH = r"""
+import ctypes, os, resource, select, signal, sys
+nproc, fsize, uid, gid, watch = sys.argv[1:6]
+cmd = sys.argv[7:]
+def limit(res, value):
+    soft, hard = resource.getrlimit(res)
+    if hard != resource.RLIM_INFINITY:
+        value = min(value, hard)
+    resource.setrlimit(res, (value, value))
+limit(resource.RLIMIT_CORE, 0)
+if fsize != "-":
+    limit(resource.RLIMIT_FSIZE, int(fsize))
+if nproc != "-":
+    limit(resource.RLIMIT_NPROC, int(nproc))
+if uid != "-":
+    os.setgroups([])
+    os.setresgid(int(gid), int(gid), int(gid))
+    os.setresuid(int(uid), int(uid), int(uid))
+if ctypes.CDLL(None, use_errno=True).prctl(38, 1, 0, 0, 0) != 0:  # PR_SET_NO_NEW_PRIVS
+    raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS)")
+if watch == "-":
+    os.execvp(cmd[0], cmd)
+watch = int(watch)
+signal.signal(signal.SIGINT, lambda *args: None)  # interrupts are the kernel's
+env = dict(os.environ)
+env.pop("JPY_PARENT_PID", None)  # its parent is this init, which watches the grader
+kernel = os.fork()
+if kernel == 0:
+    os.close(watch)
+    os.execvpe(cmd[0], cmd, env)
+poll = select.poll()
+poll.register(watch, select.POLLIN | select.POLLHUP)
+status = None
+while status is None:
+    while True:
+        try:
+            pid, wstatus = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            pid = 0
+        if pid == 0:
+            break
+        if pid == kernel:
+            status = os.waitstatus_to_exitcode(wstatus)
+            break
+    if status is None and poll.poll(200):
+        status = 128 + signal.SIGKILL  # the grader is gone: so is everything here
+try:
+    os.kill(-1, signal.SIGKILL)
+except ProcessLookupError:
+    pass
+os._exit(status if status >= 0 else 128 - status)
+"""
+
+
+class KernelSandbox:
+    """Where, as whom and under which OS limits one kernel runs; :meth:`release` when done.
+
+    As root: an account of its own (a slot held until released), a private folder owned by
+    it (sockets, connection file, home, temp, a copy of the notebook's folder), the public
+    data from a read-only copy, and the grader's held-out data closed to other accounts.
+    Otherwise: the grader's user, with the same limits where the OS enforces them.
+    """
+
+    def __init__(self, limits: Limits | None = None) -> None:
+        self.limits = limits or Limits()
+        self._slot = _acquire_slot()
+        self.account = self._slot.account if self._slot is not None else None
+        self.flags = _namespace_flags(network=self.limits.network, as_root=self.account is not None)
+        if self.flags is None and not self.limits.network:
+            isolation_prefix()  # warns once
+        self.root = Path(tempfile.mkdtemp(prefix="agk-", dir=_short_base(self.shared)))
+        for sub in ("home", "tmp"):
+            (self.root / sub).mkdir()
+        self.public_data: Path | None = None
+        self._granted: list[Path] = []
+        self._pipes: list[int] = []  # the grader's ends of the pipes watched by the kernel's init
+        self.pass_fds: tuple[int, ...] = ()  # for the launch of the kernel (Popen)
+        self._released = False
+        if self.account is not None:
+            self.public_data = _public_data_copy()
+            close_to_others(_grader_only_data())
+            _chown_tree(self.root, self.account.uid, self.account.gid)
+
+    @property
+    def shared(self) -> bool:
+        """Whether the kernel runs as another account than the grader."""
+        return self.account is not None
+
+    @property
+    def network_isolated(self) -> bool:
+        return self.flags is not None and "--net" in self.flags
+
+    @property
+    def pid_namespace(self) -> bool:
+        return self.flags is not None and "--pid" in self.flags
+
+    def grant(self, path: Path) -> None:
+        """Let the kernel write into ``path`` (a folder of the grader's); reclaimed on release."""
+        if self.account is not None:
+            _chown_tree(path, self.account.uid, self.account.gid)
+            path.chmod(0o700)
+        self._granted.append(path)
+
+    def workdir(self, cwd: str | os.PathLike[str] | None) -> str | None:
+        """The kernel's working folder: with an account, a private copy of ``cwd`` (the
+        submission's own files, nothing else of the course); else ``cwd`` itself."""
+        if self.account is None:
+            return None if cwd is None else str(cwd)
+        work = self.root / "work"
+        if cwd is not None and Path(cwd).is_dir():
+            shutil.copytree(cwd, work, symlinks=True, ignore=_special_files)
+        else:
+            work.mkdir()
+        _chown_tree(work, self.account.uid, self.account.gid)
+        return str(work)
+
+    def own(self, path: Path) -> None:
+        """Hand a file the grader wrote for the kernel (its connection file) to the kernel."""
+        if self.account is not None:
+            os.lchown(path, self.account.uid, self.account.gid)
+
+    def environment(self, env: Mapping[str, str]) -> dict[str, str]:
+        env = _scrubbed(env)
+        if self.account is not None:
+            for name in (*_PER_USER, *_PER_USER_TOOLS, *_GRADER_PLACES):
+                env.pop(name, None)
+            home = str(self.root / "home")
+            env.update(
+                HOME=home,
+                TMPDIR=str(self.root / "tmp"),
+                USER=self.account.name,
+                LOGNAME=self.account.name,
+            )
+            if self.public_data is not None:
+                env["AUTOGRADER_DATA_DIR"] = str(self.public_data)
+        return env
+
+    def _nproc(self) -> str:
+        if self.account is not None:
+            return str(self.limits.processes)
+        if os.geteuid() == 0:
+            return "-"  # not enforced for root: leave it
+        # Counted per user: the grader's own processes and threads count too.
+        return str(_tasks_of(os.getuid()) + self.limits.processes)
+
+    def command(self, kernel_cmd: list[str]) -> list[str]:
+        """The command that starts ``kernel_cmd`` in this sandbox; launch it with
+        :attr:`pass_fds`."""
+        prefix: list[str] = []
+        watch = "-"
+        if self.flags is not None:
+            unshare = shutil.which("unshare")
+            assert unshare is not None
+            prefix = [unshare, *self.flags, "--"]
+            if self.pid_namespace:
+                read, write = os.pipe()
+                self._pipes += [read, write]
+                self.pass_fds = (read,)
+                watch = str(read)
+        acct = self.account
+        launch = [
+            sys.executable,
+            "-I",
+            "-S",
+            "-c",
+            _LAUNCH,
+            self._nproc(),
+            str(self.limits.file_size_mb * 2**20),
+            str(acct.uid) if acct else "-",
+            str(acct.gid) if acct else "-",
+            watch,
+            "--",
+        ]
+        return [*prefix, *launch, *kernel_cmd]
+
+    def describe(self) -> dict[str, Any]:
+        """What held for this kernel, for the record."""
+        acct = self.account
+        return {
+            "user": acct.name if acct else pwd.getpwuid(os.geteuid()).pw_name,
+            "separate_user": acct is not None,
+            "network_namespace": self.network_isolated,
+            "pid_namespace": self.pid_namespace,
+            "processes": self.limits.processes if acct or os.geteuid() != 0 else None,
+            "file_size_mb": self.limits.file_size_mb,
+        }
+
+    def release(self) -> None:
+        """Kill whatever the kernel's account still runs, give granted folders back to the
+        grader, remove the private folder and free the account for the next kernel."""
+        if self._released:
+            return
+        self._released = True
+        try:
+            if self.account is not None:
+                _kill_account_processes(self.account)
+            for fd in self._pipes:  # the kernel's init, if still there, ends everything
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            for path in self._granted:  # back to the grader first: then nothing is left to
+                _reclaim(path)  # the account but its own files, removed here
+            if self.account is not None:
+                _remove_account_files(self.account)
+            shutil.rmtree(self.root, ignore_errors=True)
+        finally:
+            if self._slot is not None:
+                self._slot.release()
+
+
+class SandboxedKernelManager(AsyncKernelManager):
+    """A kernel manager whose kernels run in a :class:`KernelSandbox`.
+
+    ``sandbox`` (set by ``GraderExecute``, which releases it) or, when unset, one of its
+    own made at start and released at cleanup. Async because nbgrader's Execute drives the
+    kernel through nbclient's async API.
     """
 
     network = Bool(False, help="Let the kernel reach the network").tag(config=True)
@@ -180,41 +801,77 @@ class SandboxedKernelManager(AsyncKernelManager):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.isolated = False  # whether the running kernel is in its own network namespace
-        self._ipc_dir: str | None = None
+        self.limits: Limits | None = None
+        self.sandbox: KernelSandbox | None = None
+        self._own_sandbox = False
 
     async def _async_pre_start_kernel(self, **kw: Any) -> tuple[list[str], dict[str, Any]]:
-        prefix = None if self.network else isolation_prefix()
-        if prefix is not None:
-            # Private folder (mode 0700) for the sockets. A unix socket's path holds at most
-            # 107 bytes: a long TMPDIR falls back to /tmp.
-            if self._ipc_dir is None:
-                tmp = tempfile.gettempdir()
-                where = tmp if len(tmp) <= 60 or not os.path.isdir("/tmp") else "/tmp"
-                self._ipc_dir = tempfile.mkdtemp(prefix="autograder-ipc-", dir=where)
+        if self.sandbox is None:
+            self.sandbox = KernelSandbox(replace(self.limits or Limits(), network=self.network))
+            self._own_sandbox = True
+        box = self.sandbox
+        if box.network_isolated:
             self.transport = "ipc"
-            self.ip = os.path.join(self._ipc_dir, "kernel")
+            self.ip = str(box.root / "kernel")
             self.cache_ports = False  # the port cache binds TCP ports
+        # In the private folder: the kernel's account can read it, nobody else can.
+        self.connection_file = str(box.root / "kernel.json")
+        kw["cwd"] = box.workdir(kw.get("cwd"))
         kernel_cmd, kw = await super()._async_pre_start_kernel(**kw)
-        self.isolated = prefix is not None
-        if prefix is not None:
-            kernel_cmd = [*prefix, *kernel_cmd]
-        return kernel_cmd, kw
+        box.own(Path(self.connection_file))
+        kw["env"] = box.environment(kw.get("env") or os.environ)
+        self.isolated = box.network_isolated
+        cmd = box.command(kernel_cmd)
+        if box.pass_fds:
+            kw["pass_fds"] = box.pass_fds  # Popen keyword, passed on by jupyter_client
+        return cmd, kw
 
     async def _async_cleanup_resources(self, restart: bool = False) -> None:
         await super()._async_cleanup_resources(restart=restart)
-        if not restart and self._ipc_dir is not None:
-            shutil.rmtree(self._ipc_dir, ignore_errors=True)
-            self._ipc_dir = None
+        if not restart and self._own_sandbox and self.sandbox is not None:
+            self.sandbox.release()
+            self.sandbox = None
+            self._own_sandbox = False
 
     # AsyncKernelManager binds this public name to the base class's function, which nbclient
-    # calls after a kernel died: without this, a killed kernel's socket folder stays behind.
+    # calls after a kernel died: without this, a killed kernel's folder stays behind.
     cleanup_resources = _async_cleanup_resources
 
 
 def kernel_pid(km: Any) -> int | None:
-    """The process id of a started kernel (``unshare`` execs the kernel: the same pid)."""
+    """The process id of a started kernel's launcher: the kernel itself, or with a PID
+    namespace the ``unshare`` process whose child it is (the watchdog watches the tree)."""
     pid = getattr(getattr(km, "provisioner", None), "pid", None)
     return pid if isinstance(pid, int) else None
+
+
+def kernel_exit_status(km: Any) -> int | None:
+    """The exit status of a kernel that has ended (negative: killed by that signal)."""
+    process = getattr(getattr(km, "provisioner", None), "process", None)
+    if process is None:
+        return None
+    with contextlib.suppress(Exception):
+        status = process.poll()
+        return status if isinstance(status, int) else None
+    return None
+
+
+def death_reason(status: int | None) -> str:
+    """Why a kernel ended, from its exit status (with a PID namespace, 128 + N stands for
+    signal N, as a shell reports it)."""
+    if status is None:
+        return "the kernel died (it crashed or was killed by the system)"
+    if status < 0 or status > 128:
+        number = -status if status < 0 else status - 128
+        try:
+            name = signal.Signals(number).name
+        except ValueError:
+            name = f"signal {number}"
+        return f"the kernel died (killed by {name}): it crashed or was killed by the system"
+    return (
+        f"the kernel died (exit code {status}): the notebook ended its own Python process "
+        "or crashed it"
+    )
 
 
 # --- watchdog ----------------------------------------------------------------------------

@@ -1,12 +1,17 @@
-"""Limits on the student's kernel: time, memory, network (autograder/sandbox.py).
+"""Limits on the student's kernel: time, memory, network, account, processes, files, output
+(autograder/sandbox.py).
 
-The three adversarial lab 3 submissions go through nbgrader autograde with small limits;
-the watchdog, the limits' configuration and the network namespace are tested on their own.
+The three lab 3 submissions that test the limits go through nbgrader autograde with small
+limits; the watchdog, the limits' configuration, the network namespace, the sandbox
+account and the resource limits are tested on their own. The whole corpus of untrusted
+submissions is graded in one batch by tests/test_adversarial.py.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import re
 import shutil
 import socket
 import subprocess
@@ -28,16 +33,20 @@ from autograder.evaluate import evaluate_artifacts
 from autograder.examples import EXAMPLES, example_path
 from autograder.pipeline import GraderExecute
 from autograder.sandbox import (
+    ACCOUNT_PREFIX,
+    KernelSandbox,
     Limits,
     SandboxedKernelManager,
     Watchdog,
+    close_to_others,
     isolation_prefix,
     read_limit,
     write_limit,
 )
 
 LAB = "lab3_mnist_dense"
-ADVERSARIAL = [name for name, example in EXAMPLES[LAB].items() if example.adversarial]
+# The examples that test one limit each (the rest of the corpus: tests/test_adversarial.py).
+ADVERSARIAL = ["infinite-loop", "memory-hog", "network-access"]
 NOTEBOOK_TIMEOUT = int(gh.ADVERSARIAL_LIMITS["AUTOGRADER_NOTEBOOK_TIMEOUT"])
 MEMORY_MB = int(gh.ADVERSARIAL_LIMITS["AUTOGRADER_MEMORY_MB"])
 ISOLATED = isolation_prefix() is not None
@@ -79,7 +88,7 @@ def _shown(cell: nbformat.NotebookNode) -> str:
 
 
 def test_adversarial_examples_are_declared():
-    assert set(ADVERSARIAL) == {"infinite-loop", "memory-hog", "network-access"}
+    assert all(EXAMPLES[LAB][name].adversarial for name in ADVERSARIAL)
     assert not EXAMPLES[LAB]["correct"].adversarial
 
 
@@ -317,10 +326,18 @@ def _connect_from_kernel(network: bool, port: int) -> str:
             print("refused:", exc)
         """
     )
+    return _in_kernel(code, network=network)
+
+
+def _in_kernel(
+    code: str, *, network: bool = False, limits: Limits | None = None, cwd: Path | None = None
+) -> str:
+    """What ``code`` prints in a sandboxed kernel (a sandbox of the manager's own)."""
 
     async def run() -> str:
         km = SandboxedKernelManager(network=network)
-        await km.start_kernel()
+        km.limits = limits
+        await km.start_kernel(cwd=str(cwd) if cwd else None)
         kc = km.client()
         kc.start_channels()
         out: list[str] = []
@@ -332,6 +349,8 @@ def _connect_from_kernel(network: bool, port: int) -> str:
             def hook(msg) -> None:
                 if msg["msg_type"] == "stream":
                     out.append(msg["content"]["text"])
+                elif msg["msg_type"] == "error":
+                    out.append(f"{msg['content']['ename']}: {msg['content']['evalue']}\n")
 
             await kc.execute_interactive(code, timeout=30, output_hook=hook)
         finally:
@@ -349,3 +368,197 @@ def test_kernel_cannot_reach_the_host_network():
         port = server.getsockname()[1]
         assert "Network is unreachable" in _connect_from_kernel(False, port)
         assert "connected" in _connect_from_kernel(True, port)
+
+
+# --- the sandbox account, resource limits, output -------------------------------------------
+
+
+def _separate_accounts() -> bool:
+    box = KernelSandbox()
+    try:
+        return box.shared
+    finally:
+        box.release()
+
+
+SEPARATE = os.geteuid() == 0 and _separate_accounts()
+needs_account = pytest.mark.skipif(
+    not SEPARATE, reason="no sandbox account here (not root, or AUTOGRADER_SANDBOX_USER=off)"
+)
+
+WHO = textwrap.dedent(
+    """
+    import os, pwd, resource
+    from pathlib import Path
+    status = dict(line.split(":", 1) for line in open("/proc/self/status") if ":" in line)
+    print("user", pwd.getpwuid(os.getuid()).pw_name, os.getuid(), os.geteuid())
+    print("groups", os.getgroups())
+    print("no_new_privs", status["NoNewPrivs"].strip(), "caps", status["CapEff"].strip())
+    print("home", os.environ["HOME"], os.access(os.environ["HOME"], os.W_OK))
+    print("cwd", os.getcwd(), sorted(os.listdir(".")))
+    print("core", resource.getrlimit(resource.RLIMIT_CORE))
+    print("token", os.environ.get("JUPYTERHUB_API_TOKEN"), os.environ.get("PWD"))
+    from autograder.datasets import data_dir, load_mnist
+    print("public", load_mnist()[0][0].shape, data_dir())
+    for path in [HELDOUT, data_dir() / "heldout" / "mnist.npz"]:
+        try:
+            open(path, "rb").close()
+            print("read", path)
+        except OSError as exc:
+            print("no access", path, type(exc).__name__)
+    """
+)
+
+
+@needs_account
+def test_kernel_runs_as_an_unprivileged_account_of_its_own(tmp_path, monkeypatch, staged_data):
+    from autograder.datasets import data_dir
+
+    monkeypatch.setenv("JUPYTERHUB_API_TOKEN", "hub-secret")
+    (tmp_path / "data.csv").write_text("1,2\n")
+    heldout = data_dir() / "heldout" / "mnist.npz"
+    out = _in_kernel(f"HELDOUT = {str(heldout)!r}\n" + WHO, cwd=tmp_path)
+    assert f"user {ACCOUNT_PREFIX}" in out and " 0 " not in out.split("\n")[0]
+    assert "groups []" in out
+    assert "no_new_privs 1 caps 0000000000000000" in out
+    assert re.search(r"^home /\S+ True$", out, re.M)  # a home of its own, writable
+    # A private copy of the notebook's folder, not the folder itself.
+    assert "['data.csv']" in out and f"cwd {tmp_path}" not in out
+    assert "core (0, 0)" in out
+    assert "token None None" in out  # the grader's secrets and whereabouts stay out
+    public = re.search(r"^public \(3000, 28, 28\) (\S+)$", out, re.M)
+    assert public and public.group(1) != str(data_dir())  # a read-only copy of public/
+    assert f"no access {heldout} PermissionError" in out
+    assert "read " not in out
+
+
+@needs_account
+def test_process_limit_bounds_a_fork_bomb():
+    code = textwrap.dedent(
+        """
+        import subprocess
+        children = []
+        try:
+            while len(children) < 500:
+                children.append(subprocess.Popen(["sleep", "30"]))
+        except OSError as exc:
+            print("stopped after", len(children), exc)
+        for child in children:
+            child.kill()
+            child.wait()
+        """
+    )
+    out = _in_kernel(code, limits=Limits(processes=40))
+    assert "stopped after" in out and "Resource temporarily unavailable" in out
+    assert int(out.split("stopped after")[1].split()[0]) < 40
+
+
+def test_file_size_limit_stops_a_disk_flood(tmp_path):
+    code = textwrap.dedent(
+        """
+        try:
+            with open("flood.bin", "wb") as f:
+                for _ in range(4):
+                    f.write(bytes(2**20))
+            print("wrote 4 MiB")
+        except OSError as exc:
+            print("stopped:", exc)
+        """
+    )
+    out = _in_kernel(code, limits=Limits(file_size_mb=1), cwd=tmp_path)
+    assert "stopped: [Errno 27] File too large" in out
+
+
+@pytest.mark.skipif(not (SEPARATE or ISOLATED), reason="no PID namespace, no account here")
+def test_nothing_the_kernel_started_outlives_it():
+    code = textwrap.dedent(
+        """
+        import subprocess
+        # a daemon of its own session: out of the kernel's process group
+        p = subprocess.Popen(["sleep", "300"], start_new_session=True)
+        print("daemon", p.pid)
+        """
+    )
+    before = {p.pid for p in psutil.process_iter() if p.name() == "sleep"}
+    _in_kernel(code)
+    deadline = time.monotonic() + 10
+    left = [1]
+    while left and time.monotonic() < deadline:
+        left = [
+            p
+            for p in psutil.process_iter()
+            if p.pid not in before and p.name() == "sleep" and not _gone(p)
+        ]
+        time.sleep(0.1)
+    assert not left
+
+
+@needs_account
+def test_kernels_at_the_same_time_get_accounts_of_their_own(tmp_path):
+    first, second = KernelSandbox(), KernelSandbox()
+    try:
+        assert first.account is not None and second.account is not None
+        assert first.account.uid != second.account.uid
+        # The grader's folder, handed to the first kernel's account, then given back.
+        artifacts = tmp_path / "artifacts"
+        artifacts.mkdir()
+        first.grant(artifacts)
+        assert artifacts.stat().st_uid == first.account.uid
+        uid, gid = first.account.uid, first.account.gid
+        subprocess.run(
+            ["sh", "-c", "echo {} > model.keras; ln -s /etc/shadow capture.json"],
+            cwd=artifacts,
+            user=uid,
+            group=gid,
+            extra_groups=[],
+            check=True,
+        )
+    finally:
+        first.release()
+        second.release()
+    assert not first.root.exists() and not second.root.exists()
+    assert sorted(p.name for p in artifacts.iterdir()) == ["model.keras"]  # no links left
+    assert (artifacts / "model.keras").stat().st_uid == os.geteuid()
+    again = KernelSandbox()  # a released account is reused
+    try:
+        assert again.account is not None and again.account.uid in {uid, second.account.uid}
+    finally:
+        again.release()
+
+
+def test_a_folder_others_can_reach_is_closed_to_them():
+    parent = Path(tempfile.mkdtemp(prefix="sbx-open-", dir="/tmp"))
+    try:
+        parent.chmod(0o755)
+        course = parent / "course"
+        course.mkdir(mode=0o755)
+        course.chmod(0o755)
+        assert close_to_others([course]) == [course]
+        assert course.stat().st_mode & 0o777 == 0o750
+        assert close_to_others([course]) == []  # once is enough
+        parent.chmod(0o700)
+        inner = parent / "other"
+        inner.mkdir(mode=0o755)
+        assert close_to_others([inner]) == []  # out of reach already: left alone
+    finally:
+        shutil.rmtree(parent)
+
+
+def test_output_beyond_the_limit_is_dropped_with_a_note(tmp_path):
+    nb = _run(
+        tmp_path,
+        "for _ in range(6):\n    print('x' * 2**20, flush=True)",
+        "print('after')",
+        "raise ValueError('still shown')",
+    )
+    note = "output limit exceeded: the notebook printed more than 4 MiB"
+    assert len(_shown(nb.cells[0])) < 4.5 * 2**20 and note in _shown(nb.cells[0])
+    assert "after" not in _shown(nb.cells[1]) and note in _shown(nb.cells[1])
+    assert "still shown" in _shown(nb.cells[2])  # errors are kept: nbgrader scores them
+
+
+def test_a_kernel_that_exits_says_so(tmp_path):
+    nb = _run(tmp_path, "import os\nos._exit(3)", "print('after')")
+    reason = "the kernel died (exit code 3): the notebook ended its own Python process"
+    for cell in nb.cells:
+        assert "KernelStopped" in _shown(cell) and reason in _shown(cell)

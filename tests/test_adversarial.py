@@ -1,0 +1,377 @@
+"""Untrusted submissions: the named corpus, graded in one batch with ordinary submissions.
+
+Every submission of the corpus (lab 3 examples, plus a notebook whose JSON is cut short) and
+two ordinary ones (`correct`, and `not-reshaped`, a usual mistake) are graded together by
+``autograder grade``'s batch with two workers, under the tight limits of the adversarial
+examples. Each must end with a defined score and a reason the student can read (or, for
+the unreadable notebook, explicitly failed with the reason), and the ordinary submissions
+of the same batch must get their usual scores.
+
+The course directory sits in a folder that other accounts can enter, as a course under
+/home or /srv would: the grader itself must close it to the students' kernels.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grading_helpers as gh
+import nbformat
+import pytest
+
+from autograder.batch import STATE_FILE, grade_batch
+from autograder.course import create_course
+from autograder.datasets import data_dir
+from autograder.examples import EXAMPLES, example_path
+from autograder.gradebook import check_table
+from autograder.sandbox import KernelSandbox, isolation_prefix
+
+pytestmark = pytest.mark.slow
+
+LAB = "lab3_mnist_dense"
+FIXTURES = Path(__file__).parent / "fixtures" / "adversarial"
+NOTEBOOK_TIMEOUT = int(gh.ADVERSARIAL_LIMITS["AUTOGRADER_NOTEBOOK_TIMEOUT"])
+MEMORY_MB = int(gh.ADVERSARIAL_LIMITS["AUTOGRADER_MEMORY_MB"])
+
+# The ordinary submissions of the batch and the scores they get anywhere else.
+ORDINARY = {"correct": 10.0, "not-reshaped": 4.5}
+
+TIME_LIMIT = f"time limit exceeded: the notebook ran longer than {NOTEBOOK_TIMEOUT} s"
+MEMORY_LIMIT = f"memory limit exceeded: the notebook used more than {MEMORY_MB} MiB"
+NO_MODEL = ", so the grader found no trained model"
+KILLED = "the kernel died (exit code 1): the notebook ended its own Python process or crashed it"
+OUTPUT_CUT = (
+    "[autograder] output limit exceeded: the notebook printed more than 4 MiB; "
+    "the rest of its output was dropped"
+)
+NOT_LEARNED = "no credit beyond 0.5 (the lab expects at least 0.87)"
+CHECKS = ("check_architecture", "check_compile", "check_inputs", "check_accuracy")
+
+
+@dataclass(frozen=True)
+class Expected:
+    """What one submission gets: its total (or bounds), and what the student reads."""
+
+    score: float | tuple[float, float]
+    # check id -> text in that check's messages (all checks: key "*")
+    messages: dict[str, str] = field(default_factory=dict)
+    # grade_id -> text shown in that cell of the autograded notebook
+    shown: dict[str, str] = field(default_factory=dict)
+
+
+# Training is seeded where the grade hinges on accuracy; "barely trained" is 32 images for
+# one epoch, which never comes near the 0.5 below which the accuracy check gives nothing.
+CORPUS: dict[str, Expected] = {
+    "infinite-loop": Expected(
+        0,
+        {"*": TIME_LIMIT + NO_MODEL},
+        {"train": "KernelStopped: " + TIME_LIMIT, "check_accuracy": TIME_LIMIT},
+    ),
+    "memory-hog": Expected(
+        0,
+        {"*": MEMORY_LIMIT + NO_MODEL},
+        {"train": "KernelStopped: " + MEMORY_LIMIT, "check_accuracy": MEMORY_LIMIT},
+    ),
+    "kills-kernel": Expected(
+        0, {"*": KILLED + NO_MODEL}, {"train": "KernelStopped: " + KILLED, "check_inputs": KILLED}
+    ),
+    # Every copy of a kernel holds its memory: the watchdog stops the bomb within a poll, and
+    # the process limit (RLIMIT_NPROC) bounds how many copies there can be until then.
+    "fork-bomb": Expected(
+        0, {"*": MEMORY_LIMIT + NO_MODEL}, {"train": "KernelStopped: " + MEMORY_LIMIT}
+    ),
+    "output-flood": Expected(
+        10, {"check_accuracy": "meets the lab's target"}, {"train": OUTPUT_CUT}
+    ),
+    "network-access": Expected(10, shown={"build_network": "network: "}),
+    "reads-heldout": Expected(10, shown={"build_network": "held-out data: no access to"}),
+    "reads-other-submission": Expected(10, shown={"build_network": "other submissions: read"}),
+    # Deleted test cells are put back from the gradebook and graded like the others.
+    "cells-deleted": Expected(
+        6,
+        {"check_accuracy": NOT_LEARNED},
+        {
+            "check_accuracy": "# This cell (id:check_accuracy) was missing from the submission",
+            "check_architecture": "[pass] Network architecture: 3 / 3 points",
+        },
+    ),
+    "edited-test-cells": Expected(
+        6, {"check_accuracy": NOT_LEARNED}, {"check_accuracy": "[fail] Held-out accuracy: 0 / 4"}
+    ),
+    "forged-test-outputs": Expected(
+        6, {"check_accuracy": NOT_LEARNED}, {"check_accuracy": "[fail] Held-out accuracy: 0 / 4"}
+    ),
+    "monkeypatched-evaluate": Expected(
+        6, {"check_accuracy": NOT_LEARNED}, {"evaluate": "test_acc: 0.999"}
+    ),
+    "monkeypatched-predict": Expected(
+        6, {"check_accuracy": NOT_LEARNED}, {"evaluate": "test_acc: 1.0"}
+    ),
+    "monkeypatched-grader": Expected(
+        4,
+        {
+            "check_architecture": "layer 1: expected Dense 512 relu, found Dense with 64 units",
+            "check_accuracy": NOT_LEARNED,
+        },
+        {"check_accuracy": "[fail] Held-out accuracy: 0 / 4"},
+    ),
+    "hardcoded-accuracy": Expected(
+        6, {"check_accuracy": NOT_LEARNED}, {"evaluate": "test_acc: 0.991"}
+    ),
+    "lambda-layer": Expected(
+        2,
+        {
+            c: "`network` contains Lambda layer: code-carrying layers are not accepted; "
+            "use built-in Keras layers only"
+            for c in ("check_architecture", "check_compile", "check_accuracy")
+        },
+        {"check_architecture": "code-carrying layers are not accepted"},
+    ),
+    "wrong-output-shape": Expected(
+        5,
+        {
+            "check_architecture": "layer 3 (Reshape) is extra",
+            "check_accuracy": "the model could not be evaluated on held-out data: ValueError: "
+            "the model's predictions have shape (1000, 10, 1); expected (1000, classes)",
+        },
+    ),
+    "nan-weights": Expected(
+        6, {"check_accuracy": "the model predicts NaN or infinite values (did training diverge?)"}
+    ),
+    "missing-network": Expected(
+        2,
+        {
+            c: "`network` is not defined when the notebook finishes"
+            for c in ("check_architecture", "check_compile", "check_accuracy")
+        },
+        {"check_architecture": "`network` is not defined when the notebook finishes"},
+    ),
+    # Fitted on the test split: the grader scores the held-out split, which the notebook
+    # never sees, so the model gets what it really does on new digits (1,000 training
+    # images of the right kind do well enough), not its inflated accuracy on its own test.
+    "trained-on-test": Expected((6.0, 10.0), {"check_accuracy": "held-out accuracy 0."}),
+}
+# Not an example: the lab's notebook cut short mid-JSON (stored as .txt, which linters skip),
+# submitted as the student's notebook.
+CORRUPTED = "corrupted-json"
+CORRUPTED_FILE = FIXTURES / f"{CORRUPTED}.txt"
+
+
+def test_the_corpus_is_declared():
+    names = set(CORPUS) - {"monkeypatched-evaluate"}
+    assert names <= set(EXAMPLES[LAB])
+    adversarial = {n for n, e in EXAMPLES[LAB].items() if e.adversarial}
+    # Honest mistakes are ordinary examples; attacks are marked.
+    assert adversarial == names - {
+        "wrong-output-shape",
+        "nan-weights",
+        "missing-network",
+        "trained-on-test",
+    }
+    assert CORRUPTED_FILE.is_file()
+
+
+def _separate_accounts() -> bool:
+    """Whether kernels here run as sandbox accounts (the grader is root and may create them)."""
+    box = KernelSandbox()
+    try:
+        return box.shared
+    finally:
+        box.release()
+
+
+@pytest.fixture(scope="module")
+def batch(staged_data: None):
+    parent = Path(tempfile.mkdtemp(prefix="autograder-adversarial-", dir="/tmp"))
+    parent.chmod(0o755)  # like /home/teacher or /srv: other accounts may enter
+    root = parent / "course"
+    try:
+        with gh.environment({**gh.QUICK, **gh.ADVERSARIAL_LIMITS}):
+            course = create_course(root, labs=[LAB])
+            root.chmod(0o755)
+            for name in [*ORDINARY, *CORPUS]:
+                course.submit(name, LAB, example_path(LAB, name))
+            course.submit(CORRUPTED, LAB, CORRUPTED_FILE)
+            summary = grade_batch(course.root, workers=2, progress=False)
+        print("\n" + summary.format())
+        for o in sorted(summary.outcomes, key=lambda o: -o.timing.get("worker_s", 0)):
+            print(f"  {o.student}: {o.status} {o.score} in {o.timing.get('worker_s', 0):.1f} s")
+        yield course, summary
+    finally:
+        shutil.rmtree(parent, ignore_errors=True)
+
+
+def _outcome(summary, student):
+    return next(o for o in summary.outcomes if o.student == student)
+
+
+def _autograded(course, student: str) -> nbformat.NotebookNode:
+    return nbformat.read(course.root / "autograded" / student / LAB / f"{LAB}.ipynb", 4)
+
+
+def _cell(nb: nbformat.NotebookNode, grade_id: str) -> nbformat.NotebookNode:
+    return next(c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") == grade_id)
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _shown(cell: nbformat.NotebookNode) -> str:
+    """What the student reads in a cell's outputs (colour codes left out)."""
+    return _ANSI.sub(
+        "",
+        "\n".join(
+            o.get("text", "") + o.get("evalue", "") + "\n" + "\n".join(o.get("traceback", []))
+            for o in cell.get("outputs", [])
+        ),
+    )
+
+
+def test_the_batch_grades_everything_but_the_unreadable_notebook(batch):
+    course, summary = batch
+    assert summary.count("graded") == len(ORDINARY) + len(CORPUS), summary.format()
+    assert summary.count("failed") == 1
+    assert summary.workers == 2
+    assert (course.root / "batch_summary.json").is_file()
+
+
+@pytest.mark.parametrize("student", sorted(ORDINARY))
+def test_ordinary_submissions_get_their_usual_scores(batch, student):
+    course, summary = batch
+    outcome = _outcome(summary, student)
+    assert outcome.status == "graded" and outcome.reason == ""
+    assert outcome.score == ORDINARY[student]
+    assert gh.result_of(course, LAB, student).error is None
+
+
+def test_the_unreadable_notebook_fails_with_the_reason(batch):
+    course, summary = batch
+    outcome = _outcome(summary, CORRUPTED)
+    assert outcome.status == "failed" and outcome.score is None
+    assert outcome.reason.startswith("the notebook could not be read: NotJSONError")
+    assert f"FAILED {LAB} {CORRUPTED}: the notebook could not be read" in summary.format()
+    # Not marked done, so the next run tries it again; no grade was invented for it.
+    assert not (course.root / "autograded" / CORRUPTED / LAB / STATE_FILE).exists()
+    table = check_table(course.db_url, [LAB]).set_index("student")
+    assert CORRUPTED not in table.index or table.loc[CORRUPTED, "status"] != "graded", table
+
+
+@pytest.mark.parametrize("student", sorted(CORPUS))
+def test_each_submission_ends_graded_with_its_score_and_reason(batch, student):
+    course, summary = batch
+    expected = CORPUS[student]
+    outcome = _outcome(summary, student)
+    assert outcome.status == "graded", outcome.reason
+    result = gh.result_of(course, LAB, student)
+    if isinstance(expected.score, tuple):
+        low, high = expected.score
+        assert low <= result.score <= high, result.score
+    else:
+        assert result.score == expected.score, [(c.id, c.score, c.messages) for c in result.checks]
+    assert outcome.score == result.score
+    for check_id, text in expected.messages.items():
+        for check in result.checks if check_id == "*" else [result.check(check_id)]:
+            assert any(text in m for m in check.messages), (check.id, check.messages)
+    nb = _autograded(course, student)
+    for grade_id, text in expected.shown.items():
+        cell = _cell(nb, grade_id)
+        assert text in cell.source + _shown(cell), (grade_id, _shown(cell)[:2000])
+    # The gradebook (formgrader, exports) holds the grader's scores, one per graded cell.
+    row = check_table(course.db_url, [LAB]).set_index("student").loc[student]
+    assert row["status"] == "graded"
+    for check in result.checks:
+        assert row[check.id] == pytest.approx(check.score)
+    # Every graded cell shows the grader's verdict, never the student's kernel's.
+    for check in result.checks:
+        shown = _shown(_cell(nb, check.id))
+        assert f"{check.score:g} / {check.points:g} points" in shown
+
+
+def test_a_stopped_kernel_costs_only_its_own_time(batch):
+    _, summary = batch
+    for student in ("infinite-loop", "memory-hog", "kills-kernel", "fork-bomb"):
+        assert _outcome(summary, student).timing["execute_s"] < NOTEBOOK_TIMEOUT + 30
+
+
+def test_output_flood_is_cut_and_grading_goes_on(batch):
+    course, _ = batch
+    nb = _autograded(course, "output-flood")
+    kept = sum(len(_shown(c)) for c in nb.cells)
+    assert kept < 5 * 2**20  # of 300 MiB printed
+    assert OUTPUT_CUT in _shown(_cell(nb, "train"))
+    assert "test_acc:" not in _shown(_cell(nb, "evaluate"))  # dropped too, with a note
+    assert OUTPUT_CUT in _shown(_cell(nb, "evaluate"))
+
+
+def test_tampered_test_cells_are_restored_from_the_source(batch):
+    course, _ = batch
+    edited = nbformat.read(example_path(LAB, "edited-test-cells"), 4)
+    assert _cell(edited, "check_accuracy").source == 'print("[pass] Held-out accuracy: 4/4")'
+    reference = _autograded(course, "correct")
+    for student in ("cells-deleted", "edited-test-cells", "forged-test-outputs"):
+        nb = _autograded(course, student)
+        for check in CHECKS:  # the test cells as the instructor wrote them
+            assert _cell(nb, check).source.endswith(_cell(reference, check).source), check
+        text = nbformat.writes(nb)
+        assert "(FORGED)" not in text and "[pass] Held-out accuracy: 4/4" not in text
+
+
+def test_monkeypatching_fools_only_the_students_kernel(batch):
+    course, _ = batch
+    for student in ("monkeypatched-evaluate", "monkeypatched-predict", "hardcoded-accuracy"):
+        result = gh.result_of(course, LAB, student)
+        assert result.metrics["accuracy"] < 0.5  # what the model really does on held-out data
+    # The patched self_check passed every visible test in the kernel; the grader's own
+    # evaluation, in a clean process, was not patched.
+    nb = _autograded(course, "monkeypatched-grader")
+    assert "[partial] Network architecture: 1 / 3 points" in _shown(_cell(nb, "check_architecture"))
+
+
+def test_trained_on_test_split_gets_what_its_model_does_on_held_out_digits(batch):
+    course, _ = batch
+    result = gh.result_of(course, LAB, "trained-on-test")
+    printed = _shown(_cell(_autograded(course, "trained-on-test"), "evaluate"))
+    own_test_acc = float(re.search(r"test_acc: ([0-9.]+)", printed).group(1))
+    # Its own test accuracy is on what it was fitted to; the held-out split is new to it.
+    assert own_test_acc > 0.94
+    print(f"own test accuracy {own_test_acc:.3f}, held-out {result.metrics['accuracy']:.3f}")
+    assert result.metrics["accuracy"] < own_test_acc - 0.03
+
+
+def test_network_access_is_blocked(batch):
+    course, _ = batch
+    printed = _shown(_cell(_autograded(course, "network-access"), "build_network"))
+    if isolation_prefix() is None:
+        pytest.skip("network namespaces are not available here")
+    assert "network: no access" in printed and "Network is unreachable" in printed
+
+
+def test_the_held_out_data_cannot_be_read_from_the_kernel(batch):
+    course, _ = batch
+    printed = _shown(_cell(_autograded(course, "reads-heldout"), "build_network"))
+    assert "held-out data: no access to" in printed
+    if not _separate_accounts():
+        pytest.skip("kernels run as the grader's own user here: the held-out data is readable")
+    assert "held-out data: read" not in printed
+    heldout = data_dir() / "heldout" / "mnist.npz"
+    if str(heldout) in printed:  # guessed right: the permissions stopped it
+        assert f"no access to {heldout} (PermissionError)" in printed
+
+
+def test_other_submissions_cannot_be_read_from_the_kernel(batch):
+    course, _ = batch
+    printed = _shown(_cell(_autograded(course, "reads-other-submission"), "build_network"))
+    read = re.findall(r"other submissions: read (/\S+)", printed)
+    if not _separate_accounts():
+        pytest.skip("kernels run as the grader's own user here: the course is readable")
+    # Nothing of this course (submissions, autograded notebooks, stored executions) and no
+    # copy of another submission of this batch being graded (the workers' folders, the
+    # kernels' own); unrelated files elsewhere on the machine may be readable.
+    copies = [f"/autograder-{LAB}-{name}-" for name in [*ORDINARY, *CORPUS]]
+    assert not [p for p in read if p.startswith(str(course.root))]
+    assert not [p for p in read if "/agk-" in p or any(c in p for c in copies)]
+    assert (course.root.stat().st_mode & 0o007) == 0  # the grader closed the course
