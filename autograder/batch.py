@@ -48,6 +48,7 @@ __all__ = [
     "execute_submission",
     "find_submissions",
     "grade_batch",
+    "warm_worker",
 ]
 
 STATE_FILE = ".autograder-batch.json"
@@ -72,7 +73,9 @@ class SubmissionOutcome:
     max_score: float | None = None
     # Seconds: worker_s (in the worker: sanitize_s + execute_s + evaluate_s and the rest),
     # cells_s (the notebook's own cells, as its kernel reported them), replay_s (in the
-    # coordinator: nbgrader's autograde replaying the execution).
+    # coordinator: nbgrader's autograde replaying the execution); with a worker's first
+    # submission, startup_s (its warm-up, before any submission); kernel_ahead: 1 when the
+    # notebook ran in a kernel started before it came (0: started for it).
     timing: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -244,6 +247,43 @@ def _sanitize(nb: NotebookNode, resources: dict[str, Any], config: Any) -> Noteb
     return nb
 
 
+def _threads_env(threads: int) -> dict[str, str]:
+    # Sized by the coordinator so that workers x threads matches the cores.
+    return {
+        "TF_NUM_INTRAOP_THREADS": str(threads),
+        "TF_NUM_INTEROP_THREADS": "1",
+        "OMP_NUM_THREADS": str(threads),
+    }
+
+
+_STARTUP: dict[str, float] = {}  # this worker's start-up seconds, reported with its first
+
+
+def warm_worker(course_root: str, course_id: str, labs: tuple[str, ...], threads: int) -> float:
+    """In a worker, before its first submission: the evaluator's TensorFlow and data, the
+    grader's imports, the sandbox's set-up and the first kernel, done once and waited
+    for, so that no submission carries them. Returns the seconds it took."""
+    start = time.monotonic()
+    os.environ.update(_threads_env(threads))
+    try:
+        evaluator = _evaluator(labs)
+        evaluator.warm()  # TensorFlow imports in its own process meanwhile
+        from nbgrader.converters import Autograde  # noqa: F401
+
+        from .course import Course
+
+        config = Course(Path(course_root), course_id).config()
+        config.GraderExecute.spare_kernel = True
+        GraderExecute(config=config).start_kernel_ahead()
+        evaluator.wait_ready()
+    except Exception as exc:  # the submissions then pay for what is missing, nothing worse
+        import logging
+
+        logging.getLogger(__name__).warning("warming the worker up failed: %s", exc)
+    _STARTUP["s"] = time.monotonic() - start
+    return _STARTUP["s"]
+
+
 def execute_submission(
     course_root: str, course_id: str, lab: str, student: str, digest: str, threads: int
 ) -> dict[str, Any]:
@@ -255,26 +295,25 @@ def execute_submission(
     from .course import Course
 
     start = time.monotonic()
-    # Sized by the coordinator so that workers x threads matches the cores.
-    threads_env = {
-        "TF_NUM_INTRAOP_THREADS": str(threads),
-        "TF_NUM_INTEROP_THREADS": "1",
-        "OMP_NUM_THREADS": str(threads),
-    }
-    os.environ.update(threads_env)
-    # The evaluator's imports and data loading overlap this submission's execution.
+    os.environ.update(_threads_env(threads))
+    # Started by warm_worker; else its imports and data loading overlap this execution.
     _evaluator((lab,)).warm()
     root = Path(course_root)
     course = Course(root, course_id)
     rubric = load_rubric(lab)
     source = root / "submitted" / student / lab / f"{rubric.notebook}.ipynb"
     out: dict[str, Any] = {"key": None, "worker_s": 0.0, "cells_s": 0.0, "error": None}
+    if "s" in _STARTUP:  # reported once per worker, with its first submission
+        out["startup_s"] = _STARTUP.pop("s")
     try:
         nb = reads(source.read_text(), as_version=4)
     except Exception as exc:
         out["error"] = f"the notebook could not be read: {type(exc).__name__}: {exc}"[:300]
         return out
     config = course.config()
+    # This worker grades one notebook after another: the next kernel starts while this
+    # one's model is evaluated and the coordinator records the grade.
+    config.GraderExecute.spare_kernel = True
     resources: dict[str, Any] = {
         "nbgrader": {
             "student": student,
@@ -309,6 +348,7 @@ def execute_submission(
         nb, resources = execute.preprocess(nb, resources)
         out["execute_s"] = time.monotonic() - begin
         out["cells_s"] = _cell_seconds(nb)
+        out["kernel_ahead"] = float(bool(resources["autograder"].get("kernel_started_ahead")))
         artifacts = Path(resources["autograder"]["artifacts"])
         begin = time.monotonic()
         try:
@@ -348,9 +388,14 @@ class ReplayExecute(GraderExecute):
 
 
 @contextlib.contextmanager
-def _executor(workers: int, scheduler: str | None) -> Iterator[tuple[Executor, str, int]]:
+def _executor(
+    workers: int, scheduler: str | None, warm: tuple[Any, ...]
+) -> Iterator[tuple[Executor, str, int]]:
+    """Worker processes, each warmed up (``warm_worker(*warm)``) before its first task."""
     if scheduler is None:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        with ProcessPoolExecutor(
+            max_workers=workers, initializer=warm_worker, initargs=warm
+        ) as pool:
             yield pool, "local", workers
         return
     from dask.distributed import Client, LocalCluster
@@ -363,11 +408,24 @@ def _executor(workers: int, scheduler: str | None) -> Iterator[tuple[Executor, s
             dashboard_address=None,
         )
         with cluster, Client(cluster) as client:
+            _warm_dask(client, warm)
             yield client.get_executor(pure=False), "dask", workers
         return
     with Client(scheduler) as client:
         n = len(client.scheduler_info().get("workers", {})) or workers
+        _warm_dask(client, warm)
         yield client.get_executor(pure=False), "dask", n
+
+
+def _warm_dask(client: Any, warm: tuple[Any, ...]) -> None:
+    """``warm_worker`` once on each worker of the cluster (a worker that joins later warms
+    up with its first submission)."""
+    addresses = list(client.scheduler_info().get("workers", {}))
+    futures = [
+        client.submit(warm_worker, *warm, workers=[a], allow_other_workers=False, pure=False)
+        for a in addresses
+    ]
+    client.gather(futures)
 
 
 def _replay_api(course: Any, cache: Path) -> Any:
@@ -462,9 +520,6 @@ def _grade(
     course = Course(course_root)
     labs = labs or sorted(p.name for p in (course_root / "source").iterdir() if p.is_dir())
     submissions = find_submissions(course_root, labs, students or [])
-    cores = os.cpu_count() or 1
-    workers = max(1, min(workers or cores, len(submissions) or 1))
-    threads = max(1, cores // workers)
     outcomes: list[SubmissionOutcome] = []
     todo = []
     for s in submissions:
@@ -472,6 +527,9 @@ def _grade(
             outcomes.append(SubmissionOutcome(s.lab, s.student, "skipped"))
         else:
             todo.append(s)
+    cores = os.cpu_count() or 1
+    workers = max(1, min(workers or cores, len(todo) or 1))
+    threads = max(1, cores // workers)
     cache = _cache_dir(course_root)
     api = _replay_api(course, cache)
     bar = tqdm(
@@ -482,9 +540,15 @@ def _grade(
         disable=not progress,
         dynamic_ncols=True,
     )
-    with _executor(workers, scheduler) as (pool, engine, workers):
+    warm = (str(course_root), course.course_id, tuple(sorted({s.lab for s in todo})), threads)
+    engine = "local" if scheduler is None else "dask"
+    with contextlib.ExitStack() as stack:
+        if not todo:  # nothing to grade: no worker started, nothing warmed up
+            pool: Executor | None = None
+        else:
+            pool, engine, workers = stack.enter_context(_executor(workers, scheduler, warm))
         futures: dict[Future[dict[str, Any]], Submission] = {
-            pool.submit(
+            pool.submit(  # type: ignore[union-attr]
                 execute_submission,
                 str(course_root),
                 course.course_id,
@@ -520,7 +584,7 @@ def _record(
     api.config.ReplayExecute.submission_digest = s.digest  # read by this autograde's app
     result = api.autograde(s.lab, s.student, force=True, create=True)
     replay_s = time.monotonic() - begin
-    timing = {k: round(v, 3) for k, v in done.items() if k.endswith("_s")}
+    timing = {k: round(v, 3) for k, v in done.items() if k.endswith("_s") or k == "kernel_ahead"}
     timing["replay_s"] = round(replay_s, 3)
     graded = read_result(course_root / "autograded" / s.student / s.lab, s.notebook.stem)
     if not result["success"] or graded is None:

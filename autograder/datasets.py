@@ -61,6 +61,7 @@ __all__ = [
     "data_dir",
     "data_source",
     "default_imdb_archive",
+    "grader_only_dirs",
     "keep_loaded",
     "load_boston_housing",
     "load_heldout",
@@ -448,6 +449,12 @@ def _fashion_mnist_source() -> _Source:
     listing = "".join(f"{_digest(path)}  {f}\n" for f, path in files.items())
     sha256 = hashlib.sha256(listing.encode()).hexdigest()
     return _Source(FASHION_MNIST_SOURCE, files, sha256, loader="fashion_mnist")
+
+
+def grader_only_dirs() -> list[Path]:
+    """The staged folders that hold held-out examples, closed to students: ``heldout/``,
+    and ``keras/`` (the keras-format mirror, whose test split contains the held-out one)."""
+    return [data_dir() / "heldout", data_dir() / "keras"]
 
 
 def _resolve_source(

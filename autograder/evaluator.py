@@ -50,6 +50,17 @@ class Evaluator:
         """Start the server now (imports and data loading overlap other work)."""
         self._start()
 
+    def wait_ready(self, timeout: float = 300) -> bool:
+        """Block until the server has imported TensorFlow and decoded its labs' data."""
+        proc = self._start()
+        assert proc.stdin is not None and proc.stdout is not None
+        try:
+            proc.stdin.write(json.dumps({"ping": True, "timeout": timeout}) + "\n")
+            proc.stdin.flush()
+            return bool(proc.stdout.readline())
+        except (BrokenPipeError, OSError):
+            return False
+
     def evaluate(self, lab: str, artifacts: Path, *, timeout: float = 600) -> GradingResult:
         """Grade one submission's artifacts in a forked child; failures become results."""
         from .evaluate import failed_result, grade_in_subprocess
@@ -153,6 +164,10 @@ def serve(labs: list[str], requests: IO[str], replies: IO[str]) -> None:
         preload(lab)
     for line in requests:
         request = json.loads(line)
+        if request.get("ping"):
+            replies.write(json.dumps({"status": "ready"}) + "\n")
+            replies.flush()
+            continue
         preload(request["lab"])
         pid = os.fork()
         if pid == 0:

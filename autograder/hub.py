@@ -337,15 +337,17 @@ def publish_public_data(target: Path) -> None:
 
 
 def protect_heldout() -> Path:
-    """The held-out grading data: the grading user's alone (0700), whatever umask staged it."""
-    from .datasets import data_dir
+    """The held-out grading data (and the keras-format mirror it was split from): the
+    grading user's alone (0700), whatever umask staged it. Returns ``heldout/``."""
+    from .datasets import grader_only_dirs
 
-    heldout = data_dir() / "heldout"
-    if heldout.is_dir():
-        for path in heldout.rglob("*"):
-            path.chmod(0o700 if path.is_dir() else 0o600)
-        heldout.chmod(0o700)
-    return heldout
+    folders = grader_only_dirs()
+    for folder in folders:
+        if folder.is_dir():
+            for path in folder.rglob("*"):
+                path.chmod(0o700 if path.is_dir() else 0o600)
+            folder.chmod(0o700)
+    return folders[0]
 
 
 def _unreachable(path: Path) -> Path | None:

@@ -13,6 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar
 
+from jupyter_client.kernelspec import NATIVE_KERNEL_NAME
 from nbclient.exceptions import DeadKernelError
 from nbconvert.preprocessors import ClearMetadataPreprocessor
 from nbformat import NotebookNode
@@ -45,6 +46,8 @@ from .sandbox import (
     kernel_exit_status,
     kernel_pid,
     output_limit_message,
+    start_spare_kernel,
+    take_spare_kernel,
     write_limit,
 )
 
@@ -57,6 +60,10 @@ __all__ = [
 ]
 
 RESULT_SUFFIX = ".grading.json"
+
+
+# A lab notebook's kernel: TensorFlow quiet, on the CPU.
+_KERNEL_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
 
 
 class GraderExecute(Execute):
@@ -101,6 +108,11 @@ class GraderExecute(Execute):
     restore_missing_cells = Bool(
         True, help="Put back graded cells deleted from the submission, from the gradebook"
     ).tag(config=True)
+    spare_kernel = Bool(
+        False,
+        help="Once a notebook's kernel is done, start the next notebook's kernel (for a "
+        "process that grades one notebook after another, as a batch worker does)",
+    ).tag(config=True)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("kernel_manager_class", SandboxedKernelManager)
@@ -140,7 +152,7 @@ class GraderExecute(Execute):
         cell = new_code_cell(capture_source(load_rubric(lab), artifacts))
         nb.cells.append(cell)
         try:
-            with utils.setenv(TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES=""):
+            with utils.setenv(**_KERNEL_ENV):
                 nb, resources = self._execute(nb, resources, limits, grants=[artifacts])
         finally:
             # The grader's cell never reaches the autograded notebook or the feedback.
@@ -201,7 +213,10 @@ class GraderExecute(Execute):
         self._isolated = False
         self._output_bytes = 0
         self._output_cut = set()
-        self._sandbox = box = KernelSandbox(limits)
+        spare = None
+        if self.spare_kernel and issubclass(self.kernel_manager_class, SandboxedKernelManager):
+            spare = take_spare_kernel(limits, self._kernel_name(nb), self._kernel_arguments())
+        self._sandbox = box = spare[1] if spare is not None else KernelSandbox(limits)
         configured_timeout, self.timeout = self.timeout, limits.cell_timeout_s
         message = cell_timeout_message(limits)
         self.error_on_timeout = {
@@ -216,7 +231,17 @@ class GraderExecute(Execute):
                 close_to_others([root] if root is not None else [])
                 for path in grants or []:
                     box.grant(path)
-            nb, resources = super().preprocess(nb, resources)
+            if "autograder" in resources:
+                resources["autograder"]["kernel_started_ahead"] = spare is not None
+            if spare is None:
+                nb, resources = super().preprocess(nb, resources)
+            else:
+                km = spare[0]
+                path = resources.get("metadata", {}).get("path")
+                if path:
+                    box.fill_workdir(Path(path))
+                self._kernel_started(km)
+                nb, resources = super().preprocess(nb, resources, km=km)
         except (DeadKernelError, RuntimeError) as exc:
             # Died outside a cell (while starting, say): the cells that never ran say why.
             # A RuntimeError is nbclient's "kernel died before replying": ours only if the
@@ -231,9 +256,17 @@ class GraderExecute(Execute):
             if self._watchdog is not None:
                 self._watchdog.stop()
             self.timeout = configured_timeout  # the next notebook reads its own limits
+            if spare is not None and self.km is not None:
+                # nbclient leaves a kernel it did not start running: ours to end.
+                try:
+                    self._cleanup_kernel()
+                except Exception as exc:
+                    self.log.warning("shutting down the kernel: %s", exc)
             # After the kernel: its account's processes killed, the artifacts reclaimed.
             box.release()
             self._sandbox = None
+            if self.spare_kernel and issubclass(self.kernel_manager_class, SandboxedKernelManager):
+                start_spare_kernel(self._spare_manager(), limits, self._kernel_arguments())
         if "autograder" in resources:
             resources["autograder"]["network_isolated"] = self._isolated
             resources["autograder"]["sandbox"] = box.describe()
@@ -251,10 +284,39 @@ class GraderExecute(Execute):
 
     def start_new_kernel(self, **kwargs: Any) -> None:
         super().start_new_kernel(**kwargs)
-        self._isolated = bool(getattr(self.km, "isolated", False))
-        pid = kernel_pid(self.km)
+        self._kernel_started(self.km)
+
+    def _kernel_started(self, km: Any) -> None:
+        """The notebook's time and memory are watched from here."""
+        self._isolated = bool(getattr(km, "isolated", False))
+        pid = kernel_pid(km)
         if pid is not None:
             self._watchdog = Watchdog(pid, self._limits).start()
+
+    def start_kernel_ahead(self) -> None:
+        """Start a lab notebook's kernel now, for the next :meth:`preprocess` of this process
+        (``spare_kernel``): a batch worker does it before its first submission."""
+        if self.spare_kernel and issubclass(self.kernel_manager_class, SandboxedKernelManager):
+            with utils.setenv(**_KERNEL_ENV):
+                start_spare_kernel(self._spare_manager(), self.limits(), self._kernel_arguments())
+
+    def _kernel_name(self, nb: NotebookNode) -> str:
+        # as nbclient's create_kernel_manager chooses it
+        name = self.kernel_name or nb.metadata.get("kernelspec", {}).get("name")
+        return str(name or NATIVE_KERNEL_NAME)
+
+    def _kernel_arguments(self) -> list[str]:
+        # as nbclient's start_new_kernel passes them to a Python kernel
+        arguments = list(self.extra_arguments)
+        hist = any(a.startswith("--HistoryManager.hist_file") for a in arguments)
+        if self.ipython_hist_file and not hist:
+            arguments.append(f"--HistoryManager.hist_file={self.ipython_hist_file}")
+        return arguments
+
+    def _spare_manager(self) -> Any:
+        if self.kernel_name:
+            return self.kernel_manager_class(kernel_name=self.kernel_name, config=self.config)
+        return self.kernel_manager_class(config=self.config)
 
     def preprocess_cell(self, cell: NotebookNode, resources: Any, index: int) -> Any:
         if self._stopped is not None:

@@ -51,6 +51,7 @@ import psutil
 from jupyter_client.manager import AsyncKernelManager
 from traitlets import Bool
 
+from .datasets import grader_only_dirs
 from .errors import ConfigError
 
 __all__ = [
@@ -70,6 +71,8 @@ __all__ = [
     "kernel_pid",
     "output_limit_message",
     "read_limit",
+    "start_spare_kernel",
+    "take_spare_kernel",
     "write_limit",
 ]
 
@@ -499,14 +502,6 @@ def _remove_at_exit(path: Path) -> None:
     util.Finalize(None, remove, exitpriority=10)
 
 
-def _grader_only_data() -> list[Path]:
-    """The grader's data folders that hold held-out examples: ``heldout/``, and ``keras/``
-    (keras' full test split, of which the held-out split is a half)."""
-    from .datasets import data_dir
-
-    return [data_dir() / "heldout", data_dir() / "keras"]
-
-
 # Never handed to a student's kernel (hub tokens and the like).
 _SECRET = re.compile(r"TOKEN|SECRET|PASSW|CREDENTIAL|ACCESS_KEY|API_KEY|PRIVATE_KEY", re.I)
 _PER_USER = ("XDG_CACHE_HOME", "XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_RUNTIME_DIR")
@@ -659,7 +654,7 @@ class KernelSandbox:
         self._released = False
         if self.account is not None:
             self.public_data = _public_data_copy()
-            close_to_others(_grader_only_data())
+            close_to_others(grader_only_dirs())
             _chown_tree(self.root, self.account.uid, self.account.gid)
 
     @property
@@ -685,15 +680,31 @@ class KernelSandbox:
     def workdir(self, cwd: str | os.PathLike[str] | None) -> str | None:
         """The kernel's working folder: with an account, a private copy of ``cwd`` (the
         submission's own files, nothing else of the course); else ``cwd`` itself."""
-        if self.account is None:
-            return None if cwd is None else str(cwd)
         work = self.root / "work"
+        if self.account is None or (cwd is not None and Path(cwd) == work):
+            return None if cwd is None else str(cwd)
         if cwd is not None and Path(cwd).is_dir():
             shutil.copytree(cwd, work, symlinks=True, ignore=_special_files)
         else:
             work.mkdir()
         _chown_tree(work, self.account.uid, self.account.gid)
         return str(work)
+
+    def empty_workdir(self) -> Path:
+        """The working folder of a kernel started before its notebook is known; the
+        notebook's files come with :meth:`fill_workdir`."""
+        work = self.root / "work"
+        work.mkdir(mode=0o700)
+        if self.account is not None:
+            os.chown(work, self.account.uid, self.account.gid)
+        return work
+
+    def fill_workdir(self, source: Path) -> None:
+        """Copy the notebook's folder into the (empty) working folder of a started kernel."""
+        work = self.root / "work"
+        shutil.copytree(source, work, symlinks=True, ignore=_special_files, dirs_exist_ok=True)
+        if self.account is not None:
+            _chown_tree(work, self.account.uid, self.account.gid)
 
     def own(self, path: Path) -> None:
         """Hand a file the grader wrote for the kernel (its connection file) to the kernel."""
@@ -822,6 +833,10 @@ class SandboxedKernelManager(AsyncKernelManager):
         kw["env"] = box.environment(kw.get("env") or os.environ)
         self.isolated = box.network_isolated
         cmd = box.command(kernel_cmd)
+        # What a kernel prints outside cells (ipykernel's banner, TensorFlow's start-up log)
+        # would flood the grader's terminal; what a cell prints comes over the iopub channel.
+        kw.setdefault("stdout", subprocess.DEVNULL)
+        kw.setdefault("stderr", subprocess.DEVNULL)
         if box.pass_fds:
             kw["pass_fds"] = box.pass_fds  # Popen keyword, passed on by jupyter_client
         return cmd, kw
@@ -836,6 +851,89 @@ class SandboxedKernelManager(AsyncKernelManager):
     # AsyncKernelManager binds this public name to the base class's function, which nbclient
     # calls after a kernel died: without this, a killed kernel's folder stays behind.
     cleanup_resources = _async_cleanup_resources
+
+
+# --- a spare kernel ------------------------------------------------------------------------
+
+
+@dataclass
+class _Spare:
+    km: SandboxedKernelManager
+    box: KernelSandbox
+    key: tuple[Any, ...]
+
+
+_SPARE: list[_Spare] = []  # at most one per process
+
+
+def _spare_key(limits: Limits, kernel_name: str, arguments: list[str]) -> tuple[Any, ...]:
+    # The kernel's environment is fixed when it starts: a spare fits only the same one.
+    return (limits, kernel_name, tuple(arguments), tuple(sorted(os.environ.items())))
+
+
+def start_spare_kernel(km: SandboxedKernelManager, limits: Limits, arguments: list[str]) -> None:
+    """Start ``km``'s kernel now, in a sandbox of its own, for this process's next notebook
+    (:func:`take_spare_kernel`): a batch worker grades one notebook after another, and the
+    next kernel's start-up (a second of imports) then overlaps this one's evaluation."""
+    discard_spare_kernel()
+    box = KernelSandbox(limits)
+    km.network, km.limits, km.sandbox = limits.network, limits, box
+    try:
+        from jupyter_core.utils import run_sync
+
+        run_sync(km.start_kernel)(cwd=str(box.empty_workdir()), extra_arguments=arguments)
+    except Exception as exc:  # no spare: the next notebook starts its kernel as usual
+        log.warning("could not start a spare kernel: %s", exc)
+        _stop(km, box)
+        return
+    if not _SPARE_EXIT:
+        _SPARE_EXIT.append(True)
+        _at_exit(discard_spare_kernel)
+    _SPARE.append(_Spare(km, box, _spare_key(limits, km.kernel_name, arguments)))
+
+
+def take_spare_kernel(
+    limits: Limits, kernel_name: str, arguments: list[str]
+) -> tuple[SandboxedKernelManager, KernelSandbox] | None:
+    """The spare kernel, when there is one, alive, started for the same limits, kernel and
+    environment; the caller shuts it down and releases its sandbox."""
+    if not _SPARE:
+        return None
+    spare = _SPARE.pop()
+    alive = spare.km.has_kernel and kernel_exit_status(spare.km) is None
+    if not alive or spare.key != _spare_key(limits, kernel_name, arguments):
+        _stop(spare.km, spare.box)
+        return None
+    return spare.km, spare.box
+
+
+def discard_spare_kernel() -> None:
+    while _SPARE:
+        spare = _SPARE.pop()
+        _stop(spare.km, spare.box)
+
+
+_SPARE_EXIT: list[bool] = []
+
+
+def _stop(km: SandboxedKernelManager, box: KernelSandbox) -> None:
+    """Synchronous: also runs at exit, when no event loop may be left."""
+    process = getattr(getattr(km, "provisioner", None), "process", None)
+    with contextlib.suppress(Exception):
+        if process is not None and process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
+    with contextlib.suppress(Exception):
+        km.cleanup_connection_file()
+    box.release()  # the account's processes, the PID namespace's init: all ended
+
+
+def _at_exit(fn: Any) -> None:
+    atexit.register(fn)
+    # Pool workers end through multiprocessing's exit path, which skips atexit.
+    from multiprocessing import util
+
+    util.Finalize(None, fn, exitpriority=10)
 
 
 def kernel_pid(km: Any) -> int | None:

@@ -375,3 +375,17 @@ def test_other_submissions_cannot_be_read_from_the_kernel(batch):
     assert not [p for p in read if p.startswith(str(course.root))]
     assert not [p for p in read if "/agk-" in p or any(c in p for c in copies)]
     assert (course.root.stat().st_mode & 0o007) == 0  # the grader closed the course
+
+
+def test_every_graded_submission_gets_a_feedback_page(batch):
+    course, summary = batch
+    outcome = course.api().generate_feedback(LAB, force=True)
+    assert outcome["success"], outcome.get("error") or outcome.get("log")
+    graded = [o.student for o in summary.outcomes if o.status == "graded"]
+    assert len(graded) == len(ORDINARY) + len(CORPUS)
+    for student in graded:
+        page = (course.root / "feedback" / student / LAB / f"{LAB}.html").read_text()
+        assert "Grader's report" in page, student
+        assert "BEGIN HIDDEN TESTS" not in page and "Graded outside your kernel" not in page
+    page = (course.root / "feedback" / "infinite-loop" / LAB / f"{LAB}.html").read_text()
+    assert TIME_LIMIT in page  # the reason reaches the student

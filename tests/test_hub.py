@@ -300,6 +300,9 @@ def test_student_kernel_is_confined_by_the_os(hub):
         "public_write": (str(settings.course_data / "public" / "x.txt"), "write"),
         "own_home": (str(settings.home("student2") / "x.txt"), "write"),
     }
+    mirror = data_dir() / "keras"  # keras-format data, the held-out split's source
+    if mirror.is_dir():
+        targets["keras_mirror"] = (str(mirror), "list")
     for name, (path, _) in targets.items():
         if not name.endswith(("_write", "own_home")):
             assert Path(path).exists(), path  # the grader (root here) sees every one of them
@@ -318,6 +321,7 @@ def test_student_kernel_is_confined_by_the_os(hub):
         "public_data": "allowed",
         "public_write": "denied",
         "own_home": "allowed",
+        **({"keras_mirror": "denied"} if mirror.is_dir() else {}),
     }
     assert pwd.getpwnam("student2").pw_uid != pwd.getpwnam("student1").pw_uid != 0
 

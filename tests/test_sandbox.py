@@ -562,3 +562,40 @@ def test_a_kernel_that_exits_says_so(tmp_path):
     reason = "the kernel died (exit code 3): the notebook ended its own Python process"
     for cell in nb.cells:
         assert "KernelStopped" in _shown(cell) and reason in _shown(cell)
+
+
+# --- the spare kernel of a batch worker -----------------------------------------------------
+
+
+def test_a_spare_kernel_runs_the_next_notebook_in_its_own_folder(tmp_path, socket_dir, monkeypatch):
+    from autograder import sandbox
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    for folder, text in ((first, "one"), (second, "two")):
+        folder.mkdir()
+        (folder / "data.txt").write_text(text)
+    show = "import os\nprint(open('data.txt').read(), sorted(os.listdir('.')), os.getpid())"
+    try:
+        nb1 = _run(first, show, spare_kernel=True)
+        assert len(sandbox._SPARE) == 1  # started as the first one ended
+        spare_pid = sandbox.kernel_pid(sandbox._SPARE[0].km)
+        assert psutil.pid_exists(spare_pid)
+        nb2 = _run(second, show, spare_kernel=True)
+        out1, out2 = _shown(nb1.cells[0]), _shown(nb2.cells[0])
+        assert out1.startswith("one ['data.txt']")
+        assert out2.startswith("two ['data.txt']")  # its own files, none of the first's
+        assert not psutil.pid_exists(spare_pid)  # used, then shut down like any kernel
+        # A spare started under other limits is not used (its OS limits were set at its
+        # start): stopped, and the notebook gets a kernel of its own.
+        stopped = []
+        stop = sandbox._stop
+        monkeypatch.setattr(sandbox, "_stop", lambda km, box: (stopped.append(km), stop(km, box)))
+        spare = sandbox._SPARE[0]
+        nb3 = _run(second, show, spare_kernel=True, memory_limit_mb=700)
+        assert stopped == [spare.km]
+        assert _shown(nb3.cells[0]).startswith("two ['data.txt']")
+        assert sandbox._SPARE[0].key[0].memory_mb == 700
+    finally:
+        sandbox.discard_spare_kernel()
+    assert sandbox._SPARE == []
+    assert list(socket_dir.iterdir()) == []  # every kernel's folder is gone
