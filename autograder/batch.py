@@ -205,14 +205,16 @@ def _store(entry: Path, nb: NotebookNode, resources: dict[str, Any], result: Gra
         shutil.rmtree(tmp, ignore_errors=True)  # another worker stored the same execution
 
 
-def _cell_seconds(nb: NotebookNode) -> float:
-    total = 0.0
-    for cell in nb.cells:
-        timing = cell.get("metadata", {}).get("execution", {})
-        start, end = timing.get("iopub.execute_input"), timing.get("shell.execute_reply")
-        if start and end:
-            total += (_parse_time(end) - _parse_time(start)).total_seconds()
-    return total
+def _cell_seconds(cells: list[NotebookNode]) -> float:
+    return sum(_seconds(cell.get("metadata", {}).get("execution", {})) for cell in cells)
+
+
+def _seconds(timing: dict[str, str]) -> float:
+    """A cell's run time from nbclient's execution timestamps (0 when it did not run)."""
+    start, end = timing.get("iopub.execute_input"), timing.get("shell.execute_reply")
+    if not (start and end):
+        return 0.0
+    return (_parse_time(end) - _parse_time(start)).total_seconds()
 
 
 def _parse_time(stamp: str) -> datetime:
@@ -347,7 +349,8 @@ def execute_submission(
         begin = time.monotonic()
         nb, resources = execute.preprocess(nb, resources)
         out["execute_s"] = time.monotonic() - begin
-        out["cells_s"] = _cell_seconds(nb)
+        out["cells_s"] = _cell_seconds(nb.cells)
+        out["capture_s"] = _seconds(resources["autograder"].get("capture_timing", {}))
         out["kernel_ahead"] = float(bool(resources["autograder"].get("kernel_started_ahead")))
         artifacts = Path(resources["autograder"]["artifacts"])
         begin = time.monotonic()

@@ -33,6 +33,7 @@ __all__ = [
     "heldout_metrics",
     "load_model_safely",
     "metric_value",
+    "predict",
     "prepare_inputs",
     "preview_metrics",
     "unsafe_layers",
@@ -161,12 +162,39 @@ def _regression_figures(rubric: Rubric, model: Any) -> dict[str, Any]:
     # The students' own test split, prepared as the held-out houses are: showing predictions
     # on held-out houses would reveal their prices.
     _, (test_x, test_y) = _student_view(rubric)
-    pred = model.predict(prepare_inputs(test_x, rubric), batch_size=512, verbose=0)
+    pred = predict(model, prepare_inputs(test_x, rubric))
     pred = np.asarray(pred).reshape(len(test_y), -1)[:, 0]
     if not np.isfinite(pred).all():
         return {}
     pairs = [[round(float(t), 4), round(float(p), 4)] for t, p in zip(test_y, pred, strict=True)]
     return {"predicted_vs_true": {"pairs": pairs, "data": "public test split"}}
+
+
+def predict(model: Any, x: np.ndarray, batch_size: int = 1024) -> Any:
+    """``model.predict``'s numbers. A model without recurrent layers is called on batches
+    directly: for the labs' small models, predict's tracing and input pipeline cost more
+    than the arithmetic (0.25 s against 0.1 s on 5,000 images)."""
+    import keras
+
+    recurrent = (keras.layers.RNN, keras.layers.Bidirectional)
+    if len(x) == 0 or any(isinstance(layer, recurrent) for layer in _layers(model)):
+        return model.predict(x, batch_size=512, verbose=0)
+    parts = []
+    for start in range(0, len(x), batch_size):
+        out = model(x[start : start + batch_size], training=False)
+        if not keras.ops.is_tensor(out):  # several outputs: as predict returns them
+            return model.predict(x, batch_size=512, verbose=0)
+        parts.append(keras.ops.convert_to_numpy(out))
+    return np.concatenate(parts)
+
+
+def _layers(model: Any) -> list[Any]:
+    """Every layer, those of nested models included."""
+    found = []
+    for layer in getattr(model, "layers", []):
+        found.append(layer)
+        found.extend(_layers(layer))
+    return found
 
 
 def _heldout(rubric: Rubric, model: Any) -> tuple[dict[str, float], dict[str, str], dict[str, Any]]:
@@ -183,7 +211,7 @@ def _heldout(rubric: Rubric, model: Any) -> tuple[dict[str, float], dict[str, st
         x, y = load_heldout(rubric.dataset, **rubric.preprocess.load)
         if rubric.preprocess.limit is not None:
             x, y = x[: rubric.preprocess.limit], y[: rubric.preprocess.limit]
-        pred = model.predict(prepare_inputs(x, rubric), batch_size=512, verbose=0)
+        pred = predict(model, prepare_inputs(x, rubric))
         for metric in wanted:
             metrics[metric] = metric_value(metric, pred, y)
     except Exception as exc:

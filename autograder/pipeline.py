@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import time
 from dataclasses import replace
 from pathlib import Path
+from queue import Empty
 from typing import Any, ClassVar
 
 from jupyter_client.kernelspec import NATIVE_KERNEL_NAME
+from jupyter_core.utils import ensure_async, run_sync
 from nbclient.exceptions import DeadKernelError
+from nbclient.util import run_hook
 from nbconvert.preprocessors import ClearMetadataPreprocessor
 from nbformat import NotebookNode
 from nbformat.v4 import new_code_cell, new_output
@@ -64,6 +68,31 @@ RESULT_SUFFIX = ".grading.json"
 
 # A lab notebook's kernel: TensorFlow quiet, on the CPU.
 _KERNEL_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
+
+
+async def _wait_for_ready(kc: Any, timeout: float) -> None:
+    """Until the kernel answers ``kernel_info`` on shell and IOPub is connected (a message
+    arrives there): jupyter_client's readiness check, without the flush that follows."""
+    deadline = time.monotonic() + timeout
+    while True:
+        kc.kernel_info()
+        try:
+            msg = await ensure_async(kc.shell_channel.get_msg(timeout=1))
+        except Empty:
+            pass
+        else:
+            if msg["msg_type"] == "kernel_info_reply":
+                try:
+                    await ensure_async(kc.iopub_channel.get_msg(timeout=0.2))
+                except Empty:
+                    pass  # IOPub not connected yet: ask again
+                else:
+                    kc._handle_kernel_info_reply(msg)
+                    return
+        if not await ensure_async(kc.is_alive()):
+            raise RuntimeError("Kernel died before replying to kernel_info")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"Kernel didn't respond in {timeout:.0f} seconds")
 
 
 class GraderExecute(Execute):
@@ -161,6 +190,8 @@ class GraderExecute(Execute):
             state["capture_outputs"] = [
                 o.get("text", o.get("evalue", "")) for o in cell.get("outputs", [])
             ]
+            # when the capture ran (nbclient's timestamps), for the batch's figures
+            state["capture_timing"] = dict(cell.get("metadata", {}).get("execution", {}))
             hit = self._limit_hit(limits)
             if hit is not None:
                 dog = self._watchdog
@@ -281,6 +312,25 @@ class GraderExecute(Execute):
             km.limits = self._limits
             km.sandbox = self._sandbox
         return km
+
+    async def async_start_new_kernel_client(self) -> Any:
+        """nbclient's, waiting for the kernel as jupyter_client's ``wait_for_ready`` does but
+        without its last 0.2 s of waiting for silence on IOPub: nbclient reads only messages
+        that answer its own requests, so nothing left there can reach a cell."""
+        assert self.km is not None
+        try:
+            self.kc = self.km.client()
+            await ensure_async(self.kc.start_channels())
+            await _wait_for_ready(self.kc, self.startup_timeout)
+        except Exception as exc:
+            self.log.error("Error occurred while starting new kernel client: %s", exc)
+            await self._async_cleanup_kernel()
+            raise
+        self.kc.allow_stdin = False
+        await run_hook(self.on_notebook_start, notebook=self.nb)
+        return self.kc
+
+    start_new_kernel_client = run_sync(async_start_new_kernel_client)
 
     def start_new_kernel(self, **kwargs: Any) -> None:
         super().start_new_kernel(**kwargs)

@@ -28,7 +28,7 @@ from autograder.course import create_course
 from autograder.datasets import data_dir
 from autograder.examples import EXAMPLES, example_path
 from autograder.gradebook import check_table
-from autograder.sandbox import KernelSandbox, isolation_prefix
+from autograder.sandbox import isolation_prefix
 
 pytestmark = pytest.mark.slow
 
@@ -173,15 +173,6 @@ def test_the_corpus_is_declared():
         "trained-on-test",
     }
     assert CORRUPTED_FILE.is_file()
-
-
-def _separate_accounts() -> bool:
-    """Whether kernels here run as sandbox accounts (the grader is root and may create them)."""
-    box = KernelSandbox()
-    try:
-        return box.shared
-    finally:
-        box.release()
 
 
 @pytest.fixture(scope="module")
@@ -354,7 +345,7 @@ def test_the_held_out_data_cannot_be_read_from_the_kernel(batch):
     course, _ = batch
     printed = _shown(_cell(_autograded(course, "reads-heldout"), "build_network"))
     assert "held-out data: no access to" in printed
-    if not _separate_accounts():
+    if not gh.separate_accounts():
         pytest.skip("kernels run as the grader's own user here: the held-out data is readable")
     assert "held-out data: read" not in printed
     heldout = data_dir() / "heldout" / "mnist.npz"
@@ -366,7 +357,7 @@ def test_other_submissions_cannot_be_read_from_the_kernel(batch):
     course, _ = batch
     printed = _shown(_cell(_autograded(course, "reads-other-submission"), "build_network"))
     read = re.findall(r"other submissions: read (/\S+)", printed)
-    if not _separate_accounts():
+    if not gh.separate_accounts():
         pytest.skip("kernels run as the grader's own user here: the course is readable")
     # Nothing of this course (submissions, autograded notebooks, stored executions) and no
     # copy of another submission of this batch being graded (the workers' folders, the

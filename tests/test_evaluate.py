@@ -103,3 +103,40 @@ def test_no_capture_means_the_notebook_did_not_finish(tmp_path, staged_data):
     assert result.score == 0
     assert "did not run to the end" in (result.error or "")
     assert all(c.status == "error" for c in result.checks)
+
+
+def test_predict_gives_what_model_predict_gives():
+    import keras
+
+    from autograder.evaluate import predict
+
+    rng = np.random.default_rng(0)
+    cnn = keras.Sequential(
+        [
+            keras.Input(shape=(28, 28, 1)),
+            keras.layers.Conv2D(4, 3, activation="relu"),
+            keras.layers.MaxPooling2D(),
+            keras.layers.Flatten(),
+            keras.layers.Dense(10, activation="softmax"),
+        ]
+    )
+    rnn = keras.Sequential(
+        [
+            keras.Input(shape=(20,)),
+            keras.layers.Embedding(100, 8),
+            keras.layers.LSTM(4),
+            keras.layers.Dense(1, activation="sigmoid"),
+        ]
+    )
+    inputs = keras.Input(shape=(784,))
+    two = keras.Model(inputs, [keras.layers.Dense(3)(inputs), keras.layers.Dense(2)(inputs)])
+    cases = [
+        (_dense(keras, hidden=16), rng.random((2100, 784), dtype=np.float32)),
+        (cnn, rng.random((300, 28, 28, 1), dtype=np.float32)),
+        (rnn, rng.integers(0, 100, (50, 20))),
+    ]
+    for model, x in cases:  # batches of 1,024 and a last short one; the LSTM goes to predict
+        expected = model.predict(x, batch_size=512, verbose=0)
+        np.testing.assert_allclose(predict(model, x), expected, rtol=1e-5, atol=1e-6)
+    x = rng.random((10, 784), dtype=np.float32)
+    assert [p.shape for p in predict(two, x)] == [(10, 3), (10, 2)]  # several outputs: predict's

@@ -373,15 +373,7 @@ def test_kernel_cannot_reach_the_host_network():
 # --- the sandbox account, resource limits, output -------------------------------------------
 
 
-def _separate_accounts() -> bool:
-    box = KernelSandbox()
-    try:
-        return box.shared
-    finally:
-        box.release()
-
-
-SEPARATE = os.geteuid() == 0 and _separate_accounts()
+SEPARATE = os.geteuid() == 0 and gh.separate_accounts()
 needs_account = pytest.mark.skipif(
     not SEPARATE, reason="no sandbox account here (not root, or AUTOGRADER_SANDBOX_USER=off)"
 )
