@@ -25,6 +25,7 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 from collections.abc import Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
@@ -469,7 +470,12 @@ def grade_batch(
     course_root = course_root.resolve()
     if not (course_root / "gradebook.db").exists() and not (course_root / "source").is_dir():
         raise ConfigError(f"{course_root} is not a course directory (no source/, no gradebook)")
-    with _exclusive(course_root):
+    with _exclusive(course_root), warnings.catch_warnings():
+        # nbgrader's gradebook code trips SQLAlchemy's autoflush warnings on every
+        # submission (harmless, and not the instructor's to act on): kept off the terminal.
+        from sqlalchemy.exc import SAWarning
+
+        warnings.filterwarnings("ignore", category=SAWarning, module=r"nbgrader\.")
         return _grade(course_root, labs, students, workers, scheduler, force, progress, start)
 
 

@@ -13,7 +13,7 @@ FULL = {"check_architecture": 3, "check_compile": 1, "check_inputs": 2, "check_a
 @pytest.mark.parametrize("student", ["correct", "variant-functional-deeper"])
 def test_correct_and_variant_get_full_marks(graded_cnn, student):
     assert scores(graded_cnn, LAB, student) == FULL
-    assert result_of(graded_cnn, LAB, student).metrics["accuracy"] >= 0.90
+    assert result_of(graded_cnn, LAB, student).metrics["accuracy"] >= 0.86  # the rubric's full
 
 
 def test_variant_is_recognised_as_a_convnet(graded_cnn):
