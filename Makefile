@@ -45,9 +45,9 @@ release: setup
 # Full-size calibration of every lab (IMDB on all 25,000 reviews: the better part of an
 # hour on 2 cores), then the quick IMDB profile that the test suite and the demo use.
 calibrate: data
-	$(BIN)/autograder calibrate lab3_mnist_dense --seeds 0 1 2 3 4
+	$(BIN)/autograder calibrate lab3_mnist_dense --seeds 0 1 2 3 4 5 6 7 8 9 10 11
 	$(BIN)/autograder calibrate lab3_boston_regression --seeds 0 1 2 3 4
-	$(BIN)/autograder calibrate lab4_mnist_cnn --seeds 0 1 2 3 4
+	$(BIN)/autograder calibrate lab4_mnist_cnn --seeds 101 102 103 104 105 106 107 108 109 110 111 112
 	$(BIN)/autograder calibrate lab5_imdb_rnn --seeds 0 1 2
 	AUTOGRADER_TRAIN_LIMIT=imdb=4000 $(BIN)/autograder calibrate lab5_imdb_rnn --seeds 0 1 2 3 4
 
