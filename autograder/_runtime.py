@@ -5,10 +5,20 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-__all__ = ["ensure_tool_path", "environment"]
+__all__ = ["at_exit", "ensure_tool_path", "environment"]
+
+
+def at_exit(fn: Callable[[], object]) -> None:
+    """Run ``fn`` when this process ends, a multiprocessing pool worker included: those end
+    through multiprocessing's exit path, which skips ``atexit`` (``fn`` may run twice)."""
+    import atexit
+    from multiprocessing import util
+
+    atexit.register(fn)
+    util.Finalize(None, fn, exitpriority=10)
 
 
 @contextlib.contextmanager

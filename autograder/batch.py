@@ -231,14 +231,10 @@ def _evaluator(labs: tuple[str, ...]) -> Any:
     from .evaluator import Evaluator
 
     if _EVALUATOR is None:
-        import atexit
-        from multiprocessing import util
+        from ._runtime import at_exit
 
         _EVALUATOR = Evaluator(labs)
-        # Pool workers end through multiprocessing's exit path, which skips atexit: close
-        # the server from both, so it is waited for (never orphaned) when the worker ends.
-        atexit.register(_EVALUATOR.close)
-        util.Finalize(_EVALUATOR, _EVALUATOR.close, exitpriority=10)
+        at_exit(_EVALUATOR.close)  # waited for, never orphaned, when the worker ends
     return _EVALUATOR
 
 
@@ -262,6 +258,16 @@ def _threads_env(threads: int) -> dict[str, str]:
 _STARTUP: dict[str, float] = {}  # this worker's start-up seconds, reported with its first
 
 
+def _worker_config(course_root: Path, course_id: str) -> Any:
+    """The course's nbgrader config as a worker grades with it: one notebook after another,
+    so the next kernel starts while a submission is evaluated and recorded."""
+    from .course import Course
+
+    config = Course(course_root, course_id).config()
+    config.GraderExecute.spare_kernel = True
+    return config
+
+
 def warm_worker(course_root: str, course_id: str, labs: tuple[str, ...], threads: int) -> float:
     """In a worker, before its first submission: the evaluator's TensorFlow and data, the
     grader's imports, the sandbox's set-up and the first kernel, done once and waited
@@ -273,11 +279,7 @@ def warm_worker(course_root: str, course_id: str, labs: tuple[str, ...], threads
         evaluator.warm()  # TensorFlow imports in its own process meanwhile
         from nbgrader.converters import Autograde  # noqa: F401
 
-        from .course import Course
-
-        config = Course(Path(course_root), course_id).config()
-        config.GraderExecute.spare_kernel = True
-        GraderExecute(config=config).start_kernel_ahead()
+        GraderExecute(config=_worker_config(Path(course_root), course_id)).start_kernel_ahead()
         evaluator.wait_ready()
     except Exception as exc:  # the submissions then pay for what is missing, nothing worse
         import logging
@@ -313,10 +315,7 @@ def execute_submission(
     except Exception as exc:
         out["error"] = f"the notebook could not be read: {type(exc).__name__}: {exc}"[:300]
         return out
-    config = course.config()
-    # This worker grades one notebook after another: the next kernel starts while this
-    # one's model is evaluated and the coordinator records the grade.
-    config.GraderExecute.spare_kernel = True
+    config = _worker_config(root, course_id)
     resources: dict[str, Any] = {
         "nbgrader": {
             "student": student,

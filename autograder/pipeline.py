@@ -245,7 +245,7 @@ class GraderExecute(Execute):
         self._output_bytes = 0
         self._output_cut = set()
         spare = None
-        if self.spare_kernel and issubclass(self.kernel_manager_class, SandboxedKernelManager):
+        if self._spares:
             spare = take_spare_kernel(limits, self._kernel_name(nb), self._kernel_arguments())
         self._sandbox = box = spare[1] if spare is not None else KernelSandbox(limits)
         configured_timeout, self.timeout = self.timeout, limits.cell_timeout_s
@@ -296,8 +296,8 @@ class GraderExecute(Execute):
             # After the kernel: its account's processes killed, the artifacts reclaimed.
             box.release()
             self._sandbox = None
-            if self.spare_kernel and issubclass(self.kernel_manager_class, SandboxedKernelManager):
-                start_spare_kernel(self._spare_manager(), limits, self._kernel_arguments())
+            if self._spares:
+                self._start_spare(limits)
         if "autograder" in resources:
             resources["autograder"]["network_isolated"] = self._isolated
             resources["autograder"]["sandbox"] = box.describe()
@@ -346,9 +346,20 @@ class GraderExecute(Execute):
     def start_kernel_ahead(self) -> None:
         """Start a lab notebook's kernel now, for the next :meth:`preprocess` of this process
         (``spare_kernel``): a batch worker does it before its first submission."""
-        if self.spare_kernel and issubclass(self.kernel_manager_class, SandboxedKernelManager):
+        if self._spares:
             with utils.setenv(**_KERNEL_ENV):
-                start_spare_kernel(self._spare_manager(), self.limits(), self._kernel_arguments())
+                self._start_spare(self.limits())
+
+    @property
+    def _spares(self) -> bool:
+        return self.spare_kernel and issubclass(self.kernel_manager_class, SandboxedKernelManager)
+
+    def _start_spare(self, limits: Limits) -> None:
+        if self.kernel_name:
+            km = self.kernel_manager_class(kernel_name=self.kernel_name, config=self.config)
+        else:
+            km = self.kernel_manager_class(config=self.config)
+        start_spare_kernel(km, limits, self._kernel_arguments())
 
     def _kernel_name(self, nb: NotebookNode) -> str:
         # as nbclient's create_kernel_manager chooses it
@@ -362,11 +373,6 @@ class GraderExecute(Execute):
         if self.ipython_hist_file and not hist:
             arguments.append(f"--HistoryManager.hist_file={self.ipython_hist_file}")
         return arguments
-
-    def _spare_manager(self) -> Any:
-        if self.kernel_name:
-            return self.kernel_manager_class(kernel_name=self.kernel_name, config=self.config)
-        return self.kernel_manager_class(config=self.config)
 
     def preprocess_cell(self, cell: NotebookNode, resources: Any, index: int) -> Any:
         if self._stopped is not None:

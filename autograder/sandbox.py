@@ -25,7 +25,6 @@ with a reason the student can read, never the batch:
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import fcntl
 import functools
@@ -51,6 +50,7 @@ import psutil
 from jupyter_client.manager import AsyncKernelManager
 from traitlets import Bool
 
+from ._runtime import at_exit
 from .datasets import grader_only_dirs
 from .errors import ConfigError
 
@@ -475,7 +475,7 @@ def _public_data_copy() -> Path | None:
         path.chmod(0o555 if path.is_dir() else 0o444)
     copy.chmod(0o755)
     _PUBLIC[key] = copy
-    _remove_at_exit(copy)
+    at_exit(functools.partial(shutil.rmtree, copy, ignore_errors=True))
     return copy
 
 
@@ -489,17 +489,6 @@ def _remove_stale_public_copies(base: str) -> None:
         with contextlib.suppress(OSError, ValueError):
             if path.stat().st_uid == os.geteuid() and not psutil.pid_exists(int(pid)):
                 shutil.rmtree(path, ignore_errors=True)
-
-
-def _remove_at_exit(path: Path) -> None:
-    def remove() -> None:
-        shutil.rmtree(path, ignore_errors=True)
-
-    atexit.register(remove)
-    # Pool workers end through multiprocessing's exit path, which skips atexit.
-    from multiprocessing import util
-
-    util.Finalize(None, remove, exitpriority=10)
 
 
 # Never handed to a student's kernel (hub tokens and the like).
@@ -888,7 +877,7 @@ def start_spare_kernel(km: SandboxedKernelManager, limits: Limits, arguments: li
         return
     if not _SPARE_EXIT:
         _SPARE_EXIT.append(True)
-        _at_exit(discard_spare_kernel)
+        at_exit(discard_spare_kernel)
     _SPARE.append(_Spare(km, box, _spare_key(limits, km.kernel_name, arguments)))
 
 
@@ -926,14 +915,6 @@ def _stop(km: SandboxedKernelManager, box: KernelSandbox) -> None:
     with contextlib.suppress(Exception):
         km.cleanup_connection_file()
     box.release()  # the account's processes, the PID namespace's init: all ended
-
-
-def _at_exit(fn: Any) -> None:
-    atexit.register(fn)
-    # Pool workers end through multiprocessing's exit path, which skips atexit.
-    from multiprocessing import util
-
-    util.Finalize(None, fn, exitpriority=10)
 
 
 def kernel_pid(km: Any) -> int | None:

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import psutil
 
+from autograder.batch import SubmissionOutcome
+
 LAB = "lab3_mnist_dense"
 # A class: mostly correct work, some of the usual mistakes (all of them train a model).
 MIX = ["correct", "not-scaled", "correct", "wrong-architecture", "correct", "badly-trained"]
@@ -86,6 +88,10 @@ def _scores(root: Path) -> dict[str, dict[str, float]]:
     return out
 
 
+def _non_metric(scores: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    return {k: {c: v for c, v in s.items() if c != "metric"} for k, s in scores.items()}
+
+
 def run(workload: str, n: int, workers: int | None, keep: Path | None) -> dict[str, float]:
     bin_dir = Path(sys.executable).parent
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
@@ -111,9 +117,7 @@ def run(workload: str, n: int, workers: int | None, keep: Path | None) -> dict[s
     b_wall, b_cpu, b_busy = _timed(cmd, batch, env)
     summary = json.loads((batch / "batch_summary.json").read_text())
     graded = [o for o in summary["outcomes"] if o["status"] == "graded"]
-    overhead = [
-        o["timing"]["worker_s"] - o["timing"]["cells_s"] + o["timing"]["replay_s"] for o in graded
-    ]
+    overhead = [SubmissionOutcome(**o).overhead_s for o in graded]
     startup = [o["timing"]["startup_s"] for o in graded if "startup_s" in o["timing"]]
     ahead = sum(o["timing"].get("kernel_ahead", 0) for o in graded)
     figures = {
@@ -163,9 +167,7 @@ def run(workload: str, n: int, workers: int | None, keep: Path | None) -> dict[s
     )
     # Training is not seeded, so the held-out accuracy (and partial credit on it) differs
     # between any two runs of the same notebook, serial or not; every other check must agree.
-    same = {k: {c: v for c, v in s.items() if c != "metric"} for k, s in s_scores.items()} == {
-        k: {c: v for c, v in s.items() if c != "metric"} for k, s in b_scores.items()
-    }
+    same = _non_metric(s_scores) == _non_metric(b_scores)
     totals = [
         (k, round(sum(s_scores[k].values()), 2), round(sum(b_scores.get(k, {}).values()), 2))
         for k in s_scores
