@@ -1,28 +1,18 @@
 # The README's two commands: `make demo` (main job) and `make test` (the test suite).
-# Both set up from nothing but Debian: a virtual environment in .venv with the pinned
-# packages of requirements.lock, and the offline data sets.
+# Both set up from nothing but Debian (scripts/setup): the Debian packages that are missing,
+# a virtual environment in .venv with the pinned packages of requirements.lock, the hub's
+# proxy from package-lock.json, and the offline data sets.
 # Debian's Python, not one under /root: students' servers run as their own OS accounts and
 # must be able to read the interpreter and its standard library.
 PYTHON ?= /usr/bin/python3.11
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
 
 .PHONY: setup data demo test lint format release calibrate hub bench clean
 
-$(STAMP): requirements.lock pyproject.toml
-	test -x $(PYTHON) && $(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || \
-	  (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y python3.11 python3.11-venv)
-	@# Debian packages: Chromium for the browser test, Node.js/npm for the hub's proxy.
-	command -v chromium >/dev/null && command -v npm >/dev/null && test -d /usr/share/datasets/fashion-mnist || \
-	  (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium nodejs npm dataset-fashion-mnist)
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -r requirements.lock
-	$(BIN)/pip install --quiet --no-deps -e .
-	touch $(STAMP)
-
-setup: $(STAMP)
+# Checks every requirement on every run and installs only what is missing (scripts/setup).
+setup:
+	PYTHON=$(PYTHON) VENV=$(VENV) bash scripts/setup
 
 data: setup
 	$(BIN)/autograder stage-data
@@ -60,4 +50,4 @@ bench: data
 	$(BIN)/python benchmarks/batch_vs_serial.py --n 8
 
 clean:
-	rm -rf $(VENV) var
+	rm -rf $(VENV) node_modules var

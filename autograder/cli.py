@@ -90,21 +90,38 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _hub(args: argparse.Namespace) -> int:
+    import signal
+
     from .hub import load_settings, start_hub, stop_hub, wait_until_up
 
     settings = load_settings(args.settings)
-    proc = start_hub(args.settings)
+
+    # A service manager or `kill` stops the launcher with SIGTERM (SIGHUP when the terminal
+    # goes): stop the hub and all it started, as Ctrl-C does.
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, interrupt)
     url = f"http://{settings.ip}:{settings.port}/hub/login"
+    proc = None
     try:
+        proc = start_hub(args.settings)
         seconds = wait_until_up(url)
         print(
-            f"JupyterHub for {settings.course_id} is up at {url} ({seconds:.1f} s); Ctrl-C stops it"
+            f"JupyterHub for {settings.course_id} is up at {url} ({seconds:.1f} s); "
+            "Ctrl-C or SIGTERM stops it",
+            flush=True,
         )
         return proc.wait()
     except KeyboardInterrupt:
+        print("stopping the hub and everything it started", flush=True)
         return 0
     finally:
-        stop_hub(proc)
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, signal.SIG_IGN)  # a second signal must not cut the stop short
+        if proc is not None:
+            stop_hub(proc)
 
 
 def _calibrate(args: argparse.Namespace) -> int:

@@ -1,9 +1,10 @@
 """One course on JupyterHub: settings from ``hub_config/course.toml``, hub set-up, launcher.
 
 The hub runs on loopback with the course's groups, least-privilege roles and the
-formgrader as a Hub-managed service owned by the grader account; ``start_hub`` installs
-configurable-http-proxy from npm into the hub's folder, releases the labs to the exchange
-and starts JupyterHub in its own process group.
+formgrader as a Hub-managed service owned by the grader account; ``start_hub`` releases the
+labs to the exchange and starts JupyterHub under a supervisor (``autograder.supervise``), so
+that ``stop_hub`` stops the hub and everything it started. The proxy is the one ``make setup``
+installed from ``package-lock.json``: nothing is downloaded at run time.
 """
 
 from __future__ import annotations
@@ -28,10 +29,10 @@ __all__ = [
     "HubSettings",
     "configure_hub",
     "ensure_system_users",
-    "install_proxy",
     "load_settings",
     "prepare_course",
     "protect_heldout",
+    "proxy_command",
     "publish_public_data",
     "start_hub",
     "stop_hub",
@@ -392,32 +393,34 @@ def _run(cmd: list[str]) -> None:
         raise ConfigError(f"{cmd[0]} failed: {proc.stderr.strip() or proc.returncode}")
 
 
-PROXY_PACKAGE = "configurable-http-proxy@5"
+def _project_root() -> Path:
+    return Path(__file__).resolve().parents[1]
 
 
 def hub_config_file() -> Path:
     """The project's ``hub_config/jupyterhub_config.py``."""
-    return Path(__file__).resolve().parents[1] / "hub_config" / "jupyterhub_config.py"
+    return _project_root() / "hub_config" / "jupyterhub_config.py"
 
 
-def install_proxy(prefix: Path) -> Path:
-    """configurable-http-proxy from npm into ``prefix`` (the project, never globally)."""
-    exe = prefix / "node_modules" / ".bin" / "configurable-http-proxy"
-    if not exe.exists():
-        prefix.mkdir(parents=True, exist_ok=True)
-        cmd = ["npm", "install", "--prefix", str(prefix), "--no-audit", "--no-fund", PROXY_PACKAGE]
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        if proc.returncode != 0 or not exe.exists():
-            tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-            raise ConfigError(f"npm install {PROXY_PACKAGE} failed: {tail[0]}")
+def proxy_command() -> Path:
+    """configurable-http-proxy as ``make setup`` installed it (``npm ci``, exact versions
+    from the project's ``package-lock.json``); a clear error when it is not there."""
+    exe = _project_root() / "node_modules" / ".bin" / "configurable-http-proxy"
+    if not os.access(exe, os.X_OK):
+        raise ConfigError(f"configurable-http-proxy is not installed ({exe}): run `make setup`")
     return exe
+
+
+# Seconds the hub has to stop its children itself (seen: 20-35 s under load) before the
+# supervisor ends them.
+HUB_GRACE_S = 60
 
 
 def start_hub(settings_path: Path, *, log: Path | None = None) -> subprocess.Popen[bytes]:
     """Prepare the course and start JupyterHub in the background, on loopback."""
     settings = load_settings(settings_path)
+    proxy = proxy_command()
     settings.root.mkdir(parents=True, exist_ok=True)
-    proxy = install_proxy(settings.root / "node")
     prepare_course(settings)
     env = {
         **os.environ,
@@ -426,8 +429,9 @@ def start_hub(settings_path: Path, *, log: Path | None = None) -> subprocess.Pop
         "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
     }
     out = open(log, "ab") if log else None  # noqa: SIM115 - handed to the child process
+    hub = [_bin("jupyterhub"), "-f", str(hub_config_file())]
     return subprocess.Popen(
-        [_bin("jupyterhub"), "-f", str(hub_config_file())],
+        [sys.executable, "-m", "autograder.supervise", "--grace", str(HUB_GRACE_S), "--", *hub],
         cwd=settings.root,
         env=env,
         stdout=out or subprocess.DEVNULL,
@@ -452,12 +456,13 @@ def wait_until_up(url: str, timeout: float = 60) -> float:
     raise TimeoutError(f"{url} did not answer within {timeout:.0f} s")
 
 
-def stop_hub(proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
-    """Stop the hub: SIGTERM lets it stop user servers, services and the proxy itself;
-    whatever of its process group is left after ``timeout`` is killed."""
+def stop_hub(proc: subprocess.Popen[bytes]) -> None:
+    """Stop the hub and everything it started: the supervisor gives the hub ``HUB_GRACE_S``
+    to stop its proxy, services and users' servers, then ends whatever is left. Only if the
+    supervisor itself does not finish is its process group killed."""
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.terminate()
-        proc.wait(timeout=timeout)
+        proc.wait(timeout=HUB_GRACE_S + 60)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()

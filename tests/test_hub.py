@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import json
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -43,16 +45,11 @@ def _free_ports(n: int) -> list[int]:
     return ports
 
 
-@pytest.fixture(scope="module")
-def hub(tmp_path_factory, staged_data):
-    # Students' servers run as their own OS accounts, so the hub's folder must be one they
-    # can enter: pytest's own temporary folders are 0700.
-    root = Path(tempfile.mkdtemp(prefix="autograder-hub-", dir="/tmp"))
-    root.chmod(0o755)
-    port, hub_port, api_port, service_port = _free_ports(4)
-    settings = tmp_path_factory.mktemp("hub") / "course.toml"
-    settings.write_text(f"""
-course_id = "day2-dl"
+def _hub_settings(path: Path, root: Path, *, course: str, roster: str) -> list[int]:
+    """A course file for a hub under ``root`` on free loopback ports; the ports."""
+    port, hub_port, api_port, service_port = ports = _free_ports(4)
+    path.write_text(f"""
+course_id = "{course}"
 labs = ["{LAB}"]
 [hub]
 ip = "127.0.0.1"
@@ -62,25 +59,69 @@ proxy_api_port = {api_port}
 service_port = {service_port}
 root = "{root / "state"}"
 [roster]
-instructors = ["instructor"]
-tas = ["ta"]
-students = ["student1", "student2"]
+{roster}
 [auth]
 class = "shared-password"
 config = {{ user_password = "{PASSWORD}" }}
 [spawner]
 class = "localprocess"
 """)
+    return ports
+
+
+def _hub_root() -> Path:
+    # Students' servers run as their own OS accounts, so the hub's folder must be one they
+    # can enter: pytest's own temporary folders are 0700.
+    root = Path(tempfile.mkdtemp(prefix="autograder-hub-", dir="/tmp"))
+    root.chmod(0o755)
+    return root
+
+
+def _processes_of(root: Path, users: tuple[str, ...]) -> list[str]:
+    """Every process that belongs to a hub under ``root``: run by one of its users, working
+    in its folder, or naming it on its command line. Found from /proc, not from the hub's
+    own bookkeeping, so a process it lost track of is found too."""
+    uids = set()
+    for user in users:
+        with contextlib.suppress(KeyError):
+            uids.add(pwd.getpwnam(user).pw_uid)
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            uid = entry.stat().st_uid
+            cwd = os.readlink(entry / "cwd")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue  # gone, or a kernel thread
+        if state == "Z":
+            continue
+        if uid in uids or cwd.startswith(str(root)) or str(root) in cmdline:
+            found.append(f"{entry.name} uid={uid} {cmdline[:150]}")
+    return found
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory, staged_data):
+    root = _hub_root()
+    settings = tmp_path_factory.mktemp("hub") / "course.toml"
+    roster = 'instructors = ["instructor"]\ntas = ["ta"]\nstudents = ["student1", "student2"]'
+    ports = _hub_settings(settings, root, course="day2-dl", roster=roster)
     proc = start_hub(settings, log=settings.parent / "hub.log")
-    base = f"http://127.0.0.1:{port}"
+    base = f"http://127.0.0.1:{ports[0]}"
+    loaded = load_settings(settings)
     try:
         wait_until_up(base + "/hub/login", timeout=90)
-        yield base, load_settings(settings)
+        yield base, loaded
     finally:
         stop_hub(proc)
+        left = _processes_of(root, loaded.users)
         shutil.rmtree(root, ignore_errors=True)
-    open_ports = [p for p in (port, hub_port, api_port, service_port) if _listening(p)]
+    open_ports = [p for p in ports if _listening(p)]
     assert not open_ports, f"ports still open after shutdown: {open_ports}"
+    assert not left, f"processes left after shutdown: {left}"
 
 
 def _listening(port: int, wait: float = 10) -> bool:
@@ -441,3 +482,54 @@ def test_student_sees_the_lab_in_a_browser(hub, tmp_path):
         finally:
             browser.close()
     assert (tmp_path / "assignment-list.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT"])
+def test_stopping_autograder_hub_leaves_nothing(signame, tmp_path, staged_data):
+    """`autograder hub` stopped as a service manager (SIGTERM) or Ctrl-C (SIGINT) stops it:
+    the hub, its proxy, the formgrader service, a user's server and that user's kernel are
+    all gone afterwards, and so are the ports they listened on."""
+    course, student = f"stop-{signame.lower()}", f"stop{signame.lower()}"
+    root = _hub_root()
+    settings = tmp_path / "course.toml"
+    ports = _hub_settings(settings, root, course=course, roster=f'students = ["{student}"]')
+    users = load_settings(settings).users
+    base = f"http://127.0.0.1:{ports[0]}"
+    cli = Path(sys.executable).parent / "autograder"
+    proc = subprocess.Popen(
+        [str(cli), "hub", "--settings", str(settings)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        wait_until_up(base + "/hub/login", timeout=120)
+        client = Client(base, student)
+        client.start_server()
+        kernels = f"/user/{student}/api/kernels"
+        assert client.post(kernels, json={"name": "python3"}).status_code == 201
+        running = _processes_of(root, users)
+        for part in (
+            "jupyterhub -f",
+            "configurable-http-proxy",
+            "--ServerApp.root_dir",
+            "ipykernel",
+        ):
+            assert any(part in p for p in running), (part, running)
+        assert len([p for p in running if "jupyterhub-singleuser" in p]) == 2, running
+
+        proc.send_signal(getattr(signal, signame))
+        out, _ = proc.communicate(timeout=300)
+        assert proc.returncode == 0, out[-2000:]
+        assert "stopping the hub" in out
+        left = _processes_of(root, users)
+        assert not left, f"left after {signame}: {left}"
+        assert not [p for p in ports if _listening(p)]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        for user in users:
+            subprocess.run(["userdel", user], capture_output=True, check=False)
+        shutil.rmtree(root, ignore_errors=True)
