@@ -13,7 +13,7 @@ __all__ = ["main"]
 
 
 def _stage(args: argparse.Namespace) -> int:
-    from .datasets import stage
+    from .staging import stage
 
     report = stage(args.target, imdb_archive=args.imdb_archive, mnist_from=args.mnist_from)
     print(report.format())
@@ -96,12 +96,13 @@ def _hub(args: argparse.Namespace) -> int:
 
     settings = load_settings(args.settings)
 
-    # A service manager or `kill` stops the launcher with SIGTERM (SIGHUP when the terminal
-    # goes): stop the hub and all it started, as Ctrl-C does.
+    # Ctrl-C (SIGINT), a service manager or `kill` (SIGTERM), a closed terminal (SIGHUP):
+    # each stops the hub and all it started. Set explicitly: a launcher started in the
+    # background of a shell inherits SIGINT ignored, and Python then leaves it so.
     def interrupt(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
-    for signum in (signal.SIGTERM, signal.SIGHUP):
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, interrupt)
     url = f"http://{settings.ip}:{settings.port}/hub/login"
     proc = None

