@@ -37,11 +37,13 @@ from nbformat import NotebookNode, from_dict, reads
 from traitlets import Unicode
 
 from .errors import ConfigError, GradingError
-from .pipeline import GraderExecute, autograde_preprocessors
+from .fstree import copy_files, remove_tree, write_fresh
+from .pipeline import STATE_FILE, GraderExecute, autograde_preprocessors
 from .results import GradingResult
 from .rubric import load_rubric
 
 __all__ = [
+    "STATE_FILE",
     "BatchSummary",
     "ReplayExecute",
     "Submission",
@@ -52,7 +54,6 @@ __all__ = [
     "warm_worker",
 ]
 
-STATE_FILE = ".autograder-batch.json"
 Status = Literal["graded", "failed", "skipped"]
 
 
@@ -339,11 +340,9 @@ def execute_submission(
         out["worker_s"] = time.monotonic() - start
         return out
     with tempfile.TemporaryDirectory(prefix=f"autograder-{lab}-{student}-") as work:
-        # The student's other submitted files sit next to the notebook, as in nbgrader.
-        shutil.copytree(source.parent, work, dirs_exist_ok=True)
-        # copytree gave the folder the submission folder's mode (0755, say): private again,
-        # or other students' kernels could read this copy while it is graded.
-        os.chmod(work, 0o700)
+        # The student's other submitted files sit next to the notebook, as in nbgrader:
+        # regular files only (no folders or links a student could shape against the grader).
+        copy_files(source.parent, work)
         resources["metadata"] = {"path": work}
         execute = GraderExecute(config=config)
         begin = time.monotonic()
@@ -357,7 +356,7 @@ def execute_submission(
         try:
             result = _evaluator((lab,)).evaluate(lab, artifacts, timeout=600)
         finally:
-            shutil.rmtree(artifacts, ignore_errors=True)
+            remove_tree(artifacts)
         out["evaluate_s"] = time.monotonic() - begin
     _store(cache / key, nb, resources, result)
     out["worker_s"] = time.monotonic() - start
@@ -599,7 +598,7 @@ def _record(
         reason = done.get("error") or _reason(result.get("log", "") + result.get("error", ""))
         return SubmissionOutcome(s.lab, s.student, "failed", reason, timing=timing)
     state = {"digest": s.digest, "graded_at": datetime.now(UTC).isoformat(), "timing": timing}
-    _state_path(course_root, s).write_text(json.dumps(state))
+    write_fresh(_state_path(course_root, s), json.dumps(state))
     return SubmissionOutcome(
         s.lab, s.student, "graded", graded.error or "", graded.score, graded.max_score, timing
     )

@@ -15,10 +15,66 @@ from typing import Any
 
 from .rubric import VARIABLE_PARAMS, Rubric
 
-__all__ = ["CAPTURE_FILE", "MODEL_FILE", "capture_source", "captured_variables"]
+__all__ = [
+    "CAPTURE_FILE",
+    "FIT_RECORDER_SOURCE",
+    "MODEL_FILE",
+    "capture_source",
+    "captured_variables",
+]
 
 CAPTURE_FILE = "capture.json"
 MODEL_FILE = "model.keras"
+
+# Runs silently in the student's kernel before its first cell: every Model.fit() call is
+# recorded with what it received (callbacks inline or from a variable, epochs, batch size)
+# and how many epochs it ran, in a module of its own so that the notebook's names do not
+# reach it by accident. Code in the kernel can still undo or forge it (see the README).
+FIT_RECORDER_SOURCE = r"""
+def _autograder_record_fits():
+    import functools, inspect, sys, types
+    import keras
+    record = types.ModuleType("_autograder_fits")
+    record.calls = []
+    sys.modules["_autograder_fits"] = record
+    original = keras.Model.fit
+    signature = inspect.signature(original)
+
+    @functools.wraps(original)
+    def fit(self, *args, **kwargs):
+        try:
+            bound = signature.bind(self, *args, **kwargs)
+            bound.apply_defaults()
+            given = bound.arguments
+            callbacks = given.get("callbacks") or []
+            if not isinstance(callbacks, (list, tuple)):
+                callbacks = [callbacks]
+            call = {
+                "model_id": id(self),
+                "callbacks": [type(c).__name__ for c in callbacks][:20],
+                "epochs": given.get("epochs"),
+                "batch_size": given.get("batch_size"),
+                "validation": bool(given.get("validation_split") or
+                                   given.get("validation_data") is not None),
+            }
+            call = {k: v for k, v in call.items() if isinstance(v, (int, float, str, list, bool))}
+        except Exception as exc:
+            call = {"error": "%s: %s" % (type(exc).__name__, exc)}
+        if len(record.calls) < 100:
+            record.calls.append(call)
+        history = original(self, *args, **kwargs)
+        try:
+            call["epochs_run"] = len(history.epoch)
+            call["steps"] = int(history.params.get("steps") or 0)
+        except Exception:
+            pass
+        return history
+
+    keras.Model.fit = fit
+
+_autograder_record_fits()
+del _autograder_record_fits
+"""
 
 # Runs inside the student's kernel. Self-contained on purpose: it must not import the
 # autograder package, which student code could have replaced in sys.modules.
@@ -103,6 +159,16 @@ def _autograder_capture(ns, out, model_var, names):
                 continue
             report["callbacks"].append(
                 {"class": cls.__name__, "used": getattr(item, "_model", None) is not None})
+    # What each fit() received, from the recorder (absent: it was removed by the notebook).
+    import sys
+    calls = getattr(sys.modules.get("_autograder_fits"), "calls", None)
+    if isinstance(calls, list):
+        report["fit_calls"] = []
+        for call in calls[:100]:
+            if isinstance(call, dict):
+                call = dict(call)
+                call["graded_model"] = model is not None and call.pop("model_id", None) == id(model)
+                report["fit_calls"].append(call)
     with open(os.path.join(out, %(capture_file)r), "w") as f:
         json.dump(report, f)
 

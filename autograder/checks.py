@@ -85,6 +85,9 @@ class Evidence:
     data_source: str = "offline"
     problems: dict[str, str] = field(default_factory=dict)
     callbacks: tuple[dict[str, Any], ...] = ()
+    # What each fit() call received, recorded in the kernel as it ran; None when there is
+    # no record (a capture made before the recorder existed).
+    fit_calls: tuple[dict[str, Any], ...] | None = None
     reference: dict[str, Any] = field(default_factory=dict)
 
     def array(self, name: str) -> ArraySummary | None:
@@ -611,9 +614,17 @@ _CALLBACK_EXAMPLES = {
 
 
 def check_callbacks(check: Check, ev: Evidence) -> CheckResult:
+    """A callback counts when a fit() call received it, inline or from a variable: from
+    the record of fit() calls. (A callback merely attached to a model, ``set_model``, was
+    never passed to fit.) Captures without a record fall back to the callbacks found in
+    the notebook's variables."""
     required = list(check.params.get("required", []))
-    used = {c["class"] for c in ev.callbacks if c.get("used")}
-    unused = {c["class"] for c in ev.callbacks if not c.get("used")}
+    if ev.fit_calls is not None:
+        used = {str(name) for call in ev.fit_calls for name in call.get("callbacks", [])}
+        unused = {c["class"] for c in ev.callbacks} - used
+    else:
+        used = {c["class"] for c in ev.callbacks if c.get("used")}
+        unused = {c["class"] for c in ev.callbacks if not c.get("used")}
     messages = []
     hits = 0
     for name in required:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import stat
 import subprocess
 import sys
 import zipfile
@@ -19,12 +20,14 @@ from typing import Any
 
 import numpy as np
 
-from .capture import MODEL_FILE, read_capture
+from .capture import CAPTURE_FILE, MODEL_FILE, read_capture
 from .checks import Evidence, run_checks, summarize_model
+from .fstree import remove_tree, write_fresh
 from .results import CheckResult, GradingResult
 from .rubric import Rubric, load_rubric
 
 __all__ = [
+    "artifacts_problem",
     "confusion_matrix",
     "evaluate_artifacts",
     "evidence_from_capture",
@@ -348,6 +351,11 @@ def _evidence_and_figures(
         data_source=data_source(rubric.dataset),
         problems=problems,
         callbacks=tuple(capture.get("callbacks", [])),
+        fit_calls=(
+            tuple(c for c in capture["fit_calls"] if isinstance(c, dict))
+            if isinstance(capture.get("fit_calls"), list)
+            else None
+        ),
         reference=reference_figures(rubric),
     )
     return ev, figures
@@ -359,11 +367,60 @@ def failed_result(rubric: Rubric, source: str, reason: str) -> GradingResult:
     return GradingResult(rubric.lab, source, checks, error=reason)
 
 
+# What the kernel may leave for the evaluator: far more than any lab's model needs (the
+# largest, the CNN's, is a few MiB), far less than what would hurt the grader to read.
+_MAX_BYTES = {CAPTURE_FILE: 4 * 2**20, MODEL_FILE: 256 * 2**20}
+_MAX_UNPACKED = 512 * 2**20  # the model archive's members, as declared (zipfile holds to it)
+_MAX_MEMBERS = 1000
+_MAX_RATIO = 100  # for members over 1 MiB: a higher one is a compression bomb
+
+
+def artifacts_problem(artifacts: Path) -> str | None:
+    """Why the files the kernel wrote must not be read, checked before any is: each one a
+    regular file within its size, the model archive within its count, unpacked size and
+    compression ratio of members. None when they may be read."""
+    for name, cap in _MAX_BYTES.items():
+        try:
+            st = (artifacts / name).lstat()
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            return f"{name} cannot be read ({type(exc).__name__})"
+        if not stat.S_ISREG(st.st_mode):
+            return f"{name} is not a regular file"
+        if st.st_size > cap:
+            return f"{name} is {st.st_size / 2**20:.0f} MiB, over the {cap / 2**20:.0f} MiB allowed"
+    try:
+        with zipfile.ZipFile(artifacts / MODEL_FILE) as zf:
+            members = zf.infolist()
+    except (OSError, zipfile.BadZipFile):
+        return None  # no archive, or a broken one: loading says so
+    if len(members) > _MAX_MEMBERS:
+        return f"{MODEL_FILE} holds {len(members)} files, over the {_MAX_MEMBERS} allowed"
+    unpacked = sum(m.file_size for m in members)
+    if unpacked > _MAX_UNPACKED:
+        return (
+            f"{MODEL_FILE} unpacks to {unpacked / 2**20:.0f} MiB, "
+            f"over the {_MAX_UNPACKED / 2**20:.0f} MiB allowed"
+        )
+    for m in members:
+        if m.file_size > 2**20 and m.file_size > _MAX_RATIO * max(1, m.compress_size):
+            return f"{MODEL_FILE} member {m.filename[:100]!r} is compressed over {_MAX_RATIO}:1"
+    return None
+
+
 def evaluate_artifacts(lab: str, artifacts: Path) -> GradingResult:
     """Grade one submission from what the capture cell left in ``artifacts``."""
     from .datasets import data_source
 
     rubric = load_rubric(lab)
+    problem = artifacts_problem(artifacts)
+    if problem is not None:
+        return failed_result(
+            rubric,
+            data_source(rubric.dataset),
+            f"the files the notebook left for grading were not read: {problem}",
+        )
     capture = read_capture(artifacts)
     if capture is None:
         from .sandbox import read_limit
@@ -399,7 +456,7 @@ def grade_in_subprocess(lab: str, artifacts: Path, *, timeout: float = 600) -> G
     """Run :func:`evaluate_artifacts` in a fresh interpreter; any failure becomes a result."""
     rubric = load_rubric(lab)
     out = artifacts / "result.json"
-    out.unlink(missing_ok=True)
+    remove_tree(out)
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
     cmd = [sys.executable, "-m", "autograder.evaluate", lab, str(artifacts), "--out", str(out)]
     try:
@@ -425,7 +482,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     result = evaluate_artifacts(args.lab, args.artifacts)
-    args.out.write_text(result.to_json())
+    write_fresh(args.out, result.to_json())
     return 0
 
 

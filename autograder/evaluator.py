@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
+from .fstree import remove_tree, write_fresh
 from .results import GradingResult
 
 __all__ = ["Evaluator"]
@@ -67,7 +68,7 @@ class Evaluator:
         from .rubric import load_rubric
 
         out = artifacts / "result.json"
-        out.unlink(missing_ok=True)
+        remove_tree(out)  # whatever stands there, the child writes a new file
         proc = self._start()
         assert proc.stdin is not None and proc.stdout is not None
         request = {"lab": lab, "artifacts": str(artifacts), "out": str(out), "timeout": timeout}
@@ -132,7 +133,7 @@ def _child(request: dict[str, Any]) -> int:
     from .evaluate import evaluate_artifacts
 
     result = evaluate_artifacts(request["lab"], Path(request["artifacts"]))
-    Path(request["out"]).write_text(result.to_json())
+    write_fresh(request["out"], result.to_json())
     return 0
 
 

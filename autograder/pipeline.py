@@ -7,7 +7,7 @@ before, and :func:`check_order` enforces it, so a reordering fails at configurat
 
 from __future__ import annotations
 
-import shutil
+import json
 import tempfile
 import time
 from dataclasses import replace
@@ -34,9 +34,10 @@ from nbgrader.preprocessors import (
 )
 from traitlets import Bool, Integer
 
-from .capture import capture_source
+from .capture import FIT_RECORDER_SOURCE, capture_source
 from .errors import ConfigError
 from .evaluate import grade_in_subprocess
+from .fstree import remove_tree
 from .results import CheckResult, GradingResult
 from .rubric import lab_ids, load_rubric
 from .sandbox import (
@@ -47,8 +48,10 @@ from .sandbox import (
     cell_timeout_message,
     close_to_others,
     death_reason,
+    grader_work_dir,
     kernel_exit_status,
     kernel_pid,
+    memory_limit_message,
     output_limit_message,
     start_spare_kernel,
     take_spare_kernel,
@@ -64,6 +67,12 @@ __all__ = [
 ]
 
 RESULT_SUFFIX = ".grading.json"
+# The batch's record of a graded submission, beside the autograded notebook.
+STATE_FILE = ".autograder-batch.json"
+# What the grader writes beside an autograded notebook: never taken from a submission
+# (nbgrader copies a submission's other files there), so nothing a student submits can
+# stand where the grader writes.
+GRADER_OUTPUTS = (f"*{RESULT_SUFFIX}", STATE_FILE)
 
 
 # A lab notebook's kernel: TensorFlow quiet, on the CPU.
@@ -145,6 +154,8 @@ class GraderExecute(Execute):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("kernel_manager_class", SandboxedKernelManager)
+        # Widget state comes from the student's kernel, unbounded, and grading needs none.
+        kwargs.setdefault("store_widget_state", False)
         super().__init__(*args, **kwargs)
         # A bad setting fails when the pipeline is built, not once per notebook.
         self._limits = self.limits()
@@ -154,8 +165,11 @@ class GraderExecute(Execute):
         self._cell_timeouts = 0
         self._isolated = False
         self._sandbox: KernelSandbox | None = None
+        self._last_sandbox: KernelSandbox | None = None  # released, kept for its record
         self._output_bytes = 0
         self._output_cut: set[int] = set()  # cells where output was dropped
+        self._error_kept: set[int] = set()  # cells given their one error past the cap
+        self._kernel_setup = ""  # the grader's code run in the kernel before the first cell
 
     def limits(self) -> Limits:
         """This run's limits: traits set here, else environment, else ``timeout``/defaults."""
@@ -173,9 +187,10 @@ class GraderExecute(Execute):
         limits = self.limits()
         lab = resources["nbgrader"]["assignment"]
         nb = self._restore_deleted_cells(nb, resources)
+        self._kernel_setup = FIT_RECORDER_SOURCE if lab in lab_ids() else ""
         if lab not in lab_ids():
             return self._execute(nb, resources, limits)
-        artifacts = Path(tempfile.mkdtemp(prefix=f"autograder-{lab}-"))
+        artifacts = Path(tempfile.mkdtemp(prefix=f"autograder-{lab}-", dir=grader_work_dir()))
         state = resources.setdefault("autograder", {})
         state["artifacts"] = str(artifacts)
         cell = new_code_cell(capture_source(load_rubric(lab), artifacts))
@@ -238,12 +253,14 @@ class GraderExecute(Execute):
     ) -> tuple[NotebookNode, Any]:
         self._limits = limits
         self._watchdog = None
+        self._last_sandbox = None
         self._stopped = None
         self._next_cell = 0
         self._cell_timeouts = 0
         self._isolated = False
         self._output_bytes = 0
         self._output_cut = set()
+        self._error_kept = set()
         spare = None
         if self._spares:
             spare = take_spare_kernel(limits, self._kernel_name(nb), self._kernel_arguments())
@@ -295,7 +312,7 @@ class GraderExecute(Execute):
                     self.log.warning("shutting down the kernel: %s", exc)
             # After the kernel: its account's processes killed, the artifacts reclaimed.
             box.release()
-            self._sandbox = None
+            self._sandbox, self._last_sandbox = None, box
             if self._spares:
                 self._start_spare(limits)
         if "autograder" in resources:
@@ -327,8 +344,28 @@ class GraderExecute(Execute):
             await self._async_cleanup_kernel()
             raise
         self.kc.allow_stdin = False
+        if self._kernel_setup:
+            await self._run_silently(self._kernel_setup)
         await run_hook(self.on_notebook_start, notebook=self.nb)
         return self.kc
+
+    async def _run_silently(self, code: str) -> None:
+        """The grader's own code in the kernel before the notebook's first cell (nothing
+        shown, no history); a failure leaves its record missing, which the checks handle."""
+        assert self.kc is not None
+        msg_id = self.kc.execute(code, silent=True, store_history=False, allow_stdin=False)
+        deadline = time.monotonic() + max(60.0, float(self.startup_timeout))
+        while time.monotonic() < deadline:
+            try:
+                reply = await ensure_async(self.kc.get_shell_msg(timeout=1))
+            except Empty:
+                if self.km is None or not await ensure_async(self.km.is_alive()):
+                    return
+                continue
+            if reply.get("parent_header", {}).get("msg_id") == msg_id:
+                if reply.get("content", {}).get("status") != "ok":
+                    self.log.warning("the grader's set-up in the kernel failed")
+                return
 
     start_new_kernel_client = run_sync(async_start_new_kernel_client)
 
@@ -394,34 +431,69 @@ class GraderExecute(Execute):
     def _death_reason(self) -> str:
         if self._watchdog is not None and self._watchdog.reason:
             return self._watchdog.reason
+        if self._memory_stopped():
+            return memory_limit_message(self._limits)
         return death_reason(kernel_exit_status(self.km))
 
-    def output(
-        self,
-        outs: list[NotebookNode],
-        msg: dict[str, Any],
-        display_id: str | None,
-        cell_index: int,
+    def _memory_stopped(self) -> bool:
+        """Whether the kernel's memory cgroup stopped it (the hard cap, which counts what the
+        watchdog does not: memory-backed files, shared memory, page cache)."""
+        box = self._sandbox or self._last_sandbox
+        return box is not None and box.memory_stop()
+
+    def process_message(
+        self, msg: dict[str, Any], cell: NotebookNode, cell_index: int
     ) -> NotebookNode | None:
-        """nbclient's output handling, keeping at most ``output_mb`` of the notebook's output:
-        a flood costs the grader neither memory nor a notebook too big to store. Errors
-        are always kept (shortened), since nbgrader scores them."""
-        content = msg.get("content", {})
-        if msg.get("msg_type") == "error":
-            content["evalue"] = str(content.get("evalue", ""))[:_ERROR_CHARS]
-            content["traceback"] = [
-                str(line)[:_ERROR_CHARS] for line in content.get("traceback", [])[:200]
-            ]
-            return super().output(outs, msg, display_id, cell_index)
-        size = _output_size(content)
-        self._output_bytes += size
-        if self._output_bytes > self._limits.output_mb * 2**20:  # from here on, nothing kept
-            if cell_index not in self._output_cut:
-                self._output_cut.add(cell_index)
-                note = f"\n[autograder] {output_limit_message(self._limits)}\n"
-                outs.append(new_output("stream", name="stderr", text=note))
+        """nbclient's message handling, keeping at most ``output_mb`` of the notebook's
+        output, weighed as it would be stored: each message's whole content serialized
+        (text, data, display metadata, error names) plus a fixed cost per output, display
+        updates included. Past the cap nothing more is kept but one note per cell and, per
+        cell, one shortened error (nbgrader scores a cell by whether it failed)."""
+        kind = msg.get("msg_type", "")
+        if kind in _NOT_OUTPUT or kind.startswith("comm"):
+            return super().process_message(msg, cell, cell_index)
+        content = msg.get("content")
+        if not isinstance(content, dict):
             return None
-        return super().output(outs, msg, display_id, cell_index)
+        if kind == "error":
+            _shorten_error(content)
+        try:
+            size = _OUTPUT_OVERHEAD + len(json.dumps(content, default=str))
+        except (TypeError, ValueError):
+            return None
+        self._output_bytes += size
+        if self._output_bytes <= self._limits.output_mb * 2**20:
+            return super().process_message(msg, cell, cell_index)
+        if cell_index not in self._output_cut:
+            self._output_cut.add(cell_index)
+            note = f"\n[autograder] {output_limit_message(self._limits)}\n"
+            cell.setdefault("outputs", []).append(new_output("stream", name="stderr", text=note))
+        if kind == "error" and cell_index not in self._error_kept:
+            self._error_kept.add(cell_index)
+            evalue = str(content["evalue"])[:_NAME_CHARS]
+            cell.outputs.append(
+                new_output("error", ename=content["ename"], evalue=evalue, traceback=[])
+            )
+        return None
+
+    def on_cell_executed(self, **kwargs: Any) -> None:
+        """nbgrader's: adds the execute reply's error when no output of the cell has its
+        name. The reply comes from the kernel too: shortened the way outputs are, and
+        weighed against the cap if it is added."""
+        reply = kwargs.get("execute_reply") or {}
+        content = reply.get("content") if isinstance(reply, dict) else None
+        if isinstance(content, dict) and content.get("status") == "error":
+            _shorten_error(content)
+        cell = kwargs.get("cell")
+        before = len(cell.get("outputs", [])) if cell is not None else 0
+        super().on_cell_executed(**kwargs)
+        if cell is None or len(cell.get("outputs", [])) == before:
+            return
+        added = cell.outputs[-1]
+        self._output_bytes += _OUTPUT_OVERHEAD + len(json.dumps(added, default=str))
+        if self._output_bytes > self._limits.output_mb * 2**20:
+            added.evalue = str(added.get("evalue", ""))[:_NAME_CHARS]
+            added.traceback = []
 
     def _mark_stopped(self, cell: NotebookNode) -> None:
         if cell.cell_type != "code" or not cell.source.strip():
@@ -442,6 +514,8 @@ class GraderExecute(Execute):
         dog = self._watchdog
         if dog is not None and dog.kind is not None and dog.reason is not None:
             return dog.kind, dog.reason
+        if self._stopped is not None and self._memory_stopped():
+            return "memory", self._stopped
         if self._stopped is not None:
             return "kernel_died", self._stopped
         if self._cell_timeouts:
@@ -450,15 +524,22 @@ class GraderExecute(Execute):
 
 
 _ERROR_CHARS = 10_000
+_NAME_CHARS = 200
 
 
-def _output_size(content: dict[str, Any]) -> int:
-    """Characters of text and data in one output message."""
-    size = len(str(content.get("text", "")))
-    data = content.get("data")
-    if isinstance(data, dict):
-        size += sum(len(str(v)) for v in data.values())
-    return size
+def _shorten_error(content: dict[str, Any]) -> None:
+    """An error as kept: name, message and at most 200 traceback lines, each cut short."""
+    content["ename"] = str(content.get("ename", ""))[:_NAME_CHARS]
+    content["evalue"] = str(content.get("evalue", ""))[:_ERROR_CHARS]
+    content["traceback"] = [
+        str(line)[:_ERROR_CHARS] for line in list(content.get("traceback") or [])[:200]
+    ]
+
+
+# What each kept output costs beyond its content (its JSON keys): many empty outputs add up.
+_OUTPUT_OVERHEAD = 100
+# Messages that never become an output (comm messages are not kept: store_widget_state off).
+_NOT_OUTPUT = {"status", "execute_input", "clear_output", "execute_reply", "shutdown_reply"}
 
 
 def _outputs_for(result: CheckResult) -> list[NotebookNode]:
@@ -508,7 +589,7 @@ class GradeFromArtifacts(NbGraderPreprocessor):
             try:
                 result = grade_in_subprocess(lab, Path(artifacts), timeout=self.evaluation_timeout)
             finally:
-                shutil.rmtree(artifacts, ignore_errors=True)
+                remove_tree(artifacts)
         by_id = {c.id: c for c in result.checks}
         seen = set()
         for cell in nb.cells:
@@ -564,6 +645,10 @@ def autograde_preprocessors() -> list[type]:
 def configure(c: Any) -> None:
     """Apply the grader's settings to an nbgrader config object (``get_config()``)."""
     c.Autograde.autograde_preprocessors = autograde_preprocessors()
+    from nbgrader.coursedir import CourseDirectory
+
+    default_ignore = list(CourseDirectory.class_traits()["ignore"].default())
+    c.CourseDirectory.ignore = [*default_ignore, *GRADER_OUTPUTS]
     c.GraderExecute.timeout = 900
     # Everything needed is saved by the capture cell; a graceful shutdown waits ~3 s for
     # TensorFlow's exit handlers, per notebook.

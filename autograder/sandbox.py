@@ -51,8 +51,11 @@ from jupyter_client.manager import AsyncKernelManager
 from traitlets import Bool
 
 from ._runtime import at_exit
-from .datasets import grader_only_dirs
+from .cgroup import KernelCgroup
+from .datasets import data_dir, grader_only_dirs
 from .errors import ConfigError
+from .fstree import copy_files, remove_tree, walk_tree, write_fresh
+from .staging import raw_sources, staging_code
 
 __all__ = [
     "ACCOUNT_PREFIX",
@@ -66,9 +69,11 @@ __all__ = [
     "cell_timeout_message",
     "close_to_others",
     "death_reason",
+    "grader_work_dir",
     "isolation_prefix",
     "kernel_exit_status",
     "kernel_pid",
+    "memory_limit_message",
     "output_limit_message",
     "read_limit",
     "start_spare_kernel",
@@ -153,7 +158,11 @@ def write_limit(
 ) -> None:
     """Record in the artifacts folder which limit stopped the notebook, and why."""
     data = {"limit": kind, "reason": reason, "limits": limits.to_dict(), **(details or {})}
-    (artifacts / LIMIT_FILE).write_text(json.dumps(data, indent=1))
+    write_fresh(artifacts / LIMIT_FILE, json.dumps(data, indent=1))
+
+
+def memory_limit_message(limits: Limits) -> str:
+    return f"memory limit exceeded: the notebook used more than {limits.memory_mb} MiB"
 
 
 def output_limit_message(limits: Limits) -> str:
@@ -180,9 +189,12 @@ def read_limit(artifacts: Path) -> str | None:
 # system kills and reaps every process left in it, however it was started.
 _PID = ("--pid", "--fork", "--kill-child")
 # As root, switching to a sandbox account after unshare: no user namespace (one that maps
-# only root would leave the account's uid unmapped).
-_AS_ROOT_NO_NETWORK = (("--net", *_PID), ("--net",))
-_AS_ROOT_NETWORK = ((*_PID,),)
+# only root would leave the account's uid unmapped). A mount namespace (private propagation,
+# util-linux's default) for the kernel's own /tmp, /var/tmp, /dev/shm and /run/lock, and an
+# IPC namespace: what a notebook leaves in them goes with its last process.
+_PRIVATE = ("--mount", "--ipc")
+_AS_ROOT_NO_NETWORK = (("--net", *_PRIVATE, *_PID), ("--net", *_PID), ("--net",))
+_AS_ROOT_NETWORK = ((*_PRIVATE, *_PID), (*_PID,))
 # Otherwise a user namespace first: inside it the kernel holds no privilege over the host's
 # namespaces even when the grader runs as root, so it cannot setns() its way back.
 _USER = ("--user", "--map-root-user")
@@ -242,9 +254,16 @@ def _warn_once(key: str, message: str) -> None:
 # --- sandbox accounts ------------------------------------------------------------------------
 
 ACCOUNT_PREFIX = "autograder-sandbox-"
-# Slot n (account ACCOUNT_PREFIX + n) is held by whoever holds the lock on slot-<n>.lock:
-# two kernels never share an account, so neither can read the other's folders or signal it.
-_SLOT_DIR = Path("/run/autograder-sandbox")
+# The grader's own places, outside every shared temporary folder (a kernel gets private
+# ones): slot n (account ACCOUNT_PREFIX + n) is held by whoever holds the lock on
+# slots/slot-<n>.lock, so two kernels never share an account; slots/slot-<n>.retired marks
+# an account whose clean-up failed, never used again. kernels/ holds each kernel's private
+# folder (its own, 0700) and work/ the grader's folders handed to a kernel (the capture's).
+_SANDBOX_DIR = Path("/run/autograder-sandbox")
+_SLOT_DIR = _SANDBOX_DIR / "slots"
+_KERNELS_DIR = _SANDBOX_DIR / "kernels"
+_WORK_DIR = _SANDBOX_DIR / "work"
+_EMPTY = _SANDBOX_DIR / "hidden"  # bound over each file the kernel must not read
 
 
 @dataclass(frozen=True)
@@ -255,8 +274,9 @@ class Account:
 
 
 class _Slot:
-    def __init__(self, account: Account, lock: IO[str]) -> None:
+    def __init__(self, account: Account, lock: IO[str], number: int) -> None:
         self.account = account
+        self.number = number
         self._lock: IO[str] | None = lock
 
     def release(self) -> None:
@@ -323,13 +343,58 @@ def _account_can_run_python(uid: int, gid: int) -> str | None:
     return None
 
 
+def _sandbox_dirs() -> None:
+    """The grader's folders: only root may list them; accounts may pass through to their
+    own folder inside ``kernels/`` and ``work/``."""
+    _SANDBOX_DIR.mkdir(mode=0o711, exist_ok=True)
+    _SLOT_DIR.mkdir(mode=0o700, exist_ok=True)
+    for folder, mode in ((_SANDBOX_DIR, 0o711), (_KERNELS_DIR, 0o711), (_WORK_DIR, 0o711)):
+        folder.mkdir(mode=mode, exist_ok=True)
+        st = folder.lstat()
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+            raise ConfigError(f"{folder} is not the grader's own folder")
+        folder.chmod(mode)
+
+
+def grader_work_dir() -> str:
+    """Where the grader makes folders it hands to a kernel (the capture's): its own place
+    when kernels run as sandbox accounts (they get private temporary folders, so the
+    shared ones are not theirs to see), else the usual temporary folder."""
+    if _accounts_wanted():
+        with contextlib.suppress(OSError, ConfigError):
+            _sandbox_dirs()
+            return str(_WORK_DIR)
+    return tempfile.gettempdir()
+
+
+def _retire(n: int, why: str) -> None:
+    log.warning("sandbox slot %d retired, never used again: %s", n, why)
+    with contextlib.suppress(OSError):
+        (_SLOT_DIR / f"slot-{n}.retired").write_text(why + "\n")
+
+
+def _clean_account(account: Account) -> str | None:
+    """Kill the account's processes and remove its files; why not, if something stays."""
+    _kill_account_processes(account)
+    if not _remove_account_files(account):
+        return f"files of {account.name} could not be removed"
+    deadline = time.monotonic() + 5
+    while _running(account.uid):
+        if time.monotonic() > deadline:
+            return f"processes of {account.name} are still running"
+        time.sleep(0.05)
+    return None
+
+
 def _acquire_slot() -> _Slot | None:
     """A sandbox account of our own (locked until released), or None where there is none."""
     if not _accounts_wanted():
         return None
     try:
-        _SLOT_DIR.mkdir(mode=0o700, exist_ok=True)
+        _sandbox_dirs()
         for n in range(4096):
+            if (_SLOT_DIR / f"slot-{n}.retired").exists():
+                continue
             lock = (_SLOT_DIR / f"slot-{n}.lock").open("a+")
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -351,9 +416,12 @@ def _acquire_slot() -> _Slot | None:
                 )
             # Anything a grader killed mid-run left behind: processes, and files (a copy of
             # a submission, say) that the next kernel on this account could read.
-            _kill_account_processes(account)
-            _remove_account_files(account)
-            return _Slot(account, lock)
+            left = _clean_account(account)
+            if left is not None:
+                _retire(n, left)
+                lock.close()
+                continue
+            return _Slot(account, lock, n)
         raise ConfigError(f"no free sandbox slot in {_SLOT_DIR}")
     except (OSError, ConfigError) as exc:
         _BROKEN["accounts"] = str(exc)
@@ -388,23 +456,26 @@ def _kill_account_processes(account: Account) -> None:
         )
 
 
-def _remove_account_files(account: Account) -> None:
-    """Remove what the account owns in the shared temporary folders (its kernel's private
-    folder included): the next kernel to get the account must not find it."""
-    bases = {"/tmp", "/var/tmp", "/dev/shm", tempfile.gettempdir()}
-    for base in bases:
+def _remove_account_files(account: Account) -> bool:
+    """Remove what the account owns in the shared temporary folders: the next kernel to
+    get the account must not find it. Whatever shape a notebook gave it (a tree deeper than
+    the recursion limit, links, fifos) is removed without following links; False if
+    anything of the account's is left."""
+    ok = True
+    shared = {"/tmp", "/var/tmp", "/dev/shm", "/run/lock", tempfile.gettempdir()}
+    for base in shared | {str(_KERNELS_DIR), str(_WORK_DIR)}:
         try:
             entries = list(os.scandir(base))
         except OSError:
             continue
         for entry in entries:
-            with contextlib.suppress(OSError):
+            try:
                 if entry.stat(follow_symlinks=False).st_uid != account.uid:
                     continue
-                if entry.is_dir(follow_symlinks=False):
-                    shutil.rmtree(entry.path, ignore_errors=True)
-                else:
-                    os.unlink(entry.path)
+            except OSError:
+                continue
+            ok = remove_tree(entry.path) and ok
+    return ok
 
 
 # --- what the kernel may read --------------------------------------------------------------
@@ -467,7 +538,7 @@ def _public_data_copy() -> Path | None:
     copy = _PUBLIC.get(key)
     if copy is not None and (copy / "public" / "manifest.json").is_file():
         return copy
-    base = _short_base(shared=True)
+    base = grader_work_dir()
     _remove_stale_public_copies(base)
     copy = Path(tempfile.mkdtemp(prefix=f"{_PUBLIC_PREFIX}{os.getpid()}-", dir=base))
     shutil.copytree(source, copy / "public")
@@ -475,7 +546,7 @@ def _public_data_copy() -> Path | None:
         path.chmod(0o555 if path.is_dir() else 0o444)
     copy.chmod(0o755)
     _PUBLIC[key] = copy
-    at_exit(functools.partial(shutil.rmtree, copy, ignore_errors=True))
+    at_exit(functools.partial(remove_tree, copy))
     return copy
 
 
@@ -488,7 +559,7 @@ def _remove_stale_public_copies(base: str) -> None:
         pid = path.name[len(_PUBLIC_PREFIX) :].split("-", 1)[0]
         with contextlib.suppress(OSError, ValueError):
             if path.stat().st_uid == os.geteuid() and not psutil.pid_exists(int(pid)):
-                shutil.rmtree(path, ignore_errors=True)
+                remove_tree(path)
 
 
 # Never handed to a student's kernel (hub tokens and the like).
@@ -505,44 +576,49 @@ def _scrubbed(env: Mapping[str, str]) -> dict[str, str]:
 
 def _chown_tree(path: Path, uid: int, gid: int) -> None:
     os.lchown(path, uid, gid)
-    for root, dirs, files in os.walk(path):
-        for name in [*dirs, *files]:
-            os.lchown(os.path.join(root, name), uid, gid)
+    walk_tree(path, lambda p, st: os.lchown(p, uid, gid))
 
 
-def _special_files(folder: str, names: list[str]) -> list[str]:
-    """For copytree: fifos, sockets and devices, which a copy would block on or must not have."""
-    skip = []
-    for name in names:
-        mode = os.lstat(os.path.join(folder, name)).st_mode
-        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode) or stat.S_ISLNK(mode)):
-            skip.append(name)
-    return skip
-
-
-def _reclaim(path: Path) -> None:
+def _reclaim(path: Path) -> bool:
     """Give a folder the kernel wrote back to the grader: links and special files removed,
     everything else owned by the grader and private to it. Run once the kernel's processes
-    are gone, so nothing can change it afterwards."""
+    are gone, so nothing can change it afterwards. False if something could not be."""
     if not path.is_dir() or path.is_symlink():
-        return
+        return True
     uid, gid = os.geteuid(), os.getegid()
-    for root, dirs, files in os.walk(path):
-        for name in [*dirs, *files]:
-            p = os.path.join(root, name)
-            mode = os.lstat(p).st_mode
-            if stat.S_ISDIR(mode):
+
+    failed: list[str] = []
+
+    def visit(p: str, st: os.stat_result) -> None:
+        try:
+            if stat.S_ISDIR(st.st_mode):
                 os.lchown(p, uid, gid)
                 os.chmod(p, 0o700)
-            elif stat.S_ISREG(mode):
+            elif stat.S_ISREG(st.st_mode):
                 os.lchown(p, uid, gid)
                 os.chmod(p, 0o600)
-            else:  # a symlink (to the held-out data, say) or a fifo: the grader must not follow
+            else:  # a symlink (to the held-out data, say) or a fifo: never to be followed
                 os.unlink(p)
-                if name in dirs:
-                    dirs.remove(name)
-    os.lchown(path, uid, gid)
-    path.chmod(0o700)
+        except OSError:
+            failed.append(p)
+
+    try:
+        os.lchown(path, uid, gid)
+        path.chmod(0o700)
+        return walk_tree(path, visit) and not failed
+    except OSError as exc:
+        log.warning("reclaiming %s: %s", path, exc)
+        return False
+
+
+def _running(uid: int) -> int:
+    """Processes of ``uid`` that are not zombies."""
+    count = 0
+    for p in psutil.process_iter(["uids", "status"]):
+        with contextlib.suppress(psutil.Error, TypeError, AttributeError):
+            if p.info["uids"].real == uid and p.info["status"] != psutil.STATUS_ZOMBIE:
+                count += 1
+    return count
 
 
 def _tasks_of(uid: int) -> int:
@@ -554,7 +630,8 @@ def _tasks_of(uid: int) -> int:
     return total
 
 
-# Run between unshare and the kernel (stdlib only, `python -I -S`): resource limits, then the
+# Run between unshare and the kernel (stdlib only, `python -I -S`): as root, join the kernel's
+# cgroups and mount its private temporary folders (size-capped tmpfs); resource limits, then the
 # account (groups, gid, uid: all of them, real, effective and saved), then no_new_privs so
 # that no setuid program can give privileges back. Without a PID namespace it then becomes
 # the kernel (whose parent, the grader, ipykernel watches). In a PID namespace it stays as
@@ -564,9 +641,32 @@ def _tasks_of(uid: int) -> int:
 # write end of the pipe WATCH: when it dies the pipe reads as closed). It exits with the
 # kernel's exit code, 128 + N for a kernel killed by signal N.
 _LAUNCH = r"""
-import ctypes, os, resource, select, signal, sys
-nproc, fsize, uid, gid, watch = sys.argv[1:6]
-cmd = sys.argv[7:]
+import ctypes, json, os, resource, select, signal, sys
+nproc, fsize, uid, gid, watch, tmpfs, cgroups, masks, empty = sys.argv[1:10]
+cmd = sys.argv[11:]
+libc = ctypes.CDLL(None, use_errno=True)
+if cgroups != "-":  # join the kernel's memory and pids groups while still root
+    for procs in cgroups.split(","):
+        with open(procs, "w") as f:
+            f.write(str(os.getpid()))
+if masks != "-":  # in the kernel's own mount namespace: the grader's data, hidden
+    for path in json.loads(masks):
+        if os.path.isdir(path) and not os.path.islink(path):  # an empty, read-only folder
+            done = libc.mount(b"tmpfs", path.encode(), b"tmpfs", 1 | 2 | 4 | 8, b"size=4k,mode=000")
+        elif os.path.isfile(path) and not os.path.islink(path):  # an unreadable empty file
+            done = libc.mount(empty.encode(), path.encode(), None, 4096, None)
+        else:
+            continue
+        if done != 0:
+            raise OSError(ctypes.get_errno(), "hiding " + path)
+if tmpfs != "-":  # in the kernel's own mount namespace: one tmpfs (MS_NOSUID | MS_NODEV)
+    options = ("size=%sm,mode=1777" % tmpfs).encode()
+    if libc.mount(b"tmpfs", b"/tmp", b"tmpfs", 2 | 4, options) != 0:
+        raise OSError(ctypes.get_errno(), "mount tmpfs on /tmp")
+    for target in ("/var/tmp", "/dev/shm", "/run/lock"):  # the same one (MS_BIND)
+        if os.path.isdir(target) and not os.path.islink(target):
+            if libc.mount(b"/tmp", target.encode(), None, 4096, None) != 0:
+                raise OSError(ctypes.get_errno(), "bind /tmp on " + target)
 def limit(res, value):
     soft, hard = resource.getrlimit(res)
     if hard != resource.RLIM_INFINITY:
@@ -581,7 +681,7 @@ if uid != "-":
     os.setgroups([])
     os.setresgid(int(gid), int(gid), int(gid))
     os.setresuid(int(uid), int(uid), int(uid))
-if ctypes.CDLL(None, use_errno=True).prctl(38, 1, 0, 0, 0) != 0:  # PR_SET_NO_NEW_PRIVS
+if libc.prctl(38, 1, 0, 0, 0) != 0:  # PR_SET_NO_NEW_PRIVS
     raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS)")
 if watch == "-":
     os.execvp(cmd[0], cmd)
@@ -633,7 +733,10 @@ class KernelSandbox:
         self.flags = _namespace_flags(network=self.limits.network, as_root=self.account is not None)
         if self.flags is None and not self.limits.network:
             isolation_prefix()  # warns once
-        self.root = Path(tempfile.mkdtemp(prefix="agk-", dir=_short_base(self.shared)))
+        # As an account of its own, in the grader's place: the kernel's shared temporary
+        # folders are private to it (mount namespace), so nothing of it may live there.
+        base = str(_KERNELS_DIR) if self.account is not None else _short_base(self.shared)
+        self.root = Path(tempfile.mkdtemp(prefix="agk-", dir=base))
         for sub in ("home", "tmp"):
             (self.root / sub).mkdir()
         self.public_data: Path | None = None
@@ -641,10 +744,16 @@ class KernelSandbox:
         self._pipes: list[int] = []  # the grader's ends of the pipes watched by the kernel's init
         self.pass_fds: tuple[int, ...] = ()  # for the launch of the kernel (Popen)
         self._released = False
+        self.cgroup: KernelCgroup | None = None
+        self.oom_killed = False  # the memory cgroup's OOM killer ended something of it
+        self.peak_memory_mb: float | None = None
         if self.account is not None:
             self.public_data = _public_data_copy()
             close_to_others(grader_only_dirs())
             _chown_tree(self.root, self.account.uid, self.account.gid)
+            self.cgroup = KernelCgroup.create(
+                self.root.name, memory_mb=self.limits.memory_mb, processes=self.limits.processes
+            )
 
     @property
     def shared(self) -> bool:
@@ -659,6 +768,26 @@ class KernelSandbox:
     def pid_namespace(self) -> bool:
         return self.flags is not None and "--pid" in self.flags
 
+    @property
+    def private_tmp(self) -> bool:
+        """Whether the kernel gets its own /tmp, /var/tmp, /dev/shm and /run/lock (one
+        tmpfs of at most ``memory_mb``, gone with the kernel's mount namespace)."""
+        return self.account is not None and self.flags is not None and "--mount" in self.flags
+
+    def _hidden(self) -> list[Path]:
+        """What the kernel's mount namespace hides: the grader's staged data (held-out
+        included; the kernel reads a copy of ``public/``) and every raw source the data
+        sets were staged from, which hold the held-out examples too."""
+        _EMPTY.touch(mode=0o000, exist_ok=True)
+        _EMPTY.chmod(0o000)
+        return [data_dir(), *raw_sources(), *staging_code()]
+
+    def memory_stop(self) -> bool:
+        """Whether the memory cgroup stopped the kernel (its OOM killer ended a process)."""
+        if self.cgroup is not None and self.cgroup.oom_kills() > 0:
+            self.oom_killed = True
+        return self.oom_killed
+
     def grant(self, path: Path) -> None:
         """Let the kernel write into ``path`` (a folder of the grader's); reclaimed on release."""
         if self.account is not None:
@@ -667,15 +796,15 @@ class KernelSandbox:
         self._granted.append(path)
 
     def workdir(self, cwd: str | os.PathLike[str] | None) -> str | None:
-        """The kernel's working folder: with an account, a private copy of ``cwd`` (the
-        submission's own files, nothing else of the course); else ``cwd`` itself."""
+        """The kernel's working folder: with an account, a private copy of the regular files
+        directly in ``cwd`` (the notebook and the files submitted beside it; no folders, no
+        links, nothing else of the course); else ``cwd`` itself."""
         work = self.root / "work"
         if self.account is None or (cwd is not None and Path(cwd) == work):
             return None if cwd is None else str(cwd)
+        work.mkdir(mode=0o700)
         if cwd is not None and Path(cwd).is_dir():
-            shutil.copytree(cwd, work, symlinks=True, ignore=_special_files)
-        else:
-            work.mkdir()
+            copy_files(Path(cwd), work)
         _chown_tree(work, self.account.uid, self.account.gid)
         return str(work)
 
@@ -689,9 +818,10 @@ class KernelSandbox:
         return work
 
     def fill_workdir(self, source: Path) -> None:
-        """Copy the notebook's folder into the (empty) working folder of a started kernel."""
+        """Copy the regular files of the notebook's folder into the (empty) working folder
+        of a started kernel."""
         work = self.root / "work"
-        shutil.copytree(source, work, symlinks=True, ignore=_special_files, dirs_exist_ok=True)
+        copy_files(source, work)
         if self.account is not None:
             _chown_tree(work, self.account.uid, self.account.gid)
 
@@ -750,6 +880,11 @@ class KernelSandbox:
             str(acct.uid) if acct else "-",
             str(acct.gid) if acct else "-",
             watch,
+            # memory-backed: at most the memory limit (counted in it too, with a cgroup)
+            str(self.limits.memory_mb) if self.private_tmp else "-",
+            ",".join(self.cgroup.procs_files) if self.cgroup is not None else "-",
+            json.dumps([str(p) for p in self._hidden()]) if self.private_tmp else "-",
+            str(_EMPTY),
             "--",
         ]
         return [*prefix, *launch, *kernel_cmd]
@@ -762,29 +897,49 @@ class KernelSandbox:
             "separate_user": acct is not None,
             "network_namespace": self.network_isolated,
             "pid_namespace": self.pid_namespace,
+            "private_tmp": self.private_tmp,
+            "memory_cgroup": self.cgroup is not None,
             "processes": self.limits.processes if acct or os.geteuid() != 0 else None,
             "file_size_mb": self.limits.file_size_mb,
         }
 
     def release(self) -> None:
         """Kill whatever the kernel's account still runs, give granted folders back to the
-        grader, remove the private folder and free the account for the next kernel."""
+        grader, remove the private folder and free the account for the next kernel. Each
+        step is best-effort and none raises: an account whose clean-up fails is retired."""
         if self._released:
             return
         self._released = True
+        problems: list[str] = []
+
+        def step(what: str, fn: Any, *args: Any) -> None:
+            try:
+                if fn(*args) is False:
+                    problems.append(what)
+            except Exception as exc:  # one notebook's mess must not fail the worker
+                problems.append(f"{what}: {type(exc).__name__}: {exc}")
+
         try:
             if self.account is not None:
-                _kill_account_processes(self.account)
+                step("killing the account's processes", _kill_account_processes, self.account)
             for fd in self._pipes:  # the kernel's init, if still there, ends everything
                 with contextlib.suppress(OSError):
                     os.close(fd)
+            if self.cgroup is not None:
+                self.memory_stop()
+                self.peak_memory_mb = self.cgroup.peak_mb()
+                step("removing the kernel's cgroups", self.cgroup.remove)
             for path in self._granted:  # back to the grader first: then nothing is left to
-                _reclaim(path)  # the account but its own files, removed here
+                step(f"reclaiming {path}", _reclaim, path)  # the account but its own files
+            step("removing the kernel's folder", remove_tree, self.root)
             if self.account is not None:
-                _remove_account_files(self.account)
-            shutil.rmtree(self.root, ignore_errors=True)
+                step("cleaning the account", lambda a: _clean_account(a) is None, self.account)
+            if problems:
+                log.warning("cleaning up after a kernel: %s", "; ".join(problems))
         finally:
             if self._slot is not None:
+                if problems and self.account is not None:
+                    _retire(self._slot.number, "; ".join(problems))
                 self._slot.release()
 
 
@@ -1021,13 +1176,7 @@ class Watchdog:
             rss = sum(_rss(p) for p in procs)
             self.peak_rss_mb = max(self.peak_rss_mb, rss / 2**20)
             if rss > limit_bytes:
-                self._kill(
-                    root,
-                    pgid,
-                    "memory",
-                    "memory limit exceeded: the notebook used more than "
-                    f"{self.limits.memory_mb} MiB",
-                )
+                self._kill(root, pgid, "memory", memory_limit_message(self.limits))
                 return
             if time.monotonic() >= deadline:
                 self._kill(

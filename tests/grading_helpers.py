@@ -71,12 +71,17 @@ def messages(course: Course, lab: str, student: str, check: str) -> tuple[str, .
     return result_of(course, lab, student).check(check).messages
 
 
-def separate_accounts() -> bool:
-    """Whether kernels here run as sandbox accounts (the grader is root and may create them)."""
+def sandbox_record() -> dict[str, Any]:
+    """What a kernel's sandbox holds here (``KernelSandbox.describe``)."""
     from autograder.sandbox import KernelSandbox
 
     box = KernelSandbox()
     try:
-        return box.shared
+        return box.describe()
     finally:
         box.release()
+
+
+def separate_accounts() -> bool:
+    """Whether kernels here run as sandbox accounts (the grader is root and may create them)."""
+    return bool(sandbox_record()["separate_user"])

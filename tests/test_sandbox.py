@@ -13,6 +13,7 @@ import asyncio
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -591,3 +592,32 @@ def test_a_spare_kernel_runs_the_next_notebook_in_its_own_folder(tmp_path, socke
         sandbox.discard_spare_kernel()
     assert sandbox._SPARE == []
     assert list(socket_dir.iterdir()) == []  # every kernel's folder is gone
+
+
+def test_memory_cgroup_counts_memory_backed_files():
+    """The hard cap: memory in a memfd is not resident memory, but the cgroup counts it."""
+    from autograder.cgroup import KernelCgroup, cgroup_unavailable
+
+    group = KernelCgroup.create("test-memfd", memory_mb=200, processes=50)
+    if group is None:
+        pytest.skip(f"no cgroup for kernels here: {cgroup_unavailable() or 'not root'}")
+    try:
+        code = textwrap.dedent(
+            f"""
+            import os
+            for procs in {group.procs_files!r}:
+                with open(procs, "w") as f:
+                    f.write(str(os.getpid()))
+            cache = os.memfd_create("cache")
+            for _ in range(100):
+                os.write(cache, bytes(8 * 2**20))
+            print("kept 800 MiB")
+            """
+        )
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert proc.returncode == -signal.SIGKILL and "kept" not in proc.stdout
+        assert group.oom_kills() >= 1
+        assert group.peak_mb() == pytest.approx(200, abs=1)
+    finally:
+        assert group.remove()
+    assert not any(folder.exists() for folder in group.folders)

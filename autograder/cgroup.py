@@ -1,0 +1,152 @@
+"""A memory and a pids control group for one kernel: a hard cap that counts everything.
+
+The watchdog sums resident memory, which misses what a notebook keeps in memory-backed
+files (tmpfs, ``/dev/shm``, ``memfd``) and page cache. A memory cgroup charges all of it to
+the group that touched it, and the kernel's OOM killer stops the group at the limit; a pids
+cgroup caps processes and threads per kernel, not per account. Each kernel's groups are
+children of the grader's own (so the host's accounting of the grader still holds) and are
+joined by the kernel's launcher before it drops root.
+
+cgroup v1 (``/sys/fs/cgroup/memory``, ``/sys/fs/cgroup/pids``, as on these machines) and v2
+(where the grader's group delegates ``memory`` and ``pids``) are both handled; elsewhere,
+or without root, :meth:`KernelCgroup.create` returns None and the watchdog is the limit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["KernelCgroup", "cgroup_unavailable"]
+
+log = logging.getLogger(__name__)
+
+_ROOT = Path("/sys/fs/cgroup")
+PREFIX = "autograder-"
+_WHY_NOT: dict[str, str] = {}
+
+
+def _own_paths() -> dict[str, str]:
+    """The grader's own group per v1 controller, and per "" for the v2 hierarchy."""
+    paths: dict[str, str] = {}
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/cgroup").read_text().splitlines():
+            _, controllers, path = line.split(":", 2)
+            for c in controllers.split(",") if controllers else [""]:
+                paths[c] = path
+    return paths
+
+
+def cgroup_unavailable() -> str | None:
+    """Why kernels get no cgroup here (None when they do)."""
+    return _WHY_NOT.get("reason")
+
+
+@dataclass(frozen=True)
+class KernelCgroup:
+    """One kernel's groups: ``folders`` (one per hierarchy), the one holding the memory
+    files, and the cgroup version."""
+
+    folders: tuple[Path, ...]
+    memory: Path
+    version: int
+
+    @classmethod
+    def create(cls, name: str, *, memory_mb: int, processes: int) -> KernelCgroup | None:
+        if os.geteuid() != 0 or not _ROOT.is_dir() or "reason" in _WHY_NOT:
+            return None
+        own = _own_paths()
+        made: list[Path] = []
+        try:
+            limit = str(memory_mb * 2**20)
+            if (_ROOT / "memory" / "memory.limit_in_bytes").exists() and "pids" in own:
+                memory = _ROOT / "memory" / own["memory"].lstrip("/") / f"{PREFIX}{name}"
+                pids = _ROOT / "pids" / own["pids"].lstrip("/") / f"{PREFIX}{name}"
+                for folder in (memory, pids):
+                    folder.mkdir()
+                    made.append(folder)
+                (memory / "memory.limit_in_bytes").write_text(limit)
+                memsw = memory / "memory.memsw.limit_in_bytes"
+                if memsw.exists():  # swap counts too
+                    memsw.write_text(limit)
+                (pids / "pids.max").write_text(str(processes))
+                return cls((memory, pids), memory, 1)
+            parent = _ROOT / own.get("", "/").lstrip("/")
+            delegated = (parent / "cgroup.subtree_control").read_text().split()
+            if not {"memory", "pids"} <= set(delegated):
+                raise OSError(f"memory and pids are not delegated to {parent}")
+            folder = parent / f"{PREFIX}{name}"
+            folder.mkdir()
+            made.append(folder)
+            (folder / "memory.max").write_text(limit)
+            with contextlib.suppress(OSError):
+                (folder / "memory.swap.max").write_text("0")
+            (folder / "pids.max").write_text(str(processes))
+            return cls((folder,), folder, 2)
+        except (OSError, KeyError) as exc:
+            for folder in made:
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+            _WHY_NOT["reason"] = f"{type(exc).__name__}: {exc}"
+            log.warning(
+                "no memory cgroup for student kernels (%s): memory is limited by the "
+                "watchdog's resident-memory count only",
+                _WHY_NOT["reason"],
+            )
+            return None
+
+    @property
+    def procs_files(self) -> list[str]:
+        """What the launcher writes its pid into, to join the groups."""
+        return [str(folder / "cgroup.procs") for folder in self.folders]
+
+    def oom_kills(self) -> int:
+        """How many processes the OOM killer ended in this group (the memory limit)."""
+        name = "memory.oom_control" if self.version == 1 else "memory.events"
+        try:
+            for line in (self.memory / name).read_text().splitlines():
+                key, _, value = line.partition(" ")
+                if key == "oom_kill":
+                    return int(value)
+        except (OSError, ValueError):
+            pass
+        return 0
+
+    def peak_mb(self) -> float | None:
+        name = "memory.max_usage_in_bytes" if self.version == 1 else "memory.peak"
+        try:
+            return int((self.memory / name).read_text()) / 2**20
+        except (OSError, ValueError):
+            return None
+
+    def remove(self, timeout: float = 10.0) -> bool:
+        """Kill what is left in the groups and remove them; False if one stays."""
+        deadline = time.monotonic() + timeout
+        left = list(self.folders)
+        while left and time.monotonic() < deadline:
+            for folder in list(left):
+                try:
+                    pids = (folder / "cgroup.procs").read_text().split()
+                except FileNotFoundError:
+                    left.remove(folder)
+                    continue
+                except OSError:
+                    pids = []
+                for pid in pids:
+                    with contextlib.suppress(OSError, ValueError):
+                        os.kill(int(pid), signal.SIGKILL)
+                try:
+                    folder.rmdir()
+                    left.remove(folder)
+                except OSError:
+                    pass
+            if left:
+                time.sleep(0.05)
+        if left:
+            log.warning("could not remove the kernel's cgroups %s", left)
+        return not left
