@@ -100,6 +100,17 @@ class KernelCgroup:
             )
             return None
 
+    @classmethod
+    def remove_stale(cls, prefix: str) -> bool:
+        """Remove the groups named ``PREFIX + prefix + ...`` (left by a grader that was
+        killed), killing what is still in them; False if one stays."""
+        own = _own_paths()
+        parents = [_ROOT / c / own[c].lstrip("/") for c in ("memory", "pids") if c in own]
+        parents.append(_ROOT / own.get("", "/").lstrip("/"))
+        stale = [f for p in parents if p.is_dir() for f in p.glob(f"{PREFIX}{prefix}*")]
+        folders = tuple(f for f in stale if f.is_dir())
+        return not folders or cls(folders, folders[0], 1).remove()
+
     @property
     def procs_files(self) -> list[str]:
         """What the launcher writes its pid into, to join the groups."""

@@ -373,9 +373,17 @@ def _retire(n: int, why: str) -> None:
         (_SLOT_DIR / f"slot-{n}.retired").write_text(why + "\n")
 
 
-def _clean_account(account: Account) -> str | None:
-    """Kill the account's processes and remove its files; why not, if something stays."""
+def _slot_cgroup(n: int) -> str:
+    """The start of the names of slot ``n``'s kernel cgroups."""
+    return f"slot{n}-"
+
+
+def _clean_account(account: Account, slot: int) -> str | None:
+    """Kill the account's processes and remove its files and its slot's cgroups (all of
+    them left by a grader that was killed); why not, if something stays."""
     _kill_account_processes(account)
+    if not KernelCgroup.remove_stale(_slot_cgroup(slot)):
+        return f"cgroups of slot {slot} could not be removed"
     if not _remove_account_files(account):
         return f"files of {account.name} could not be removed"
     deadline = time.monotonic() + 5
@@ -416,7 +424,7 @@ def _acquire_slot() -> _Slot | None:
                 )
             # Anything a grader killed mid-run left behind: processes, and files (a copy of
             # a submission, say) that the next kernel on this account could read.
-            left = _clean_account(account)
+            left = _clean_account(account, n)
             if left is not None:
                 _retire(n, left)
                 lock.close()
@@ -751,8 +759,11 @@ class KernelSandbox:
             self.public_data = _public_data_copy()
             close_to_others(grader_only_dirs())
             _chown_tree(self.root, self.account.uid, self.account.gid)
+            assert self._slot is not None
             self.cgroup = KernelCgroup.create(
-                self.root.name, memory_mb=self.limits.memory_mb, processes=self.limits.processes
+                f"{_slot_cgroup(self._slot.number)}{self.root.name}",
+                memory_mb=self.limits.memory_mb,
+                processes=self.limits.processes,
             )
 
     @property
@@ -932,8 +943,13 @@ class KernelSandbox:
             for path in self._granted:  # back to the grader first: then nothing is left to
                 step(f"reclaiming {path}", _reclaim, path)  # the account but its own files
             step("removing the kernel's folder", remove_tree, self.root)
-            if self.account is not None:
-                step("cleaning the account", lambda a: _clean_account(a) is None, self.account)
+            if self.account is not None and self._slot is not None:
+                number = self._slot.number
+                step(
+                    "cleaning the account",
+                    lambda a: _clean_account(a, number) is None,
+                    self.account,
+                )
             if problems:
                 log.warning("cleaning up after a kernel: %s", "; ".join(problems))
         finally:

@@ -251,7 +251,7 @@ def _left_on_the_machine() -> dict[str, list[str]]:
         for p in Path(base).glob(f"autograder-{LAB}-*")
     )
     found["cgroups"] = sorted(
-        str(p) for p in Path("/sys/fs/cgroup").glob("**/autograder-agk-*") if p.is_dir()
+        str(p) for p in Path("/sys/fs/cgroup").glob("**/autograder-slot*") if p.is_dir()
     )
     found["retired slots"] = sorted(
         str(p) for p in Path("/run/autograder-sandbox/slots").glob("*.retired")

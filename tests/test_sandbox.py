@@ -621,3 +621,23 @@ def test_memory_cgroup_counts_memory_backed_files():
     finally:
         assert group.remove()
     assert not any(folder.exists() for folder in group.folders)
+
+
+def test_cgroups_left_by_a_killed_grader_are_removed():
+    from autograder.cgroup import KernelCgroup, cgroup_unavailable
+
+    left = KernelCgroup.create("slot-test-left", memory_mb=100, processes=10)
+    if left is None:
+        pytest.skip(f"no cgroup for kernels here: {cgroup_unavailable() or 'not root'}")
+    sleeper = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"import os, time\nfor p in {left.procs_files!r}:\n"
+            "    open(p, 'w').write(str(os.getpid()))\ntime.sleep(600)",
+        ]
+    )
+    time.sleep(1)
+    assert KernelCgroup.remove_stale("slot-test-")
+    assert sleeper.wait(timeout=10) == -signal.SIGKILL
+    assert not any(folder.exists() for folder in left.folders)
