@@ -2,11 +2,11 @@
 
 :mod:`autograder.staging` (the grader's side) puts every data set under :func:`data_dir` in
 ``keras/`` (offline mirrors in keras' formats), ``public/`` (what students load: keras'
-own ``load_data()`` output with the first half of the test split) and ``heldout/`` (the
-second half: grader only). The loaders here read only staged files: ``load_*`` read
-``public/``; :func:`load_heldout` (grader only) reads ``heldout/``, which a student's kernel
-cannot reach. They never import keras (importing TensorFlow takes seconds) and never
-unpickle: IMDB sequences are stored as one flat int32 array plus offsets.
+own ``load_data()`` output with half of the test split) and ``heldout/`` (the other half,
+chosen with the data folder's secret key: grader only). The loaders here read only staged
+files: ``load_*`` read ``public/``; :func:`load_heldout` (grader only) reads ``heldout/``,
+which a student's kernel cannot reach. They never import keras (importing TensorFlow takes
+seconds) and never unpickle: IMDB sequences are stored as one flat int32 array plus offsets.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ __all__ = [
     "load_imdb",
     "load_imdb_word_index",
     "load_mnist",
+    "only_kept",
     "train_limit",
 ]
 
@@ -101,9 +102,10 @@ def _object_array(seqs: Sequence[list[int]]) -> Array:
 
 
 def grader_only_dirs() -> list[Path]:
-    """The staged folders that hold held-out examples, closed to students: ``heldout/``,
-    and ``keras/`` (the keras-format mirror, whose test split contains the held-out one)."""
-    return [data_dir() / "heldout", data_dir() / "keras"]
+    """The staged folders that hold held-out examples or choose them, closed to students:
+    ``heldout/``, ``keras/`` (the keras-format mirror, whose test split contains the held-out
+    one) and ``private/`` (the key that chose the held-out half)."""
+    return [data_dir() / "heldout", data_dir() / "keras", data_dir() / "private"]
 
 
 def _unpack(values: Array, offsets: Array) -> list[list[int]]:
@@ -130,6 +132,10 @@ def _staged_file(name: str, folder: str) -> Path:
 _KEPT: dict[Path, tuple[tuple[int, int], dict[str, Array]]] | None = None
 
 
+_SOURCES: dict[str, str] = {}  # data_source() answers, kept with the arrays
+_KEPT_ONLY = False
+
+
 def keep_loaded() -> None:
     """Keep decoded data sets in this process (an evaluator that forks per submission loads
     each file once; its children share the arrays copy-on-write)."""
@@ -138,7 +144,21 @@ def keep_loaded() -> None:
         _KEPT = {}
 
 
+def only_kept() -> None:
+    """From now on answer from what :func:`keep_loaded` kept, without touching the data
+    folder: an evaluation child that gave up the grader's account can no longer read it."""
+    global _KEPT_ONLY
+    keep_loaded()
+    _KEPT_ONLY = True
+
+
 def _load(name: str, folder: str) -> dict[str, Array]:
+    if _KEPT_ONLY:
+        assert _KEPT is not None
+        kept = _KEPT.get(data_dir() / folder / f"{name}.npz")
+        if kept is None:
+            raise DatasetMissing(name, data_dir(), "It was not loaded before the evaluation.")
+        return dict(kept[1])
     path = _staged_file(name, folder)
     stat = path.stat()
     signature = (stat.st_size, stat.st_mtime_ns)
@@ -184,12 +204,18 @@ def _limited(name: str, split: Split) -> Split:
 def data_source(name: str) -> str:
     """Where the staged ``name`` came from: ``canonical`` or an ``offline*`` mirror, with
     ``@N`` appended when ``$AUTOGRADER_TRAIN_LIMIT`` caps its training set at N examples."""
+    limit = train_limit(name)
+    suffix = f"@{limit}" if limit is not None else ""
+    if _KEPT_ONLY:
+        if name not in _SOURCES:
+            raise DatasetMissing(name, data_dir(), "It was not loaded before the evaluation.")
+        return _SOURCES[name] + suffix
     _staged_file(name, "public")
     entry = _read_manifest(data_dir() / "public")["datasets"].get(name)
     if not isinstance(entry, dict) or "source" not in entry:
         raise DatasetMissing(name, data_dir(), "Its manifest entry is missing.")
-    limit = train_limit(name)
-    return str(entry["source"]) + (f"@{limit}" if limit is not None else "")
+    _SOURCES[name] = str(entry["source"])
+    return _SOURCES[name] + suffix
 
 
 def load_mnist() -> Split:
@@ -241,7 +267,7 @@ def load_imdb_word_index() -> dict[str, int]:
 
 
 def load_heldout(name: str, **kwargs: Any) -> tuple[Array, Array]:
-    """Grader only: ``(x, y)``, the held-out second half of keras' test split.
+    """Grader only: ``(x, y)``, the held-out half of keras' test split.
 
     Takes the same keyword arguments as the data set's loader (only IMDB has any), so that the
     held-out half is processed exactly like the student's half.

@@ -11,10 +11,15 @@ each with a ``manifest.json`` (source, counts, sha256 of the files, creation tim
     Fashion-MNIST (``stage(mnist_from="fashion-mnist")``): keras reads the Debian package's
     files in place.
 ``public/``
-    What students load: keras' own ``load_data()`` output, with only the first half of the test
-    split.
+    What students load: keras' own ``load_data()`` output, with only half of the test split.
 ``heldout/``
-    Grader only: the second half of keras' test split.
+    Grader only: the other half of keras' test split.
+``private/heldout.key``
+    Grader only (0600 in a 0700 folder): 32 random bytes, made on first staging, that choose
+    which test examples are held out. Without it the choice cannot be recomputed from the
+    public files or from this code; with the public originals a student can still tell the
+    halves apart, which is why the grader also flags memorisation
+    (:mod:`autograder.review`).
 
 Every split comes out of keras' own loader (patched only to read the mirror instead of
 downloading), so splits, shuffles and preprocessing are exactly keras' and do not depend on our
@@ -29,11 +34,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import hmac
 import importlib
 import itertools
 import json
 import os
 import re
+import secrets
 import sys
 import tarfile
 import time
@@ -66,8 +73,11 @@ __all__ = [
     "MnistFrom",
     "StageReport",
     "default_imdb_archive",
+    "heldout_indices",
     "main",
     "raw_sources",
+    "split_id",
+    "split_key",
     "stage",
     "staging_code",
 ]
@@ -77,7 +87,11 @@ IMDB_ARCHIVE_ENV: Final = "AUTOGRADER_IMDB_ARCHIVE"
 IMDB_ARCHIVE_NAME: Final = "aclImdb-labeled.tar.xz"
 
 # Bumped whenever what stage() writes changes, so old staging is rebuilt rather than trusted.
-FORMAT_VERSION: Final = 1
+# 2: the held-out half chosen with the data folder's secret key (1: keras' second half).
+FORMAT_VERSION: Final = 2
+
+SPLIT_KEY_FILE: Final = Path("private") / "heldout.key"
+_KEY_BYTES: Final = 32
 
 # What keras.utils.get_file checks; a cached file with another hash would be re-downloaded by
 # keras, so only these files count as "canonical" (README of /work/shared/datasets).
@@ -294,6 +308,54 @@ def _entry_valid(folder: Path, entry: Any) -> bool:
         if not path.is_file() or _digest(path) != info.get("sha256"):
             return False
     return True
+
+
+def split_key(root: Path) -> bytes:
+    """The data folder's secret held-out key, made on first use (:data:`SPLIT_KEY_FILE`)."""
+    folder = root / SPLIT_KEY_FILE.parent
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(folder, 0o700)
+    path = root / SPLIT_KEY_FILE
+    if not path.exists():
+        # Written aside and linked into place: a concurrent stager sees no key or a whole one.
+        tmp = folder / f".heldout.key.{os.getpid()}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(secrets.token_bytes(_KEY_BYTES))
+            with contextlib.suppress(FileExistsError):
+                os.link(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    with os.fdopen(fd, "rb") as f:
+        key = f.read(_KEY_BYTES + 1)
+    if len(key) != _KEY_BYTES:
+        raise DataError(
+            f"{path} is not a held-out key ({len(key)} bytes, expected {_KEY_BYTES}): remove it "
+            "and stage again (the held-out choice changes: recalibrate the thresholds)"
+        )
+    return key
+
+
+def split_id(key: bytes) -> str:
+    """A public name for the held-out choice (recorded in manifests; reveals nothing of it)."""
+    return hmac.new(key, b"split-id", "sha256").hexdigest()[:16]
+
+
+def heldout_indices(key: bytes, name: str, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices into keras' test split of ``name``: (public half, held-out half), each sorted.
+
+    A random half chosen by the key, not keras' order, so nobody without the key can say
+    which half an example is in from the code and the public files."""
+    seed = int.from_bytes(hmac.new(key, f"heldout:{name}".encode(), "sha256").digest(), "big")
+    order = np.random.default_rng(seed).permutation(n)
+    half = n // 2
+    return np.sort(order[:half]), np.sort(order[half:])
+
+
+def _take(seq: Any, idx: np.ndarray) -> Any:
+    return seq[idx] if isinstance(seq, np.ndarray) else [seq[i] for i in idx]
 
 
 def _build_mnist_mirror(folder: Path) -> dict[str, int]:
@@ -570,6 +632,10 @@ def _stage_dataset(
         return DatasetStageResult(name, "skipped", None, time.perf_counter() - start, reason=source)
 
     public, heldout = root / "public", root / "heldout"
+    key = split_key(root)
+    split = split_id(key)
+    heldout.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(heldout, 0o700)
     pub_entry = _read_manifest(public)["datasets"].get(name)
     held_entry = _read_manifest(heldout)["datasets"].get(name)
     if (
@@ -577,6 +643,7 @@ def _stage_dataset(
         and _entry_valid(heldout, held_entry)
         and pub_entry["source"] == held_entry["source"] == source.kind
         and pub_entry["keras_sha256"] == held_entry["keras_sha256"] == source.sha256
+        and pub_entry.get("split") == held_entry.get("split") == split
     ):
         counts = {k: pub_entry["counts"][k] for k in ("train", "test")}
         counts["heldout"] = held_entry["counts"]["heldout"]
@@ -593,13 +660,13 @@ def _stage_dataset(
         )
 
     (x_train, y_train), (x_test, y_test) = _keras_load(name, source)
-    half = len(x_test) // 2
+    pub_idx, held_idx = heldout_indices(key, name, len(x_test))
     pub_files = [f"{name}.npz"]
     if name == "imdb":
         meta = _imdb_meta(source, x_train, x_test)
         train_values, train_offsets = _pack(x_train)
-        test_values, test_offsets = _pack(x_test[:half])
-        held_values, held_offsets = _pack(x_test[half:])
+        test_values, test_offsets = _pack(_take(x_test, pub_idx))
+        held_values, held_offsets = _pack(_take(x_test, held_idx))
         _save_npz(
             public / "imdb.npz",
             x_train_values=train_values,
@@ -607,14 +674,14 @@ def _stage_dataset(
             y_train=y_train,
             x_test_values=test_values,
             x_test_offsets=test_offsets,
-            y_test=y_test[:half],
+            y_test=y_test[pub_idx],
             **meta,
         )
         _save_npz(
             heldout / "imdb.npz",
             x_values=held_values,
             x_offsets=held_offsets,
-            y=y_test[half:],
+            y=y_test[held_idx],
             **meta,
         )
         with _atomic(public / "imdb_word_index.json") as tmp:
@@ -625,17 +692,18 @@ def _stage_dataset(
             public / f"{name}.npz",
             x_train=x_train,
             y_train=y_train,
-            x_test=x_test[:half],
-            y_test=y_test[:half],
+            x_test=x_test[pub_idx],
+            y_test=y_test[pub_idx],
         )
-        _save_npz(heldout / f"{name}.npz", x=x_test[half:], y=y_test[half:])
+        _save_npz(heldout / f"{name}.npz", x=x_test[held_idx], y=y_test[held_idx])
 
-    counts = {"train": len(x_train), "test": half, "heldout": len(x_test) - half}
+    counts = {"train": len(x_train), "test": len(pub_idx), "heldout": len(held_idx)}
     common = {
         "format": FORMAT_VERSION,
         "source": source.kind,
         "keras_sha256": source.sha256,
         "keras_files": {f: str(p) for f, p in source.files.items()},
+        "split": split,
         "created_at": _now(),
     }
     pub_entry = {
