@@ -41,6 +41,7 @@ from .fstree import copy_files, remove_tree, write_fresh
 from .pipeline import STATE_FILE, GraderExecute, autograde_preprocessors
 from .results import GradingResult
 from .rubric import load_rubric
+from .sandbox import grader_temp, remove_stale_temps
 
 __all__ = [
     "STATE_FILE",
@@ -79,6 +80,7 @@ class SubmissionOutcome:
     # submission, startup_s (its warm-up, before any submission); kernel_ahead: 1 when the
     # notebook ran in a kernel started before it came (0: started for it).
     timing: dict[str, float] = field(default_factory=dict)
+    review: tuple[str, ...] = ()  # why it is flagged for review (autograder.review)
 
     @property
     def overhead_s(self) -> float:
@@ -102,8 +104,10 @@ class BatchSummary:
         return json.dumps(asdict(self), indent=1, default=str)
 
     def format(self) -> str:
+        flagged = [o for o in self.outcomes if o.review]
         lines = [
-            f"{self.count('graded')} graded, {self.count('failed')} failed, "
+            f"{self.count('graded')} graded ({len(flagged)} flagged for review), "
+            f"{self.count('failed')} failed, "
             f"{self.count('skipped')} skipped (unchanged) in {self.wall_s:.1f} s "
             f"with {self.workers} {self.engine} worker(s)"
         ]
@@ -112,6 +116,7 @@ class BatchSummary:
             for o in self.outcomes
             if o.status == "failed"
         ]
+        lines += [f"  REVIEW {o.lab} {o.student}: {'; '.join(o.review)}" for o in flagged]
         return "\n".join(lines)
 
 
@@ -339,11 +344,12 @@ def execute_submission(
     if (cache / key).is_dir():
         out["worker_s"] = time.monotonic() - start
         return out
-    with tempfile.TemporaryDirectory(prefix=f"autograder-{lab}-{student}-") as work:
+    work = grader_temp(lab)
+    try:
         # The student's other submitted files sit next to the notebook, as in nbgrader:
         # regular files only (no folders or links a student could shape against the grader).
         copy_files(source.parent, work)
-        resources["metadata"] = {"path": work}
+        resources["metadata"] = {"path": str(work)}
         execute = GraderExecute(config=config)
         begin = time.monotonic()
         nb, resources = execute.preprocess(nb, resources)
@@ -358,6 +364,8 @@ def execute_submission(
         finally:
             remove_tree(artifacts)
         out["evaluate_s"] = time.monotonic() - begin
+    finally:
+        remove_tree(work)
     _store(cache / key, nb, resources, result)
     out["worker_s"] = time.monotonic() - start
     return out
@@ -468,13 +476,19 @@ def grade_batch(
     course_root = course_root.resolve()
     if not (course_root / "gradebook.db").exists() and not (course_root / "source").is_dir():
         raise ConfigError(f"{course_root} is not a course directory (no source/, no gradebook)")
-    with _exclusive(course_root), warnings.catch_warnings():
-        # nbgrader's gradebook code trips SQLAlchemy's autoflush warnings on every
-        # submission (harmless, and not the instructor's to act on): kept off the terminal.
-        from sqlalchemy.exc import SAWarning
+    # What batches killed mid-run left behind; once more at the end, for the processes of
+    # a killed batch that were still dying when this one started.
+    remove_stale_temps()
+    try:
+        with _exclusive(course_root), warnings.catch_warnings():
+            # nbgrader's gradebook code trips SQLAlchemy's autoflush warnings on every
+            # submission (harmless, and not the instructor's to act on): kept off the terminal.
+            from sqlalchemy.exc import SAWarning
 
-        warnings.filterwarnings("ignore", category=SAWarning, module=r"nbgrader\.")
-        return _grade(course_root, labs, students, workers, scheduler, force, progress, start)
+            warnings.filterwarnings("ignore", category=SAWarning, module=r"nbgrader\.")
+            return _grade(course_root, labs, students, workers, scheduler, force, progress, start)
+    finally:
+        remove_stale_temps()
 
 
 @contextlib.contextmanager
@@ -600,5 +614,12 @@ def _record(
     state = {"digest": s.digest, "graded_at": datetime.now(UTC).isoformat(), "timing": timing}
     write_fresh(_state_path(course_root, s), json.dumps(state))
     return SubmissionOutcome(
-        s.lab, s.student, "graded", graded.error or "", graded.score, graded.max_score, timing
+        s.lab,
+        s.student,
+        "graded",
+        graded.error or "",
+        graded.score,
+        graded.max_score,
+        timing,
+        graded.review,
     )

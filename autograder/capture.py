@@ -27,9 +27,10 @@ CAPTURE_FILE = "capture.json"
 MODEL_FILE = "model.keras"
 
 # Runs silently in the student's kernel before its first cell: every Model.fit() call is
-# recorded with what it received (callbacks inline or from a variable, epochs, batch size)
-# and how many epochs it ran, in a module of its own so that the notebook's names do not
-# reach it by accident. Code in the kernel can still undo or forge it (see the README).
+# recorded with what it received (callbacks inline or from a variable, epochs, batch size),
+# how many epochs and steps it ran and the final figures it returned, in a module of its own
+# so that the notebook's names do not reach it by accident. Code in the kernel can still undo
+# or forge it (see the README).
 FIT_RECORDER_SOURCE = r"""
 def _autograder_record_fits():
     import functools, inspect, sys, types
@@ -66,6 +67,9 @@ def _autograder_record_fits():
         try:
             call["epochs_run"] = len(history.epoch)
             call["steps"] = int(history.params.get("steps") or 0)
+            # The last value of each series: a History shown as this call's can be matched.
+            call["final"] = {str(k): float(v[-1]) for k, v in list(history.history.items())[:20]
+                             if len(v)}
         except Exception:
             pass
         return history

@@ -649,6 +649,10 @@ def check_callbacks(check: Check, ev: Evidence) -> CheckResult:
 # --- a comparison of two training runs --------------------------------------------------
 
 
+def _close(a: float, b: float, rel: float = 1e-6) -> bool:
+    return abs(a - b) <= rel * max(1.0, abs(b))
+
+
 def check_comparison(check: Check, ev: Evidence) -> CheckResult:
     """Both runs were trained, and the comparison holds their final figures."""
     p = check.params
@@ -656,6 +660,13 @@ def check_comparison(check: Check, ev: Evidence) -> CheckResult:
     names = list(p["histories"])
     finals: dict[str, float] = {}
     messages = []
+    # What fit() returned, as the recorder saw it: a History counts only if a fit() call
+    # returned one ending on the same figures (no record: older captures, not checked).
+    returned = (
+        None
+        if ev.fit_calls is None
+        else [c["final"].get(metric) for c in ev.fit_calls if isinstance(c.get("final"), dict)]
+    )
     for name in names:
         value = ev.values.get(name, {})
         series = value.get("history", {}).get(metric) if value.get("type") == "history" else None
@@ -665,6 +676,10 @@ def check_comparison(check: Check, ev: Evidence) -> CheckResult:
                 if value.get("type") != "history"
                 else f"`{name}` has no '{metric}': train with validation data"
             )
+        elif returned is not None and not any(
+            isinstance(r, int | float) and _close(r, float(series[-1])) for r in returned
+        ):
+            messages.append(f"`{name}` was not returned by any fit() call of the notebook")
         else:
             finals[name] = float(series[-1])
     runs_ok = len(finals) == len(names)
@@ -675,9 +690,7 @@ def check_comparison(check: Check, ev: Evidence) -> CheckResult:
         messages.append(ev.missing(comp_name, "a dict or DataFrame of final results"))
     elif runs_ok:
         recorded = [v for v in comp["value"].values() if v is not None]
-        compared_ok = all(
-            any(abs(v - f) <= 1e-3 * max(1, abs(f)) for v in recorded) for f in finals.values()
-        )
+        compared_ok = all(any(_close(v, f, 1e-3) for v in recorded) for f in finals.values())
         if not compared_ok:
             messages.append(
                 f"`{comp_name}` does not hold the final {metric} of "

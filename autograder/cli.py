@@ -64,7 +64,7 @@ def _grade(args: argparse.Namespace) -> int:
     labs = sorted({o.lab for o in summary.outcomes})
     if labs:
         db_url = f"sqlite:///{args.course.resolve() / 'gradebook.db'}"
-        print(format_table(check_table(db_url, labs)))
+        print(format_table(check_table(db_url, labs, course=args.course.resolve())))
     print(summary.format())
     return 1 if summary.count("failed") else 0
 

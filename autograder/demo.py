@@ -88,7 +88,7 @@ def run_demo(workdir: Path, labs: list[str] | None = None) -> int:
     grades = course.root / "grades.csv"
     _say(f"    nbgrader export -> {grades} (exit {export.returncode})")
     print()
-    print(format_table(check_table(course.db_url, labs, include_missing=False)))
+    print(format_table(check_table(course.db_url, labs, include_missing=False, course=course.root)))
     print()
     _say(f"done in {time.monotonic() - t0:.0f} s; formgrader-ready course at {course.root}")
     return 1 if failures or export.returncode else 0

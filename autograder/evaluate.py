@@ -1,18 +1,18 @@
 """Grade captured artifacts in a clean process: load the model safely, score it on held-out data.
 
-Run as ``python -m autograder.evaluate LAB ARTIFACTS --out RESULT.json``; the grading
-pipeline starts it as a subprocess with a time limit, so that neither the student's
-kernel nor a crafted model file can touch the process that records grades.
+The grading pipeline runs :func:`evaluate_artifacts` in a child of an evaluator server
+(:mod:`autograder.evaluator`), under another account and limits, so that neither the
+student's kernel nor a crafted model file can touch the process that records grades.
+``python -m autograder.evaluate LAB ARTIFACTS --out RESULT.json`` runs it directly, for
+a look at one capture by hand.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-import os
 import stat
-import subprocess
-import sys
 import zipfile
 from dataclasses import replace
 from pathlib import Path
@@ -22,8 +22,9 @@ import numpy as np
 
 from .capture import CAPTURE_FILE, MODEL_FILE, read_capture
 from .checks import Evidence, run_checks, summarize_model
-from .fstree import remove_tree, write_fresh
+from .fstree import write_fresh
 from .results import CheckResult, GradingResult
+from .review import memorisation, training_record
 from .rubric import Rubric, load_rubric
 
 __all__ = [
@@ -32,14 +33,16 @@ __all__ = [
     "evaluate_artifacts",
     "evidence_from_capture",
     "failed_result",
-    "grade_in_subprocess",
+    "files_problem",
     "heldout_metrics",
     "load_model_safely",
     "metric_value",
+    "optimizer_iterations",
     "predict",
     "prepare_inputs",
     "preview_metrics",
     "unsafe_layers",
+    "witness_metrics",
 ]
 
 # Layers whose config carries Python code or bytecode.
@@ -231,6 +234,71 @@ def _heldout(rubric: Rubric, model: Any) -> tuple[dict[str, float], dict[str, st
     return metrics, problems, figures
 
 
+# Enough examples of the test split to see a memorising model's gap, few enough that the
+# IMDB LSTM's second evaluation costs seconds.
+_WITNESS_MAX = 1000
+
+# Names keras gives a validation accuracy, by how the student asked for it in compile().
+_VAL_NAMES = {
+    "accuracy": (
+        "val_accuracy",
+        "val_acc",
+        "val_binary_accuracy",
+        "val_categorical_accuracy",
+        "val_sparse_categorical_accuracy",
+    ),
+    "mae": ("val_mae", "val_mean_absolute_error"),
+}
+
+
+def witness_metrics(
+    rubric: Rubric, model: Any, history: dict[str, Any]
+) -> dict[str, dict[str, float]]:
+    """Per metric, the model's score on its own test split (computed here, prepared as the
+    held-out data is) and its last validation score (as fit() recorded it), where there are
+    such: what a held-out score is compared with to see memorisation."""
+    found: dict[str, dict[str, float]] = {}
+    wanted = _metric_checks(rubric)
+    if not wanted:
+        return found
+    test: tuple[Any, Any] | None = None
+    try:
+        _, (x, y) = _student_view(rubric)
+        x, y = x[:_WITNESS_MAX], y[:_WITNESS_MAX]
+        test = predict(model, prepare_inputs(x, rubric)), y
+    except Exception:  # the held-out evaluation reports what is wrong with the model
+        pass
+    for metric in wanted:
+        values: dict[str, float] = {}
+        if test is not None:
+            with contextlib.suppress(Exception):
+                values["test"] = metric_value(metric, *test)
+        for name in _VAL_NAMES.get(metric, (f"val_{metric}",)):
+            series = history.get(name)
+            if isinstance(series, list) and series and isinstance(series[-1], int | float):
+                values["validation"] = float(series[-1])
+                break
+        found[metric] = values
+    return found
+
+
+def optimizer_iterations(path: Path) -> int | None:
+    """The step count of the optimizer saved in a ``.keras`` archive (keras keeps it as the
+    optimizer's first variable); None when there is none or it cannot be read."""
+    import io
+
+    import h5py
+
+    try:
+        with zipfile.ZipFile(path) as zf, h5py.File(io.BytesIO(zf.read("model.weights.h5"))) as f:
+            var = f.get("optimizer/vars/0")
+            if isinstance(var, h5py.Dataset) and var.shape == () and var.dtype.kind in "iu":
+                return int(var[()])
+    except Exception:
+        return None
+    return None
+
+
 def heldout_metrics(rubric: Rubric, model: Any) -> tuple[dict[str, float], dict[str, str]]:
     """The rubric's metrics on the held-out split, which the student's notebook never loads."""
     metrics, problems, _ = _heldout(rubric, model)
@@ -314,7 +382,7 @@ def evidence_from_capture(
     heldout: bool = False,
 ) -> Evidence:
     """Evidence for the checks from a capture folder; with ``heldout``, score held-out data."""
-    ev, _ = _evidence_and_figures(rubric, artifacts, metrics, problems, heldout)
+    ev, _, _ = _evidence_and_figures(rubric, artifacts, metrics, problems, heldout)
     return ev
 
 
@@ -324,7 +392,7 @@ def _evidence_and_figures(
     metrics: dict[str, float] | None,
     problems: dict[str, str] | None,
     heldout: bool,
-) -> tuple[Evidence, dict[str, Any]]:
+) -> tuple[Evidence, dict[str, Any], dict[str, dict[str, float]]]:
     from .datasets import data_source
 
     capture = read_capture(artifacts) or {}
@@ -333,6 +401,7 @@ def _evidence_and_figures(
     summary = None
     metrics = dict(metrics or {})
     figures: dict[str, Any] = {}
+    witnesses: dict[str, dict[str, float]] = {}
     if model is not None:
         summary = summarize_model(model)
         config = _read_model_config(artifacts / MODEL_FILE)
@@ -341,6 +410,9 @@ def _evidence_and_figures(
             found, failed, figures = _heldout(rubric, model)
             metrics.update(found)
             problems.update(failed)
+            history = capture.get("history")
+            if found:
+                witnesses = witness_metrics(rubric, model, _as_dict(history))
     for metric in _metric_checks(rubric):
         if metric not in metrics:
             problems.setdefault(metric, problems.get("model", "no model to evaluate"))
@@ -358,7 +430,36 @@ def _evidence_and_figures(
         ),
         reference=reference_figures(rubric),
     )
-    return ev, figures
+    return ev, figures, witnesses
+
+
+def _as_dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _review(
+    rubric: Rubric,
+    ev: Evidence,
+    capture: dict[str, Any],
+    witnesses: dict[str, dict[str, float]],
+    iterations: int | None,
+) -> tuple[str, ...]:
+    reasons = []
+    for check in rubric.checks:
+        metric = check.params.get("metric")
+        if check.kind != "metric" or metric not in ev.metrics:
+            continue
+        threshold = check.thresholds.get(ev.data_source)
+        if threshold is not None:
+            value = ev.metrics[metric]
+            reasons += memorisation(threshold, metric, value, witnesses.get(metric, {}))
+    reasons += training_record(
+        rubric.model_variable,
+        ev.fit_calls,
+        _as_dict(capture.get("history")),
+        iterations if ev.model is not None else None,
+    )
+    return tuple(reasons)
 
 
 def failed_result(rubric: Rubric, source: str, reason: str) -> GradingResult:
@@ -369,7 +470,7 @@ def failed_result(rubric: Rubric, source: str, reason: str) -> GradingResult:
 
 # What the kernel may leave for the evaluator: far more than any lab's model needs (the
 # largest, the CNN's, is a few MiB), far less than what would hurt the grader to read.
-_MAX_BYTES = {CAPTURE_FILE: 4 * 2**20, MODEL_FILE: 256 * 2**20}
+MAX_BYTES = {CAPTURE_FILE: 4 * 2**20, MODEL_FILE: 256 * 2**20}
 _MAX_UNPACKED = 512 * 2**20  # the model archive's members, as declared (zipfile holds to it)
 _MAX_MEMBERS = 1000
 _MAX_RATIO = 100  # for members over 1 MiB: a higher one is a compression bomb
@@ -379,7 +480,12 @@ def artifacts_problem(artifacts: Path) -> str | None:
     """Why the files the kernel wrote must not be read, checked before any is: each one a
     regular file within its size, the model archive within its count, unpacked size and
     compression ratio of members. None when they may be read."""
-    for name, cap in _MAX_BYTES.items():
+    return files_problem(artifacts) or _archive_problem(artifacts)
+
+
+def files_problem(artifacts: Path) -> str | None:
+    """The part of :func:`artifacts_problem` that reads no file, only their metadata."""
+    for name, cap in MAX_BYTES.items():
         try:
             st = (artifacts / name).lstat()
         except FileNotFoundError:
@@ -390,6 +496,10 @@ def artifacts_problem(artifacts: Path) -> str | None:
             return f"{name} is not a regular file"
         if st.st_size > cap:
             return f"{name} is {st.st_size / 2**20:.0f} MiB, over the {cap / 2**20:.0f} MiB allowed"
+    return None
+
+
+def _archive_problem(artifacts: Path) -> str | None:
     try:
         with zipfile.ZipFile(artifacts / MODEL_FILE) as zf:
             members = zf.infolist()
@@ -435,7 +545,8 @@ def evaluate_artifacts(lab: str, artifacts: Path) -> GradingResult:
             else "the notebook did not run to the end (the kernel died or timed out), so the "
             "grader found no trained model",
         )
-    ev, figures = _evidence_and_figures(rubric, artifacts, None, None, heldout=True)
+    ev, figures, witnesses = _evidence_and_figures(rubric, artifacts, None, None, heldout=True)
+    iterations = optimizer_iterations(artifacts / MODEL_FILE)
     return GradingResult(
         lab=lab,
         data_source=ev.data_source,
@@ -444,35 +555,18 @@ def evaluate_artifacts(lab: str, artifacts: Path) -> GradingResult:
         history=dict(capture.get("history", {})),
         model=ev.model.to_dict() if ev.model else None,
         figures=figures,
+        witnesses={
+            f"{metric}@{name}": round(value, 6)
+            for metric, values in witnesses.items()
+            for name, value in values.items()
+        },
+        review=_review(rubric, ev, capture, witnesses, iterations),
     )
 
 
 def _short(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[-1] if text else ''}"[:300]
-
-
-def grade_in_subprocess(lab: str, artifacts: Path, *, timeout: float = 600) -> GradingResult:
-    """Run :func:`evaluate_artifacts` in a fresh interpreter; any failure becomes a result."""
-    rubric = load_rubric(lab)
-    out = artifacts / "result.json"
-    remove_tree(out)
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
-    cmd = [sys.executable, "-m", "autograder.evaluate", lab, str(artifacts), "--out", str(out)]
-    try:
-        proc = subprocess.run(
-            cmd, env=env, capture_output=True, text=True, timeout=timeout, check=False
-        )
-    except subprocess.TimeoutExpired:
-        return failed_result(
-            rubric, "unknown", f"grader timed out after {timeout:.0f} s evaluating the model"
-        )
-    if proc.returncode != 0 or not out.is_file():
-        tail = (proc.stderr or "").strip().splitlines()[-1:] or ["no output"]
-        return failed_result(
-            rubric, "unknown", f"grader failed (exit {proc.returncode}): {tail[0][:300]}"
-        )
-    return GradingResult.from_json(out.read_text())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,10 +2,18 @@
 
 Evaluating a saved model in a fresh interpreter costs about 5 s of TensorFlow import per
 submission. The batch grader instead keeps one server process per worker that has imported
-TensorFlow and decoded the held-out data (without running any TensorFlow op, so forking
-stays safe) and forks a child for each evaluation. Each child starts from that clean state
-and exits when done, so nothing one submission's model does can reach the next one, and
-the grade is still computed outside the student's kernel.
+TensorFlow and decoded the data (without running any TensorFlow op, so forking stays safe)
+and forks a child for each evaluation; a serial ``nbgrader autograde`` starts a server for
+one. Each child starts from that clean state and exits when done, so nothing one
+submission's model does can reach the next one, and the grade is still computed outside
+the student's kernel.
+
+The child gives up the grader's privileges before it reads anything the kernel wrote: the
+server copies the capture files (regular files only, each within its cap) into a folder of
+the evaluator account's, and the child joins a memory and pids cgroup of its own, sets
+resource limits, switches to that account (``autograder-evaluator``, where the grader runs
+as root) and from then on reads the data only from the server's memory. It hands its
+result back as a file the server checks before storing.
 """
 
 from __future__ import annotations
@@ -13,7 +21,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import resource
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -23,7 +33,11 @@ from typing import IO, Any
 from .fstree import remove_tree, write_fresh
 from .results import GradingResult
 
-__all__ = ["Evaluator"]
+__all__ = ["Evaluator", "grade_in_subprocess"]
+
+_RESULT = "result.json"
+_MAX_RESULT = 16 * 2**20  # a result is a few KiB; a larger one is not read
+_MAX_LIMIT_RECORD = 2**16
 
 _QUIET = {"TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
 
@@ -31,8 +45,10 @@ _QUIET = {"TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
 class Evaluator:
     """Client of one evaluator server (``python -m autograder.evaluator``)."""
 
-    def __init__(self, labs: tuple[str, ...] = ()) -> None:
+    def __init__(self, labs: tuple[str, ...] = (), *, restart: bool = True) -> None:
         self.labs = labs
+        self.restart = restart  # a server that died is started again once per submission
+        self.last_uid: int | None = None  # the account the last evaluation ran as
         self._proc: subprocess.Popen[str] | None = None
 
     def _start(self) -> subprocess.Popen[str]:
@@ -62,13 +78,15 @@ class Evaluator:
         except (BrokenPipeError, OSError):
             return False
 
-    def evaluate(self, lab: str, artifacts: Path, *, timeout: float = 600) -> GradingResult:
+    def evaluate(
+        self, lab: str, artifacts: Path, *, timeout: float = 600, retry: bool = True
+    ) -> GradingResult:
         """Grade one submission's artifacts in a forked child; failures become results."""
-        from .evaluate import failed_result, grade_in_subprocess
+        from .evaluate import failed_result
         from .rubric import load_rubric
 
-        out = artifacts / "result.json"
-        remove_tree(out)  # whatever stands there, the child writes a new file
+        out = artifacts / _RESULT
+        remove_tree(out)  # whatever stands there, the server writes a new file
         proc = self._start()
         assert proc.stdin is not None and proc.stdout is not None
         request = {"lab": lab, "artifacts": str(artifacts), "out": str(out), "timeout": timeout}
@@ -79,10 +97,13 @@ class Evaluator:
         except (BrokenPipeError, OSError):
             line = ""
         if not line:
-            # The server itself is gone: grade this one the slow way, restart for the next.
+            # The server itself is gone: start another for this one (once), and the next.
             self.close()
-            return grade_in_subprocess(lab, artifacts, timeout=timeout)
+            if retry and self.restart:
+                return self.evaluate(lab, artifacts, timeout=timeout, retry=False)
+            return failed_result(load_rubric(lab), "unknown", "the grader's evaluator failed")
         reply = json.loads(line)
+        self.last_uid = reply.get("uid")
         if reply["status"] == "timeout":
             return failed_result(
                 load_rubric(lab),
@@ -114,6 +135,12 @@ class Evaluator:
         self.close()
 
 
+def grade_in_subprocess(lab: str, artifacts: Path, *, timeout: float = 600) -> GradingResult:
+    """Evaluate one submission in a server of its own, as a batch's worker would."""
+    with Evaluator((lab,)) as evaluator:
+        return evaluator.evaluate(lab, artifacts, timeout=timeout)
+
+
 def _wait(pid: int, timeout: float) -> int | None:
     """The child's exit status, or None after killing it at the deadline."""
     deadline = time.monotonic() + timeout
@@ -129,60 +156,183 @@ def _wait(pid: int, timeout: float) -> int | None:
         time.sleep(0.01)
 
 
-def _child(request: dict[str, Any]) -> int:
+def _copy_capped(source: Path, target: Path, cap: int) -> None:
+    """At most ``cap`` bytes of the regular file ``source`` (never through a link, never
+    blocking on a fifo) into a new file ``target``; nothing when it is not one."""
+    try:
+        fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return
+    with os.fdopen(fd, "rb") as src:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return
+        write_fresh(target, src.read(cap))
+
+
+def _private_copy(artifacts: Path, account: Any) -> Path:
+    """The capture's files, copied into a new folder that only ``account`` (or, without
+    one, the grader) can enter. Files over their cap are cut one byte past it, so the
+    evaluation still sees that they were too large."""
+    from .capture import CAPTURE_FILE, MODEL_FILE
+    from .evaluate import MAX_BYTES
+    from .sandbox import LIMIT_FILE, grader_temp
+
+    work = grader_temp("evaluation")
+    caps = {**{n: c + 1 for n, c in MAX_BYTES.items()}, LIMIT_FILE: _MAX_LIMIT_RECORD}
+    assert set(caps) >= {CAPTURE_FILE, MODEL_FILE}
+    for name, cap in caps.items():
+        _copy_capped(artifacts / name, work / name, cap)
+    if account is not None:
+        for path in [work, *work.iterdir()]:
+            os.chown(path, account.uid, account.gid)
+    return work
+
+
+def _read_result(work: Path) -> tuple[str, int] | None:
+    """The child's result file, if it is a regular file of a sane size, and its owner
+    (the account the child ran as)."""
+    try:
+        fd = os.open(work / _RESULT, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > _MAX_RESULT:
+            return None
+        return f.read(_MAX_RESULT).decode(errors="replace"), st.st_uid
+
+
+def _become(account: Any, cgroup: Any) -> None:
+    """In the child: its own cgroup, resource limits, then the evaluator account."""
+    if cgroup is not None:
+        for procs in cgroup.procs_files:
+            Path(procs).write_text(str(os.getpid()))
+    for res, value in (
+        (resource.RLIMIT_CORE, 0),
+        (resource.RLIMIT_FSIZE, _MAX_RESULT),
+        (resource.RLIMIT_NOFILE, 1024),
+    ):
+        resource.setrlimit(res, (value, value))
+    if account is not None:
+        os.setgroups([])
+        os.setresgid(account.gid, account.gid, account.gid)
+        os.setresuid(account.uid, account.uid, account.uid)
+        if os.getuid() == 0 or os.geteuid() == 0:
+            raise RuntimeError("could not give up root")
+
+
+def _child(request: dict[str, Any], work: Path, account: Any, cgroup: Any) -> int:
+    from .datasets import only_kept
     from .evaluate import evaluate_artifacts
 
-    result = evaluate_artifacts(request["lab"], Path(request["artifacts"]))
-    write_fresh(request["out"], result.to_json())
+    only_kept()
+    _become(account, cgroup)
+    os.chdir(work)
+    result = evaluate_artifacts(request["lab"], work)
+    write_fresh(work / _RESULT, result.to_json())
     return 0
+
+
+def _evaluate(request: dict[str, Any], account: Any, serial: int) -> dict[str, Any]:
+    """Fork, wait and store one evaluation; the reply for the client."""
+    from .cgroup import KernelCgroup
+    from .evaluate import failed_result, files_problem
+    from .rubric import load_rubric
+    from .sandbox import Limits
+
+    artifacts = Path(request["artifacts"])
+    problem = files_problem(artifacts)
+    if problem is not None:
+        # Nothing to read: the result is known without a child.
+        result = failed_result(
+            load_rubric(request["lab"]),
+            _source(request["lab"]),
+            f"the files the notebook left for grading were not read: {problem}",
+        )
+        write_fresh(request["out"], result.to_json())
+        return {"status": "ok", "exit": 0}
+    work = _private_copy(artifacts, account)
+    cgroup = None
+    if account is not None:
+        memory_mb = Limits.from_env().memory_mb
+        name = f"autograder-evaluation-{os.getpid()}-{serial}"
+        cgroup = KernelCgroup.create(name, memory_mb=memory_mb, processes=512)
+    try:
+        pid = os.fork()
+        if pid == 0:
+            os.setsid()  # its own process group: a timeout kills everything it started
+            code = 1
+            try:
+                code = _child(request, work, account, cgroup)
+            except BaseException as exc:
+                print(f"evaluation failed: {exc!r}", file=sys.stderr)
+            finally:
+                os._exit(code)
+        exit_code = _wait(pid, float(request.get("timeout", 600)))
+        found = _read_result(work) if exit_code == 0 else None
+        if found is not None:
+            write_fresh(request["out"], found[0])
+        status = "timeout" if exit_code is None else "ok" if found is not None else "failed"
+        return {"status": status, "exit": exit_code, "uid": found[1] if found else None}
+    finally:
+        if cgroup is not None:
+            cgroup.remove()
+        remove_tree(work)
+
+
+def _source(lab: str) -> str:
+    from .datasets import data_source
+    from .rubric import load_rubric
+
+    try:
+        return data_source(load_rubric(lab).dataset)
+    except Exception:
+        return "unknown"
 
 
 def serve(labs: list[str], requests: IO[str], replies: IO[str]) -> None:
     """Answer one JSON request per line until ``requests`` closes."""
+    import h5py  # noqa: F401  (read by the child, which may not import from disk)
     import keras  # noqa: F401  (the point: imported once, before any fork)
 
     from . import evaluate  # noqa: F401
-    from .datasets import keep_loaded, load_heldout
-    from .evaluate import _train_stats
+    from .datasets import DATA_DIR_ENV, data_dir, keep_loaded, load_heldout
+    from .evaluate import _student_view, _train_stats
     from .rubric import load_rubric
+    from .sandbox import evaluator_account
 
+    # Pinned before any child switches accounts: without $HOME, "~" would become the
+    # evaluator account's home there, not the grader's.
+    os.environ[DATA_DIR_ENV] = str(data_dir())
     keep_loaded()
+    account = evaluator_account()
     loaded: set[str] = set()
 
     def preload(lab: str) -> None:
         # Decoded here, before forking, so every child shares the arrays (numpy only: no
-        # TensorFlow op runs in this process).
+        # TensorFlow op runs in this process) and none needs to read the data folder.
         if lab in loaded:
             return
         loaded.add(lab)
         rubric = load_rubric(lab)
         with contextlib.suppress(Exception):  # a missing data set is reported per submission
+            _source(lab)
             load_heldout(rubric.dataset, **rubric.preprocess.load)
+            _student_view(rubric)
             if rubric.preprocess.normalize:
                 _train_stats(rubric)
 
     for lab in labs:
         preload(lab)
-    for line in requests:
+    for serial, line in enumerate(requests):
         request = json.loads(line)
         if request.get("ping"):
             replies.write(json.dumps({"status": "ready"}) + "\n")
             replies.flush()
             continue
         preload(request["lab"])
-        pid = os.fork()
-        if pid == 0:
-            os.setsid()  # its own process group: a timeout kills everything it started
-            code = 1
-            try:
-                code = _child(request)
-            except BaseException as exc:
-                print(f"evaluation failed: {exc!r}", file=sys.stderr)
-            finally:
-                os._exit(code)
-        exit_code = _wait(pid, float(request.get("timeout", 600)))
-        status = "timeout" if exit_code is None else "ok" if exit_code == 0 else "failed"
-        replies.write(json.dumps({"status": status, "exit": exit_code}) + "\n")
+        reply = _evaluate(request, account, serial)
+        replies.write(json.dumps(reply) + "\n")
         replies.flush()
 
 

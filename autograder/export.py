@@ -7,7 +7,8 @@ late penalties (:mod:`autograder.late`) are what ``nbgrader export`` shows too.
 Each format is one entry of :data:`FORMATS`: a file name and a small writer.
 
 - ``grades.csv`` / ``grades.xlsx``: one row per student; per lab every graded cell, the raw
-  total, how late (hours), the penalty, the final score and the status; overall totals.
+  total, how late (hours), the penalty, the final score, the status and why it is flagged
+  for review (empty when it is not); overall totals.
   The workbook adds the per-lab summary and the points possible.
 - ``canvas.csv``: Canvas' gradebook import layout (what Canvas' own gradebook export
   writes): ``Student, ID, SIS User ID, SIS Login ID, Section``, one column per assignment
@@ -18,7 +19,8 @@ Each format is one entry of :data:`FORMATS`: a file name and a small writer.
 
 In the two LMS files a missing submission is 0 (as in ``nbgrader export``), and a
 submission still waiting for a manual grade is left empty, which both LMSs read as "no
-grade": a partial total is never pushed to students.
+grade": a partial total is never pushed to students. They carry no review column: an
+LMS would take it for a grade item, and what flags a submission is for staff only.
 """
 
 from __future__ import annotations
@@ -101,6 +103,7 @@ def grades_frame(snap: GradebookSnapshot) -> pd.DataFrame:
             row[f"{lab.name}/penalty"] = round(rec.penalty, _DIGITS) if done else None
             row[f"{lab.name}/final"] = round(rec.final_score, _DIGITS)
             row[f"{lab.name}/status"] = rec.status
+            row[f"{lab.name}/review"] = rec.review_note or None
             total += rec.final_score
         row["total"] = round(total, _DIGITS)
         row["max"] = max_total
@@ -187,7 +190,8 @@ def summary_frame(snap: GradebookSnapshot) -> pd.DataFrame:
     """Per lab, over submitted final scores: count, mean, median, sd, min, max, full marks.
 
     ``sd`` is the sample standard deviation (n - 1); ``full_marks`` the share of
-    submissions at the lab's maximum after any late penalty; ``late`` those in after the
+    submissions at the lab's maximum after any late penalty; ``flagged`` those marked for
+    review (:mod:`autograder.review`, or by a TA); ``late`` those in after the
     due date (grace included); ``missing`` the students without a submission (not in the
     statistics).
     """
@@ -206,6 +210,7 @@ def summary_frame(snap: GradebookSnapshot) -> pd.DataFrame:
                 "count": len(done),
                 "missing": len(recs) - len(done),
                 "needs_manual_grade": sum(r.status == "needs manual grade" for r in done),
+                "flagged": sum(r.flagged for r in done),
                 "late": sum(r.seconds_late > 0 for r in done),
                 "mean": finals.mean(),
                 "median": finals.median(),
@@ -215,7 +220,7 @@ def summary_frame(snap: GradebookSnapshot) -> pd.DataFrame:
                 "full_marks": full / len(done) if done else math.nan,
             }
         )
-    columns = ["lab", "points", "count", "missing", "needs_manual_grade", "late"]
+    columns = ["lab", "points", "count", "missing", "needs_manual_grade", "flagged", "late"]
     columns += ["mean", "median", "sd", "min", "max", "full_marks"]
     return pd.DataFrame(rows, columns=columns).round(_DIGITS)
 
@@ -383,7 +388,7 @@ def export_gradebook(
     has_policy = (root / POLICY_FILE).is_file()
 
     refreshed = refresh_late_penalties(db_url, policy) if refresh_penalties else None
-    snap = read_gradebook(db_url, labs)
+    snap = read_gradebook(db_url, labs, course=root)
     unknown = sorted(set(labs or ()) - {lab.name for lab in snap.labs})
     if unknown:
         raise ConfigError(f"not in the gradebook: {', '.join(unknown)}")

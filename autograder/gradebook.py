@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from functools import cached_property
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
@@ -75,6 +76,15 @@ class SubmissionRecord:
     timestamp: datetime | None = None
     seconds_late: float = 0.0
     penalty: float = 0.0  # nbgrader's stored late penalty (AssignLatePenalties)
+    flagged: bool = False  # nbgrader's flag: by the grader's review, or by a TA's hand
+    review: tuple[str, ...] = ()  # the grader's reasons (autograder.review), where known
+
+    @property
+    def review_note(self) -> str:
+        """What a TA reads about a flag: the grader's reasons, or that a person set it."""
+        if self.review:
+            return "; ".join(self.review)
+        return "flagged in the formgrader" if self.flagged else ""
 
     @property
     def final_score(self) -> float:
@@ -100,11 +110,15 @@ class GradebookSnapshot:
         return {(s.student, s.lab): s for s in self.submissions}
 
 
-def read_gradebook(db_url: str, labs: list[str] | None = None) -> GradebookSnapshot:
+def read_gradebook(
+    db_url: str, labs: list[str] | None = None, *, course: Path | None = None
+) -> GradebookSnapshot:
     """Everything the exports need, read once through nbgrader's own Gradebook API.
 
     Going through the API (not the SQL tables) means manual grades and extra credit from
-    the formgrader count exactly as nbgrader counts them.
+    the formgrader count exactly as nbgrader counts them. With ``course`` (its folder), a
+    flagged submission carries the grader's reasons, from the results beside its
+    autograded notebook.
     """
     from nbgrader.api import Gradebook, MissingEntry
 
@@ -125,8 +139,26 @@ def read_gradebook(db_url: str, labs: list[str] | None = None) -> GradebookSnaps
                         SubmissionRecord(student.id, lab.name, "missing", {}, 0.0, lab.max_score)
                     )
                     continue
-                records.append(_submission(sub, lab))
+                record = _submission(sub, lab)
+                if course is not None and record.flagged:
+                    record = replace(record, review=_review(course, sub))
+                records.append(record)
     return GradebookSnapshot(students, tuple(lab_records), tuple(records))
+
+
+def _review(course: Path, sub: Any) -> tuple[str, ...]:
+    from .pipeline import read_result
+
+    reasons: list[str] = []
+    for nb in sub.notebooks:
+        folder = course / "autograded" / sub.student.id / sub.assignment.name
+        try:
+            result = read_result(folder, nb.name)
+        except (OSError, ValueError, TypeError, KeyError):
+            result = None  # an unreadable result: the flag still shows
+        if result is not None:
+            reasons += result.review
+    return tuple(reasons)
 
 
 def _student(s: Any) -> StudentRecord:
@@ -166,13 +198,19 @@ def _submission(sub: Any, lab: LabRecord) -> SubmissionRecord:
         timestamp=sub.timestamp,
         seconds_late=float(sub.total_seconds_late),
         penalty=float(sub.late_submission_penalty or 0.0),
+        flagged=any(nb.flagged for nb in sub.notebooks),
     )
 
 
 def check_table(
-    db_url: str, labs: list[str] | None = None, *, include_missing: bool = True
+    db_url: str,
+    labs: list[str] | None = None,
+    *,
+    include_missing: bool = True,
+    course: Path | None = None,
 ) -> pd.DataFrame:
-    """One row per (student, lab): score per graded cell, total and max.
+    """One row per (student, lab): score per graded cell, total, max, status and review
+    (why the submission is flagged, empty when it is not; the reasons need ``course``).
 
     With ``include_missing``, a student with no submission for a lab gets a row marked
     ``missing`` (what a TA wants to see); without it only submissions are listed.
@@ -184,7 +222,7 @@ def check_table(
 
     rows = []
     by_lab: dict[str, list[str]] = {}  # graded cells of each lab with submissions
-    for rec in read_gradebook(db_url, labs).submissions:
+    for rec in read_gradebook(db_url, labs, course=course).submissions:
         if rec.status == "missing":
             if include_missing:
                 rows.append(
@@ -194,18 +232,21 @@ def check_table(
                         "status": "missing",
                         "total": 0.0,
                         "max": rec.max_score,
+                        "review": "",
                     }
                 )
             continue
         row: dict[str, object] = {"student": rec.student, "lab": rec.lab, **rec.scores}
         by_lab.setdefault(rec.lab, list(rec.scores))
-        row.update(total=rec.raw_score, max=rec.max_score, status=rec.status)
+        row.update(
+            total=rec.raw_score, max=rec.max_score, status=rec.status, review=rec.review_note
+        )
         rows.append(row)
     frame = pd.DataFrame(rows)
     if frame.empty:
         return frame
     first = ["student", "lab"]
-    last = ["total", "max", "status"]
+    last = ["total", "max", "status", "review"]
     middle = [c for c in frame.columns if c not in first + last]
     frame[middle] = frame[middle].astype("float64")  # pending answers as NaN, not None
     frame = frame[first + middle + last].sort_values(first, ignore_index=True)
@@ -225,14 +266,19 @@ def _order(lab: str, grade_id: str) -> tuple[int, str]:
 
 
 def format_table(frame: pd.DataFrame) -> str:
-    """Plain-text table for the terminal, one block per lab."""
+    """Plain-text table for the terminal, one block per lab; flagged submissions marked in
+    the status and their reasons listed under the block."""
     if frame.empty:
         return "(no submissions)"
     blocks = []
     for lab, part in frame.groupby("lab", sort=True):
         cells = frame.attrs.get("cells_by_lab", {}).get(lab)
         keep = ["student", *cells, "total", "max", "status"] if cells else list(part.columns)
-        part = part[[c for c in keep if c in part.columns]]
+        flagged = part[part["review"] != ""] if "review" in part.columns else part.iloc[:0]
+        part = part[[c for c in keep if c in part.columns and c != "review"]].copy()
+        if not flagged.empty:
+            part.loc[flagged.index, "status"] = part.loc[flagged.index, "status"] + ", flagged"
         text = part.to_string(index=False, float_format="{:g}".format, na_rep="-")
-        blocks.append(f"== {lab} ==\n{text}")
+        notes = [f"  review {r.student}: {r.review}" for r in flagged.itertuples()]
+        blocks.append("\n".join([f"== {lab} ==", text, *notes]))
     return "\n\n".join(blocks)

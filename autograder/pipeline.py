@@ -8,7 +8,6 @@ before, and :func:`check_order` enforces it, so a reordering fails at configurat
 from __future__ import annotations
 
 import json
-import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -36,7 +35,7 @@ from traitlets import Bool, Integer
 
 from .capture import FIT_RECORDER_SOURCE, capture_source
 from .errors import ConfigError
-from .evaluate import grade_in_subprocess
+from .evaluator import grade_in_subprocess
 from .fstree import remove_tree
 from .results import CheckResult, GradingResult
 from .rubric import lab_ids, load_rubric
@@ -48,7 +47,7 @@ from .sandbox import (
     cell_timeout_message,
     close_to_others,
     death_reason,
-    grader_work_dir,
+    grader_temp,
     kernel_exit_status,
     kernel_pid,
     memory_limit_message,
@@ -59,6 +58,7 @@ from .sandbox import (
 )
 
 __all__ = [
+    "FlagForReview",
     "GradeFromArtifacts",
     "GraderExecute",
     "autograde_preprocessors",
@@ -190,7 +190,7 @@ class GraderExecute(Execute):
         self._kernel_setup = FIT_RECORDER_SOURCE if lab in lab_ids() else ""
         if lab not in lab_ids():
             return self._execute(nb, resources, limits)
-        artifacts = Path(tempfile.mkdtemp(prefix=f"autograder-{lab}-", dir=grader_work_dir()))
+        artifacts = grader_temp(lab)
         state = resources.setdefault("autograder", {})
         state["artifacts"] = str(artifacts)
         cell = new_code_cell(capture_source(load_rubric(lab), artifacts))
@@ -609,6 +609,32 @@ class GradeFromArtifacts(NbGraderPreprocessor):
         return nb, resources
 
 
+class FlagForReview(NbGraderPreprocessor):
+    """Flag the notebook in nbgrader's gradebook when the grade needs a person's look
+    (:mod:`autograder.review`): the formgrader's own flag, so it shows where TAs look.
+
+    Only ever sets the flag: one a TA set by hand is theirs to clear.
+    """
+
+    runs_after: ClassVar[tuple[type, ...]] = (GradeFromArtifacts, SaveAutoGrades)
+
+    def preprocess(self, nb: NotebookNode, resources: Any) -> tuple[NotebookNode, Any]:
+        result = resources.get("autograder", {}).get("result")
+        if result is None or not result.review:
+            return nb, resources
+        from nbgrader.api import Gradebook
+
+        info = resources["nbgrader"]
+        with Gradebook(info["db_url"]) as gb:
+            submitted = gb.find_submission_notebook(
+                info["notebook"], info["assignment"], info["student"]
+            )
+            submitted.flagged = True
+            gb.db.commit()
+        self.log.warning("%s flagged for review: %s", info["notebook"], "; ".join(result.review))
+        return nb, resources
+
+
 def check_order(pipeline: list[type]) -> None:
     """Raise :class:`ConfigError` when a step's declared order constraints are broken."""
 
@@ -635,6 +661,7 @@ def autograde_preprocessors() -> list[type]:
         LimitOutput,
         GradeFromArtifacts,
         SaveAutoGrades,
+        FlagForReview,
         AssignLatePenalties,
         CheckCellMetadata,
     ]

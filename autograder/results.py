@@ -50,6 +50,10 @@ class GradingResult:
     # ``confusion_matrix`` ({"labels", "matrix"}: held-out counts, aggregates only) and
     # ``predicted_vs_true`` ({"pairs": [[true, predicted], ...]}: the public test split).
     figures: dict[str, Any] = field(default_factory=dict)
+    # The model's score on other data, for the instructor (see autograder.review.WITNESSES).
+    witnesses: dict[str, float] = field(default_factory=dict)
+    # Reasons to review this grade (autograder.review): instructors' eyes only, never scored.
+    review: tuple[str, ...] = ()
 
     @property
     def score(self) -> float:
@@ -67,8 +71,9 @@ class GradingResult:
 
     @classmethod
     def from_json(cls, text: str) -> GradingResult:
-        # Fields added later (``figures``) have defaults: older results still load.
+        # Fields added later (``figures``, ``review``) have defaults: older results still load.
         data = json.loads(text)
+        data["review"] = tuple(data.get("review", ()))
         data["checks"] = tuple(
             CheckResult(**{**c, "messages": tuple(c["messages"])}) for c in data["checks"]
         )

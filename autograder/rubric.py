@@ -120,10 +120,20 @@ class Threshold:
     full: float
     zero: float
     calibration: str = ""
+    # Memorisation: a held-out score beyond ``review_beyond`` (more than the reference ever
+    # reaches on this data), or better than the model's own test split / validation score by
+    # more than ``review_gap_*``, marks the submission for review. None: not calibrated.
+    review_beyond: float | None = None
+    review_gap_test: float | None = None
+    review_gap_validation: float | None = None
 
     @property
     def higher_is_better(self) -> bool:
         return self.full > self.zero
+
+    def better_by(self, value: float, than: float) -> float:
+        """How much better ``value`` is than ``than`` (negative when worse)."""
+        return value - than if self.higher_is_better else than - value
 
     def fraction(self, value: float) -> float:
         span = self.full - self.zero
@@ -190,6 +200,7 @@ _TOP_KEYS = frozenset({"lab", "title", "dataset", "notebook", "model", "preproce
 _PRE_KEYS = frozenset({"reshape", "scale", "dtype", "labels", "normalize", "pad", "load", "limit"})
 _CHECK_BASE = frozenset({"id", "kind", "points", "title"})
 _LABEL_MODES = ("one_hot", "sparse", "binary", "value")
+_REVIEW_KEYS = ("review_beyond", "review_gap_test", "review_gap_validation")
 
 
 def _parse_check(table: dict[str, Any], where: str) -> Check:
@@ -215,14 +226,24 @@ def _parse_check(table: dict[str, Any], where: str) -> Check:
         raw = _require(table, "thresholds", dict, where)
         for source, t in raw.items():
             tw = f"{where}.thresholds.{source}"
-            _strict(t, frozenset({"full", "zero", "calibration"}), tw)
+            _strict(t, frozenset({"full", "zero", "calibration", *_REVIEW_KEYS}), tw)
+            review: dict[str, float] = {}
+            for key in _REVIEW_KEYS:
+                if key in t:
+                    value = _require(t, key, (int, float), tw)
+                    if key.startswith("review_gap") and value < 0:
+                        raise ConfigError(f"{tw}: '{key}' must not be negative")
+                    review[key] = float(value)
             th = Threshold(
                 float(_require(t, "full", (int, float), tw)),
                 float(_require(t, "zero", (int, float), tw)),
                 str(t.get("calibration", "")),
+                **review,
             )
             if th.full == th.zero:
                 raise ConfigError(f"{tw}: 'full' and 'zero' must differ")
+            if th.review_beyond is not None and th.better_by(th.review_beyond, th.full) < 0:
+                raise ConfigError(f"{tw}: 'review_beyond' must lie beyond 'full'")
             thresholds[source] = th
         if not thresholds:
             raise ConfigError(f"{where}: at least one data source threshold is needed")

@@ -60,6 +60,7 @@ from .staging import raw_sources, staging_code
 __all__ = [
     "ACCOUNT_PREFIX",
     "ENV_VARS",
+    "EVALUATOR_ACCOUNT",
     "LIMIT_FILE",
     "SANDBOX_USER_ENV",
     "KernelSandbox",
@@ -69,6 +70,7 @@ __all__ = [
     "cell_timeout_message",
     "close_to_others",
     "death_reason",
+    "grader_temp",
     "grader_work_dir",
     "isolation_prefix",
     "kernel_exit_status",
@@ -76,6 +78,7 @@ __all__ = [
     "memory_limit_message",
     "output_limit_message",
     "read_limit",
+    "remove_stale_temps",
     "start_spare_kernel",
     "take_spare_kernel",
     "write_limit",
@@ -343,6 +346,27 @@ def _account_can_run_python(uid: int, gid: int) -> str | None:
     return None
 
 
+EVALUATOR_ACCOUNT = "autograder-evaluator"
+
+
+def evaluator_account() -> Account | None:
+    """The account the evaluation of a saved model runs as (:mod:`autograder.evaluator`),
+    or None where the grader does not switch accounts (not root, accounts turned off, or
+    this Python cannot be used by other accounts: then it evaluates as itself)."""
+    if not _accounts_wanted():
+        return None
+    try:
+        account = _ensure_account(EVALUATOR_ACCOUNT)
+    except ConfigError as exc:
+        _warn_once("evaluator", f"evaluations run as the grader: {exc}")
+        return None
+    why = _account_can_run_python(account.uid, account.gid)
+    if why is not None:
+        _warn_once("evaluator", f"evaluations run as the grader: {account.name} cannot: {why}")
+        return None
+    return account
+
+
 def _sandbox_dirs() -> None:
     """The grader's folders: only root may list them; accounts may pass through to their
     own folder inside ``kernels/`` and ``work/``."""
@@ -365,6 +389,30 @@ def grader_work_dir() -> str:
             _sandbox_dirs()
             return str(_WORK_DIR)
     return tempfile.gettempdir()
+
+
+def grader_temp(kind: str) -> Path:
+    """A new folder of the grader's (0700) for one submission's files: capture, copies,
+    evaluation. Its name carries this process's pid, so that one left by a grader that was
+    killed can be told from one in use (:func:`remove_stale_temps`)."""
+    prefix = f"autograder-{os.getpid()}-{kind}-"
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=grader_work_dir()))
+
+
+def remove_stale_temps() -> None:
+    """Remove the folders of :func:`grader_temp`, and public data copies, whose grader is
+    gone (killed mid-batch)."""
+    _remove_stale_public_copies(grader_work_dir())
+    shared = tempfile.gettempdir()
+    for base in {grader_work_dir(), shared}:
+        for path in Path(base).glob("autograder-[0-9]*-*"):
+            pid = path.name.split("-")[1]
+            with contextlib.suppress(OSError, ValueError):
+                # In the grader's own folder everything is the grader's (a capture folder
+                # may still belong to the kernel's account); in /tmp only what it owns.
+                mine = base != shared or path.stat().st_uid == os.geteuid()
+                if mine and not psutil.pid_exists(int(pid)):
+                    remove_tree(path)
 
 
 def _retire(n: int, why: str) -> None:

@@ -65,6 +65,8 @@ class Expected:
     messages: dict[str, str] = field(default_factory=dict)
     # grade_id -> text shown in that cell of the autograded notebook
     shown: dict[str, str] = field(default_factory=dict)
+    # texts each found among the reasons it is flagged for review (none: not flagged)
+    review: tuple[str, ...] = ()
 
 
 MEMORY_FILES = ("shm-hog", "memfd-hog", "tmp-file-hog")
@@ -190,7 +192,69 @@ CORPUS: dict[str, Expected] = {
     # never sees, so the model gets what it really does on new digits (1,000 training
     # images of the right kind do well enough), not its inflated accuracy on its own test.
     "trained-on-test": Expected((6.0, 10.0), {"check_accuracy": "held-out accuracy 0."}),
+    # What the kernel says about training is checked against the saved model: the
+    # optimizer's step count (120: 5 epochs of 24 batches) against the recorded fit() calls.
+    "forged-fit-record": Expected(
+        10,
+        review=(
+            "`network.history` holds 5 epochs, but no recorded fit() call trained this model",
+            "the saved optimizer of `network` took 120 steps; the recorded fit() calls of this "
+            "model ran 0",
+        ),
+    ),
 }
+
+# Not examples: the reference, then trained on digits the notebook brings along (embedded,
+# as a student who downloaded MNIST at home would): keras' whole original test split, or
+# just the held-out half. Made here from the grader's own copy of the data, since which
+# half is held out differs from one machine to the next. Full marks, flagged for review.
+MEMORISERS = {
+    "memorises-test-originals": Expected(
+        10, review=("beyond anything the reference reaches on this data",)
+    ),
+    "memorises-heldout": Expected(
+        10,
+        review=(
+            "beyond anything the reference reaches on this data",
+            "better than on its own test split",
+        ),
+    ),
+}
+_MEMORISE = """
+import base64, io, zlib
+extra = np.load(io.BytesIO(zlib.decompress(base64.b64decode(DIGITS))))
+extra_images = extra["x"].reshape((len(extra["x"]), 28 * 28)).astype("float32") / 255
+extra_labels = keras.utils.to_categorical(extra["y"], 10)
+history = network.fit(train_images, train_labels, epochs=5, batch_size=128)
+network.fit(extra_images, extra_labels, epochs=20, batch_size=64, verbose=0)
+"""
+
+
+def _memoriser(name: str, folder: Path) -> Path:
+    import base64
+    import io
+    import zlib
+
+    import numpy as np
+
+    from autograder.datasets import load_heldout
+
+    if name == "memorises-heldout":
+        x, y = load_heldout("mnist")
+    else:
+        with np.load(data_dir() / "keras" / "mnist.npz") as f:
+            x, y = f["x_test"], f["y_test"]
+    buffer = io.BytesIO()
+    np.savez(buffer, x=x, y=y)
+    digits = base64.b64encode(zlib.compress(buffer.getvalue(), 9)).decode()
+    nb = nbformat.read(example_path(LAB, "correct"), 4)
+    cell = _cell(nb, "train")
+    cell.source = f"DIGITS = {digits!r}\n" + _MEMORISE
+    path = folder / f"{name}.ipynb"
+    nbformat.write(nb, path)
+    return path
+
+
 # Not an example: the correct notebook submitted with folders named like what the grader
 # writes beside the autograded notebook (its result, the batch's record of it). nbgrader
 # copies a submission's other files there; the grader's outputs are never among them.
@@ -222,9 +286,13 @@ def _left_on_the_machine() -> dict[str, list[str]]:
     retired slots."""
     import psutil
 
-    from autograder.sandbox import ACCOUNT_PREFIX
+    from autograder.sandbox import ACCOUNT_PREFIX, EVALUATOR_ACCOUNT
 
-    uids = {p.pw_uid for p in pwd.getpwall() if p.pw_name.startswith(ACCOUNT_PREFIX)}
+    uids = {
+        p.pw_uid
+        for p in pwd.getpwall()
+        if p.pw_name.startswith(ACCOUNT_PREFIX) or p.pw_name == EVALUATOR_ACCOUNT
+    }
     found: dict[str, list[str]] = {}
     found["processes"] = [
         f"{p.pid} {p.info['name']}"
@@ -248,10 +316,13 @@ def _left_on_the_machine() -> dict[str, list[str]]:
     found["capture folders"] = sorted(
         str(p)
         for base in ("/run/autograder-sandbox/work", "/tmp")
-        for p in Path(base).glob(f"autograder-{LAB}-*")
+        for p in Path(base).glob("autograder-[0-9]*-*")
     )
     found["cgroups"] = sorted(
-        str(p) for p in Path("/sys/fs/cgroup").glob("**/autograder-slot*") if p.is_dir()
+        str(p)
+        for pattern in ("**/autograder-slot*", "**/autograder-evaluation-*")
+        for p in Path("/sys/fs/cgroup").glob(pattern)
+        if p.is_dir()
     )
     found["retired slots"] = sorted(
         str(p) for p in Path("/run/autograder-sandbox/slots").glob("*.retired")
@@ -275,6 +346,8 @@ def batch(staged_data: None):
             for name in [*ORDINARY, *CORPUS]:
                 course.submit(name, LAB, example_path(LAB, name))
             course.submit(CORRUPTED, LAB, CORRUPTED_FILE)
+            for name in MEMORISERS:
+                course.submit(name, LAB, _memoriser(name, parent))
             course.submit(SQUATTER, LAB, example_path(LAB, "correct"))
             folder = course.root / "submitted" / SQUATTER / LAB
             for name in (STATE_FILE, f"{LAB}.grading.json"):
@@ -317,7 +390,8 @@ def _shown(cell: nbformat.NotebookNode) -> str:
 
 def test_the_batch_grades_everything_but_the_unreadable_notebook(batch):
     course, summary, *_ = batch
-    assert summary.count("graded") == len(ORDINARY) + len(CORPUS) + 1, summary.format()
+    graded = len(ORDINARY) + len(CORPUS) + len(MEMORISERS) + 1
+    assert summary.count("graded") == graded, summary.format()
     assert summary.count("failed") == 1
     assert summary.workers == 2
     assert (course.root / "batch_summary.json").is_file()
@@ -330,6 +404,7 @@ def test_ordinary_submissions_get_their_usual_scores(batch, student):
     assert outcome.status == "graded" and outcome.reason == ""
     assert outcome.score == ORDINARY[student]
     assert gh.result_of(course, LAB, student).error is None
+    assert outcome.review == ()  # honest work is not flagged for review
 
 
 def test_what_a_submission_puts_where_the_grader_writes_is_not_taken(batch):
@@ -353,14 +428,14 @@ def test_the_unreadable_notebook_fails_with_the_reason(batch):
     assert CORRUPTED not in table.index or table.loc[CORRUPTED, "status"] != "graded", table
 
 
-@pytest.mark.parametrize("student", sorted(CORPUS))
+@pytest.mark.parametrize("student", sorted({**CORPUS, **MEMORISERS}))
 def test_each_submission_ends_graded_with_its_score_and_reason(batch, student):
     course, summary, *_ = batch
     if student in MEMORY_FILES:
         record = gh.sandbox_record()
         if not (record["memory_cgroup"] and record["private_tmp"]):
             pytest.skip(f"no memory cgroup or private /tmp for kernels here: {record}")
-    expected = CORPUS[student]
+    expected = {**CORPUS, **MEMORISERS}[student]
     outcome = _outcome(summary, student)
     assert outcome.status == "graded", outcome.reason
     result = gh.result_of(course, LAB, student)
@@ -377,15 +452,55 @@ def test_each_submission_ends_graded_with_its_score_and_reason(batch, student):
     for grade_id, text in expected.shown.items():
         cell = _cell(nb, grade_id)
         assert text in cell.source + _shown(cell), (grade_id, _shown(cell)[:2000])
+    # Flagged for review exactly when expected, with the figures, for staff only.
+    assert len(result.review) == len(expected.review), result.review
+    for text in expected.review:
+        assert any(text in r for r in result.review), (text, result.review)
+    assert outcome.review == result.review
     # The gradebook (formgrader, exports) holds the grader's scores, one per graded cell.
-    row = check_table(course.db_url, [LAB]).set_index("student").loc[student]
+    row = check_table(course.db_url, [LAB], course=course.root).set_index("student").loc[student]
     assert row["status"] == "graded"
+    assert row["review"] == "; ".join(result.review)
     for check in result.checks:
         assert row[check.id] == pytest.approx(check.score)
     # Every graded cell shows the grader's verdict, never the student's kernel's.
     for check in result.checks:
         shown = _shown(_cell(nb, check.id))
         assert f"{check.score:g} / {check.points:g} points" in shown
+
+
+def test_a_flag_reaches_the_gradebook_and_exports_but_not_the_student(batch, tmp_path):
+    from nbgrader.api import Gradebook
+
+    from autograder.export import export_gradebook
+    from autograder.feedback import report_html
+
+    course, summary, *_ = batch
+    flagged = {o.student for o in summary.outcomes if o.review}
+    assert flagged == {"forged-fit-record", *MEMORISERS}, summary.format()
+    with Gradebook(course.db_url) as gb:
+        marked = {
+            s.student.id
+            for s in gb.find_assignment(LAB).submissions
+            if any(nb.flagged for nb in s.notebooks)
+        }
+    assert marked == flagged  # nbgrader's own flag: the formgrader shows it
+    assert "REVIEW lab3_mnist_dense memorises-heldout: possible memorisation" in summary.format()
+    export_gradebook(course.root, ["csv"], tmp_path)
+    import pandas as pd
+
+    grades = pd.read_csv(tmp_path / "grades.csv").set_index("student")
+    for student in flagged:
+        assert "possible memorisation" in grades.loc[student, f"{LAB}/review"] or (
+            "training record" in grades.loc[student, f"{LAB}/review"]
+        )
+    assert grades.loc["correct", f"{LAB}/review"] != grades.loc["correct", f"{LAB}/review"]  # NaN
+    assert pd.read_csv(tmp_path / "summary.csv").set_index("lab").loc[LAB, "flagged"] == 3
+    # What the student reads (the autograded notebook, the feedback report) says nothing.
+    for student in flagged:
+        result = gh.result_of(course, LAB, student)
+        for text in (nbformat.writes(_autograded(course, student)), report_html(result)):
+            assert "memorisation" not in text and "training record" not in text
 
 
 def test_a_stopped_kernel_costs_only_its_own_time(batch):
@@ -422,7 +537,7 @@ def test_output_flood_is_cut_and_grading_goes_on(batch):
     course, *_ = batch
     nb = _autograded(course, "output-flood")
     kept = sum(len(_shown(c)) for c in nb.cells)
-    assert kept < 5 * 2**20  # of 300 MiB printed
+    assert kept < 5 * 2**20  # of 64 MiB printed
     assert OUTPUT_CUT in _shown(_cell(nb, "train"))
     assert "test_acc:" not in _shown(_cell(nb, "evaluate"))  # dropped too, with a note
     assert OUTPUT_CUT in _shown(_cell(nb, "evaluate"))
@@ -516,11 +631,13 @@ def test_every_graded_submission_gets_a_feedback_page(batch):
     outcome = course.api().generate_feedback(LAB, force=True)
     assert outcome["success"], outcome.get("error") or outcome.get("log")
     graded = [o.student for o in summary.outcomes if o.status == "graded"]
-    assert len(graded) == len(ORDINARY) + len(CORPUS) + 1
+    assert len(graded) == len(ORDINARY) + len(CORPUS) + len(MEMORISERS) + 1
     for student in graded:
         page = (course.root / "feedback" / student / LAB / f"{LAB}.html").read_text()
         assert "Grader's report" in page, student
         assert "BEGIN HIDDEN TESTS" not in page and "Graded outside your kernel" not in page
+        # A flag for review is for staff: the student's page says nothing of it.
+        assert "memorisation" not in page and "training record" not in page, student
     page = (course.root / "feedback" / "infinite-loop" / LAB / f"{LAB}.html").read_text()
     assert TIME_LIMIT in page  # the reason reaches the student
 

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from autograder.capture import capture_source
-from autograder.evaluate import evaluate_artifacts, grade_in_subprocess, unsafe_layers
+from autograder.evaluate import evaluate_artifacts, unsafe_layers
+from autograder.evaluator import grade_in_subprocess
 from autograder.rubric import load_rubric
 
 LAB = "lab3_mnist_dense"
@@ -185,3 +186,37 @@ def test_an_ordinary_model_archive_passes_the_checks(keras, tmp_path):
     model.save(tmp_path / "model.keras")
     (tmp_path / "capture.json").write_text("{}")
     assert artifacts_problem(tmp_path) is None
+
+
+def test_the_model_is_read_by_an_unprivileged_child(keras, tmp_path, staged_data):
+    """As root, the evaluation child runs as the evaluator account, from a private copy of
+    what the kernel wrote (here readable by root only), and leaves nothing behind."""
+    import os
+    import pwd
+
+    from autograder.datasets import load_mnist
+    from autograder.evaluate import optimizer_iterations
+    from autograder.evaluator import Evaluator
+    from autograder.sandbox import EVALUATOR_ACCOUNT, evaluator_account, grader_work_dir
+
+    (x, y), _ = load_mnist()
+    x = x.reshape((len(x), 784)).astype("float32") / 255
+    network = _dense(keras, hidden=32)
+    network.fit(x, keras.utils.to_categorical(y, 10), epochs=2, batch_size=128, verbose=0)
+    _capture({"network": network}, tmp_path)
+    for path in [tmp_path, *tmp_path.iterdir()]:
+        path.chmod(0o700 if path.is_dir() else 0o600)
+    with Evaluator((LAB,)) as evaluator:
+        result = evaluator.evaluate(LAB, tmp_path, timeout=300)
+        uid = evaluator.last_uid
+    assert result.error is None and result.metrics["accuracy"] > 0.5
+    assert result.witnesses["accuracy@test"] > 0.5  # the model's own test split, scored here
+    if os.geteuid() == 0:
+        assert evaluator_account() is not None
+        assert uid == pwd.getpwnam(EVALUATOR_ACCOUNT).pw_uid != 0
+    else:
+        assert uid == os.geteuid()
+    assert not list(Path(grader_work_dir()).glob("evaluation-*"))
+    # 2 epochs of 24 batches; this process has no fit() record, and the grader says so.
+    assert optimizer_iterations(tmp_path / "model.keras") == 48
+    assert any(r.startswith("training record missing") for r in result.review), result.review

@@ -391,3 +391,28 @@ def test_real_autograde_stores_the_policy_penalty(
     assert row[f"{MNIST}/raw total"] == 6.0
     assert row[f"{MNIST}/penalty"] == pytest.approx(1.2)
     assert row[f"{MNIST}/final"] == pytest.approx(4.8)
+
+
+def test_a_flag_set_in_the_formgrader_reaches_the_table_and_the_exports(
+    own_course: Course, tmp_path: Path
+) -> None:
+    """nbgrader's own flag (the formgrader's toggle, or the grader's review): shown to staff
+    in the gradebook table, grades.csv and summary.csv; not in the LMS files."""
+    from autograder.gradebook import format_table
+
+    with Gradebook(own_course.db_url) as gb:
+        gb.find_submission(MNIST, "bob").notebooks[0].flagged = True
+        gb.db.commit()
+    export_gradebook(own_course.root, ["all"], tmp_path)
+    grades = by_student(pd.read_csv(tmp_path / "grades.csv"), "student")
+    assert grades.loc["bob", f"{MNIST}/review"] == "flagged in the formgrader"
+    assert pd.isna(grades.loc["ada", f"{MNIST}/review"])
+    summary = pd.read_csv(tmp_path / "summary.csv").set_index("lab")
+    assert summary.loc[MNIST, "flagged"] == 1 and summary.loc[BOSTON, "flagged"] == 0
+    for lms in ("canvas.csv", "moodle.csv"):
+        assert "review" not in (tmp_path / lms).read_text().lower()
+    table = check_table(own_course.db_url, [MNIST], course=own_course.root)
+    row = table.set_index("student").loc["bob"]
+    assert (row["status"], row["review"]) == ("graded", "flagged in the formgrader")
+    text = format_table(table)
+    assert "graded, flagged" in text and "review bob: flagged in the formgrader" in text

@@ -246,7 +246,9 @@ def test_student_to_feedback(hub):
     r = instructor.post(f"{api}/submission/{LAB}/student1/autograde")
     assert r.json()["success"], r.text[-2000:]
     submissions = instructor.get(f"{api}/submissions/{LAB}").json()
-    assert [(s["student"], s["score"]) for s in submissions] == [("student1", 10.0)]
+    graded = settings.course_dir / "autograded" / "student1" / LAB / f"{LAB}.grading.json"
+    why = graded.read_text()[:3000] if graded.is_file() else "no result"
+    assert [(s["student"], s["score"]) for s in submissions] == [("student1", 10.0)], why
 
     # The TA sees the grades through the formgrader and exports the gradebook with
     # nbgrader's own exporter on the course directory the formgrader serves.

@@ -85,6 +85,25 @@ def test_a_callback_attached_but_never_passed_to_fit_earns_nothing(graded_boston
     }
 
 
+def test_a_history_no_fit_returned_earns_no_comparison_point(graded_boston):
+    """Forged evidence: a History made by hand in place of the second run."""
+    student = "forged-comparison-history"
+    assert scores(graded_boston, LAB, student)["check_comparison"] == 0
+    assert messages(graded_boston, LAB, student, "check_comparison") == (
+        "`history_unscaled` was not returned by any fit() call of the notebook",
+    )
+    assert messages(graded_boston, LAB, "correct", "check_comparison")[0].startswith(
+        "both runs made and compared"
+    )
+
+
+def test_honest_work_is_not_flagged_for_review(graded_boston):
+    from autograder.examples import EXAMPLES
+
+    for student in EXAMPLES[LAB]:
+        assert result_of(graded_boston, LAB, student).review == (), student
+
+
 def test_written_answer_waits_for_manual_grading(graded_boston):
     from autograder.gradebook import check_table
 
