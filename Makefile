@@ -8,7 +8,7 @@ PYTHON ?= /usr/bin/python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup data demo test lint format release calibrate hub bench clean
+.PHONY: setup data demo test test-fast lint format release calibrate hub bench clean
 
 # Checks every requirement on every run and installs only what is missing (scripts/setup).
 setup:
@@ -24,7 +24,11 @@ lint: setup
 	bash scripts/check
 
 test: data lint
-	$(BIN)/python -m pytest -ra
+	$(BIN)/python -m pytest -ra --durations=25
+
+# Everything but the end-to-end grading (tests marked slow): a few minutes.
+test-fast: data lint
+	$(BIN)/python -m pytest -ra -m "not slow"
 
 format: setup
 	$(BIN)/ruff format autograder tests
