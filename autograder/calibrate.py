@@ -3,14 +3,24 @@
 Each run grades the lab's ``correct`` example, seeded, exactly as a submission is graded
 (nbgrader autograde, capture, clean-process evaluation on held-out data), and the figures
 are written next to the rubric as ``labs/<lab>.calibration.json``, keyed by data source.
+
+The held-out half is chosen by each data folder's secret key, so every machine holds out a
+different half: each run stages the data again with a key of its own, and the figures
+cover the variation between halves as well as between seeds. Besides the held-out score,
+each run records the same model's scores on its own test split and validation data, from
+which the bounds of the memorisation review are suggested (:mod:`autograder.review`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import shutil
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,11 +28,19 @@ from typing import Any
 import nbformat
 
 from .course import create_course
+from .datasets import DATA_DIR_ENV, _read_manifest, data_dir
 from .examples import example_path
 from .pipeline import read_result
 from .rubric import load_rubric
 
-__all__ = ["calibrate", "calibration_path", "load_calibration", "suggest_threshold"]
+__all__ = [
+    "calibrate",
+    "calibration_path",
+    "fresh_split",
+    "load_calibration",
+    "suggest_review",
+    "suggest_threshold",
+]
 
 
 def calibration_path(lab: str) -> Path:
@@ -43,6 +61,46 @@ def suggest_threshold(values: list[float], higher_is_better: bool = True) -> flo
     if higher_is_better:
         return int((min(values) - margin) * 100) / 100
     return -int(-(max(values) + margin) * 100) / 100
+
+
+@contextlib.contextmanager
+def fresh_split(dataset: str, where: Path) -> Iterator[str]:
+    """Grading reads a data folder at ``where``: the current one's data, staged again with
+    a new secret key (another held-out half). Yields the new split's id."""
+    from .staging import MnistFrom, split_id, split_key, stage
+
+    base = data_dir()
+    if (base / "keras").is_dir():  # the mirrors: not rebuilt for every run
+        shutil.copytree(base / "keras", where / "keras", dirs_exist_ok=True)
+    source = _read_manifest(base / "public")["datasets"].get(dataset, {}).get("source", "")
+    mnist_from: MnistFrom = "fashion-mnist" if source == "offline-fashion-mnist" else "sample"
+    report = stage(where, datasets=[dataset], mnist_from=mnist_from)
+    if report.results[0].status == "skipped":
+        raise RuntimeError(f"{dataset} could not be staged for calibration: {report.format()}")
+    before = os.environ.get(DATA_DIR_ENV)
+    os.environ[DATA_DIR_ENV] = str(where)
+    try:
+        yield split_id(split_key(where))
+    finally:
+        if before is None:
+            del os.environ[DATA_DIR_ENV]
+        else:
+            os.environ[DATA_DIR_ENV] = before
+
+
+def suggest_review(
+    runs: list[dict[str, Any]], metric: str, higher_is_better: bool
+) -> dict[str, float]:
+    """Bounds of the memorisation review beyond every reference run, with the same margin as
+    :func:`suggest_threshold`: ``review_beyond`` past the best held-out score, and per
+    witness the largest amount by which held-out beat it."""
+    sign = 1 if higher_is_better else -1
+    out = {"review_beyond": suggest_threshold([r[metric] for r in runs], not higher_is_better)}
+    for name in ("test", "validation"):
+        gaps = [sign * (r[metric] - r[name]) for r in runs if r.get(name) is not None]
+        if gaps:
+            out[f"review_gap_{name}"] = max(0.0, suggest_threshold(gaps, higher_is_better=False))
+    return out
 
 
 def _seeded(notebook: Path, seed: int, out: Path) -> Path:
@@ -66,7 +124,7 @@ def calibrate(
     check = next(c for c in rubric.checks if c.kind == "metric")
     metric = check.params["metric"]
     higher_is_better = next(iter(check.thresholds.values())).higher_is_better
-    runs = []
+    runs: list[dict[str, Any]] = []
     source = "unknown"
     with tempfile.TemporaryDirectory(prefix="autograder-calibrate-") as tmp:
         course = create_course(Path(tmp) / "course", labs=[lab])
@@ -75,7 +133,8 @@ def calibrate(
             nb = _seeded(example_path(lab, example), seed, Path(tmp) / f"{student}.ipynb")
             course.submit(student, lab, nb)
             t = time.monotonic()
-            course.autograde(lab, student)
+            with fresh_split(rubric.dataset, Path(tmp) / f"data-{seed}") as split:
+                course.autograde(lab, student)
             seconds = round(time.monotonic() - t, 1)
             result = read_result(course.root / "autograded" / student / lab, rubric.notebook)
             if result is None or metric not in result.metrics:
@@ -84,16 +143,25 @@ def calibrate(
                     f"({result.error if result else 'no result'})"
                 )
             source = result.data_source
+            witness = {
+                name: round(result.witnesses[f"{metric}@{name}"], 4)
+                for name in ("test", "validation")
+                if f"{metric}@{name}" in result.witnesses
+            }
             runs.append(
                 {
                     "seed": seed,
+                    "split": split,
                     metric: round(result.metrics[metric], 4),
+                    **witness,
                     "score": result.score,
                     "seconds": seconds,
                 }
             )
             print(
-                f"{lab} seed {seed}: {metric} {result.metrics[metric]:.4f}, "
+                f"{lab} seed {seed} (split {split}): {metric} {result.metrics[metric]:.4f} "
+                f"(test split {witness.get('test', float('nan')):.4f}, validation "
+                f"{witness.get('validation', float('nan')):.4f}), "
                 f"score {result.score:g}/{result.max_score:g}, {seconds} s",
                 flush=True,
             )
@@ -107,6 +175,7 @@ def calibrate(
         "min": min(values),
         "max": max(values),
         "suggested_full": suggest_threshold(values, higher_is_better),
+        "suggested_review": suggest_review(runs, metric, higher_is_better),
     }
     print(json.dumps({source: entry}, indent=2))
     if write:
