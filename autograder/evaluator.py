@@ -45,9 +45,8 @@ _QUIET = {"TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
 class Evaluator:
     """Client of one evaluator server (``python -m autograder.evaluator``)."""
 
-    def __init__(self, labs: tuple[str, ...] = (), *, restart: bool = True) -> None:
+    def __init__(self, labs: tuple[str, ...] = ()) -> None:
         self.labs = labs
-        self.restart = restart  # a server that died is started again once per submission
         self.last_uid: int | None = None  # the account the last evaluation ran as
         self._proc: subprocess.Popen[str] | None = None
 
@@ -99,7 +98,7 @@ class Evaluator:
         if not line:
             # The server itself is gone: start another for this one (once), and the next.
             self.close()
-            if retry and self.restart:
+            if retry:
                 return self.evaluate(lab, artifacts, timeout=timeout, retry=False)
             return failed_result(load_rubric(lab), "unknown", "the grader's evaluator failed")
         reply = json.loads(line)
@@ -156,17 +155,16 @@ def _wait(pid: int, timeout: float) -> int | None:
         time.sleep(0.01)
 
 
-def _copy_capped(source: Path, target: Path, cap: int) -> None:
-    """At most ``cap`` bytes of the regular file ``source`` (never through a link, never
-    blocking on a fifo) into a new file ``target``; nothing when it is not one."""
+def _read_regular(path: Path, cap: int) -> tuple[bytes, os.stat_result] | None:
+    """At most ``cap`` bytes of ``path`` and its status, if it is a regular file (never
+    through a link, never blocking on a fifo); None otherwise."""
     try:
-        fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
-        return
-    with os.fdopen(fd, "rb") as src:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return
-        write_fresh(target, src.read(cap))
+        return None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        return (f.read(cap), st) if stat.S_ISREG(st.st_mode) else None
 
 
 def _private_copy(artifacts: Path, account: Any) -> Path:
@@ -181,7 +179,9 @@ def _private_copy(artifacts: Path, account: Any) -> Path:
     caps = {**{n: c + 1 for n, c in MAX_BYTES.items()}, LIMIT_FILE: _MAX_LIMIT_RECORD}
     assert set(caps) >= {CAPTURE_FILE, MODEL_FILE}
     for name, cap in caps.items():
-        _copy_capped(artifacts / name, work / name, cap)
+        found = _read_regular(artifacts / name, cap)
+        if found is not None:
+            write_fresh(work / name, found[0])
     if account is not None:
         for path in [work, *work.iterdir()]:
             os.chown(path, account.uid, account.gid)
@@ -191,15 +191,10 @@ def _private_copy(artifacts: Path, account: Any) -> Path:
 def _read_result(work: Path) -> tuple[str, int] | None:
     """The child's result file, if it is a regular file of a sane size, and its owner
     (the account the child ran as)."""
-    try:
-        fd = os.open(work / _RESULT, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
+    found = _read_regular(work / _RESULT, _MAX_RESULT + 1)
+    if found is None or len(found[0]) > _MAX_RESULT:
         return None
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_size > _MAX_RESULT:
-            return None
-        return f.read(_MAX_RESULT).decode(errors="replace"), st.st_uid
+    return found[0].decode(errors="replace"), found[1].st_uid
 
 
 def _become(account: Any, cgroup: Any) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ from autograder.demo import DEMO_ADVERSARIAL_LIMITS
 from autograder.examples import EXAMPLES, example_path
 from autograder.pipeline import read_result
 from autograder.results import GradingResult
-from autograder.rubric import load_rubric
+from autograder.rubric import Threshold, load_rubric
 
 # IMDB trains on 4,000 reviews in the test suite (thresholds of their own in the rubric).
 QUICK = {"AUTOGRADER_TRAIN_LIMIT": "imdb=4000"}
@@ -85,3 +86,19 @@ def sandbox_record() -> dict[str, Any]:
 def separate_accounts() -> bool:
     """Whether kernels here run as sandbox accounts (the grader is root and may create them)."""
     return bool(sandbox_record()["separate_user"])
+
+
+def calibration_runs() -> Iterator[tuple[str, str, Threshold, str, dict[str, Any]]]:
+    """Every recorded calibration run (reference and variants) with the rubric threshold of
+    its data source: (lab, source, threshold, metric, run)."""
+    from autograder.calibrate import load_calibration
+    from autograder.rubric import lab_ids
+
+    for lab in lab_ids():
+        calibration = load_calibration(lab)
+        for check in load_rubric(lab).checks:
+            for source, threshold in check.thresholds.items():
+                entry = calibration.get(source, {})
+                for e in [entry, *entry.get("variants", {}).values()]:
+                    for run in e.get("runs", []):
+                        yield lab, source, threshold, e["metric"], run

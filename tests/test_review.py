@@ -7,11 +7,12 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from grading_helpers import calibration_runs
 
-from autograder.calibrate import load_calibration, suggest_review
+from autograder.calibrate import suggest_review
 from autograder.errors import ConfigError
 from autograder.review import memorisation, training_record
-from autograder.rubric import Threshold, lab_ids, load_rubric, parse_rubric
+from autograder.rubric import Threshold, parse_rubric
 
 ACCURACY = Threshold(0.87, 0.5, review_beyond=0.94, review_gap_test=0.06)
 MAE = Threshold(4.8, 7.0, review_beyond=2.0, review_gap_test=1.5, review_gap_validation=1.0)
@@ -108,22 +109,10 @@ def test_review_bounds_are_validated(review, message):
 def test_no_reference_run_would_be_flagged():
     """The rubric's bounds let every calibration run through that recorded its witnesses."""
     checked = 0
-    for lab in lab_ids():
-        calibration = load_calibration(lab)
-        for check in load_rubric(lab).checks:
-            for source, threshold in check.thresholds.items():
-                entry = calibration.get(source, {})
-                entries = [entry, *entry.get("variants", {}).values()]
-                for e in entries:
-                    for run in e.get("runs", []):
-                        if "test" not in run:
-                            continue  # measured before the witnesses were recorded
-                        witnesses = {k: run[k] for k in ("test", "validation") if k in run}
-                        value = run[e["metric"]]
-                        assert memorisation(threshold, e["metric"], value, witnesses) == [], (
-                            lab,
-                            source,
-                            run,
-                        )
-                        checked += 1
+    for lab, source, threshold, metric, run in calibration_runs():
+        if "test" not in run:
+            continue  # measured before the witnesses were recorded
+        witnesses = {k: run[k] for k in ("test", "validation") if k in run}
+        assert memorisation(threshold, metric, run[metric], witnesses) == [], (lab, source, run)
+        checked += 1
     assert checked >= 12

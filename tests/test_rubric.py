@@ -4,8 +4,8 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from grading_helpers import calibration_runs
 
-from autograder.calibrate import load_calibration
 from autograder.errors import ConfigError
 from autograder.release import check_notebook_against_rubric
 from autograder.rubric import lab_ids, load_rubric, parse_rubric
@@ -96,16 +96,7 @@ def test_notebook_rubric_disagreement_is_reported(repo, tmp_path):
 def test_thresholds_are_met_by_every_calibration_run():
     """The reference solution must earn full marks in every measured run, per data source."""
     checked = 0
-    for lab in lab_ids():
-        calibration = load_calibration(lab)
-        for check in load_rubric(lab).checks:
-            for source, threshold in check.thresholds.items():
-                if source not in calibration:
-                    continue
-                entries = [calibration[source], *calibration[source].get("variants", {}).values()]
-                for entry in entries:
-                    for run in entry.get("runs", []):
-                        value = run[entry["metric"]]
-                        assert threshold.fraction(value) == 1.0, (lab, source, run)
-                        checked += 1
+    for lab, source, threshold, metric, run in calibration_runs():
+        assert threshold.fraction(run[metric]) == 1.0, (lab, source, run)
+        checked += 1
     assert checked >= 15  # five runs per lab at least
