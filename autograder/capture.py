@@ -13,18 +13,21 @@ import json
 from pathlib import Path
 from typing import Any
 
+from .preparation import SAMPLE_ROWS
 from .rubric import VARIABLE_PARAMS, Rubric
 
 __all__ = [
     "CAPTURE_FILE",
     "FIT_RECORDER_SOURCE",
     "MODEL_FILE",
+    "SAMPLES_FILE",
     "capture_source",
     "captured_variables",
 ]
 
 CAPTURE_FILE = "capture.json"
 MODEL_FILE = "model.keras"
+SAMPLES_FILE = "samples.npz"
 
 # Runs silently in the student's kernel before its first cell: every Model.fit() call is
 # recorded with what it received (callbacks inline or from a variable, epochs, batch size),
@@ -37,6 +40,7 @@ def _autograder_record_fits():
     import keras
     record = types.ModuleType("_autograder_fits")
     record.calls = []
+    record.samples = {}  # call index -> the first rows of the inputs it received
     sys.modules["_autograder_fits"] = record
     original = keras.Model.fit
     signature = inspect.signature(original)
@@ -59,8 +63,14 @@ def _autograder_record_fits():
                                    given.get("validation_data") is not None),
             }
             call = {k: v for k, v in call.items() if isinstance(v, (int, float, str, list, bool))}
+            x = given.get("x")
+            if len(record.samples) < 5 and hasattr(x, "shape") and hasattr(x, "dtype"):
+                # the form the model is trained in, for the grader to prepare held-out data
+                import numpy
+                record.samples[len(record.calls)] = numpy.array(x[:%(rows)d])
+                call["x_shape"] = [int(d) for d in x.shape]
         except Exception as exc:
-            call = {"error": "%s: %s" % (type(exc).__name__, exc)}
+            call = {"error": "%%s: %%s" %% (type(exc).__name__, exc)}
         if len(record.calls) < 100:
             record.calls.append(call)
         history = original(self, *args, **kwargs)
@@ -78,12 +88,12 @@ def _autograder_record_fits():
 
 _autograder_record_fits()
 del _autograder_record_fits
-"""
+""" % {"rows": SAMPLE_ROWS}  # noqa: UP031  (the template's own code uses % formatting)
 
 # Runs inside the student's kernel. Self-contained on purpose: it must not import the
 # autograder package, which student code could have replaced in sys.modules.
 _TEMPLATE = r"""
-def _autograder_capture(ns, out, model_var, names):
+def _autograder_capture(ns, out, model_var, names, samples_of, rows):
     import json, os
     import numpy as np
     report = {"missing": [], "errors": {}, "values": {}, "callbacks": [],
@@ -165,18 +175,33 @@ def _autograder_capture(ns, out, model_var, names):
                 {"class": cls.__name__, "used": getattr(item, "_model", None) is not None})
     # What each fit() received, from the recorder (absent: it was removed by the notebook).
     import sys
-    calls = getattr(sys.modules.get("_autograder_fits"), "calls", None)
+    record = sys.modules.get("_autograder_fits")
+    calls = getattr(record, "calls", None)
+    samples = {}
     if isinstance(calls, list):
         report["fit_calls"] = []
-        for call in calls[:100]:
+        for i, call in enumerate(calls[:100]):
             if isinstance(call, dict):
                 call = dict(call)
                 call["graded_model"] = model is not None and call.pop("model_id", None) == id(model)
                 report["fit_calls"].append(call)
+                given = getattr(record, "samples", {}).get(i)
+                if call["graded_model"] and given is not None:
+                    samples["fit"] = given  # the last fit() of the graded model
+    # The first rows of the prepared arrays: the grader learns the preparation from them.
+    for key, name in samples_of.items():
+        try:
+            samples[key] = np.asarray(ns[name][:rows])
+        except Exception:
+            pass
+    samples = {k: v for k, v in samples.items()
+               if isinstance(v, np.ndarray) and v.dtype.kind in "biuf" and v.ndim >= 1}
+    if samples:
+        np.savez(os.path.join(out, %(samples_file)r), **samples)
     with open(os.path.join(out, %(capture_file)r), "w") as f:
         json.dump(report, f)
 
-_autograder_capture(globals(), %(out)r, %(model_var)r, %(names)r)
+_autograder_capture(globals(), %(out)r, %(model_var)r, %(names)r, %(samples_of)r, %(rows)d)
 del _autograder_capture
 """
 
@@ -201,6 +226,9 @@ def capture_source(rubric: Rubric, out: Path) -> str:
         "out": str(out),
         "model_var": rubric.model_variable,
         "names": captured_variables(rubric),
+        "samples_file": SAMPLES_FILE,
+        "samples_of": dict(rubric.preprocess.learn_from),
+        "rows": SAMPLE_ROWS,
     }
 
 

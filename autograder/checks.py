@@ -22,6 +22,7 @@ __all__ = [
     "Evidence",
     "LayerInfo",
     "ModelSummary",
+    "expected_total",
     "run_checks",
     "self_check",
     "summarize_array",
@@ -89,6 +90,8 @@ class Evidence:
     # no record (a capture made before the recorder existed).
     fit_calls: tuple[dict[str, Any], ...] | None = None
     reference: dict[str, Any] = field(default_factory=dict)
+    # How the held-out inputs were prepared for the model (autograder.evaluate._preparation).
+    preparation: str = ""
 
     def array(self, name: str) -> ArraySummary | None:
         value = self.values.get(name)
@@ -253,51 +256,91 @@ def check_architecture(check: Check, ev: Evidence) -> CheckResult:
         return CheckResult.failed(check, ev.problems.get("model", "no trained model was found"))
     p = check.params
     messages: list[str] = []
-    parts = []
+    parts: list[str] = []
+    failed: list[str] = []
+    # Preparation inside the model (Flatten, Rescaling, ...) in front of the lab's layers
+    # costs nothing here: the lab's layers are judged from where they start.
+    lead = leading_preparation(model)
+    layers = model.layers[lead:]
+    core_input = model.layers[lead - 1].output_shape[1:] if lead else model.input_shape
+    params = model.params - sum(layer.params for layer in model.layers[:lead])
     if "input_shape" in p:
         want = tuple(p["input_shape"])
-        ok = model.input_shape == want
-        parts.append(ok)
-        if not ok:
-            got = "unknown" if model.input_shape is None else _fmt_shape(model.input_shape)
+        parts.append("input_shape")
+        if core_input != want and model.input_shape != want:
+            failed.append("input_shape")
+            got = "unknown" if core_input is None else _fmt_shape(core_input)
             messages.append(
                 f"the first layer expects inputs of shape {got}; the lab needs {_fmt_shape(want)}: "
                 f"start the network with `keras.Input(shape={_fmt_shape(want)})` and train it on "
                 f"arrays of shape {_fmt_shape((None, *want))}"
             )
     match = _match_exact if p.get("match", "exact") == "exact" else _match_subsequence
-    layer_problems = match(check.layers, model.layers) + _input_dim_problems(
-        check.layers, model.layers
-    )
-    parts.append(not layer_problems)
+    layer_problems = match(check.layers, layers) + _input_dim_problems(check.layers, layers)
+    parts.append("layers")
+    if layer_problems:
+        failed.append("layers")
     messages.extend(layer_problems)
     if "output_units" in p or "output_activation" in p:
-        last = model.layers[-1] if model.layers else None
+        last = layers[-1] if layers else None
         units, act = p.get("output_units"), p.get("output_activation")
         ok = last is not None and (units is None or last.units == units)
         if last is not None and act is not None:
             ok = ok and (last.activation or "linear") == act
-        parts.append(ok)
+        parts.append("output")
         if not ok:
+            failed.append("output")
             got = "nothing" if last is None else _describe_layer(last, full=True)
             expected = " ".join(str(x) for x in ("Dense", units, act) if x is not None)
             messages.append(
                 f"the output layer should be {expected}; found {got}: {_output_fix(units, act)}"
+                + _conceptual(check, "output")
             )
     if "params" in p:
-        ok = model.params == p["params"]
-        parts.append(ok)
-        if not ok:
-            messages.append(
-                f"the network has {model.params:,} parameters; the lab's has {p['params']:,}"
-            )
+        parts.append("params")
+        if params != p["params"]:
+            failed.append("params")
+            messages.append(f"the network has {params:,} parameters; the lab's has {p['params']:,}")
     if not messages:
-        layers = ", ".join(_describe_layer(layer) for layer in model.layers)
-        messages.append(f"architecture as expected: {layers} ({model.params:,} parameters)")
+        shown = ", ".join(_describe_layer(layer) for layer in layers)
+        messages.append(f"architecture as expected: {shown} ({params:,} parameters)")
+        if lead:
+            front = ", ".join(layer.type for layer in model.layers[:lead])
+            messages.append(f"inputs prepared inside the model first ({front}): accepted")
     if layer_problems and p.get("layers_required"):
         # The layer pattern is the point of the lab: without it, the rest earns nothing.
         return CheckResult.scored(check, 0.0, messages)
-    return CheckResult.scored(check, sum(parts) / len(parts), messages)
+    return CheckResult.scored(check, _fraction(check, parts, failed), messages)
+
+
+# Layers that prepare the inputs rather than learn from them: in front of the lab's layers
+# they are another way of writing the preparation the lab does on the arrays.
+PREPARATION_LAYERS = frozenset({"Flatten", "Reshape", "Rescaling", "Normalization"})
+
+
+def leading_preparation(model: ModelSummary) -> int:
+    """How many of the model's first layers only prepare its inputs."""
+    n = 0
+    while n < len(model.layers) and model.layers[n].type in PREPARATION_LAYERS:
+        n += 1
+    return n if n < len(model.layers) else 0
+
+
+def _fraction(check: Check, parts: list[str], failed: list[str]) -> float:
+    """What is left of the check once each failed aspect has cost its share: the rubric's
+    ``costs``, else an equal share of the aspects checked."""
+    costs = check.params.get("costs", {})
+    default = 1.0 / max(1, len(parts))
+    return max(0.0, 1.0 - sum(float(costs.get(a, default)) for a in dict.fromkeys(failed)))
+
+
+def _conceptual(check: Check, aspect: str) -> str:
+    if aspect not in check.params.get("conceptual", ()):
+        return ""
+    share = float(check.params["costs"][aspect])
+    lost = share * check.points
+    points = "point" if check.points == 1 else "points"
+    return f" (a conceptual error this lab teaches: {lost:g} of {check.points:g} {points})"
 
 
 # Why the lab's output layer is what it is, by activation.
@@ -374,8 +417,9 @@ def check_compile(check: Check, ev: Evidence) -> CheckResult:
         )
     p = check.params
     messages: list[str] = []
-    ok = 0
+    failed: list[str] = []
     wanted = [(k, p[k]) for k in ("optimizers", "losses", "metrics") if k in p]
+    aspect_of = {"optimizers": "optimizer", "losses": "loss", "metrics": "metrics"}
     for key, allowed in wanted:
         if key == "optimizers":
             got = {_name_of(cfg.get("optimizer")).replace("_", "")}
@@ -392,17 +436,21 @@ def check_compile(check: Check, ev: Evidence) -> CheckResult:
             got = {_METRIC_ALIASES.get(_name_of(m), _name_of(m)) for m in raw}
             allow = {_METRIC_ALIASES.get(str(a), str(a)) for a in allowed}
             label = "metrics"
-        if (key == "metrics" and allow <= got) or (key != "metrics" and got & allow):
-            ok += 1
-        else:
+        if not ((key == "metrics" and allow <= got) or (key != "metrics" and got & allow)):
+            failed.append(aspect_of[key])
             shown = ", ".join(sorted(got)) or "none"
+            why = ""
+            if key == "losses" and "loss" in p.get("conceptual", ()):
+                why = ": it does not match the network's output and the labels"
             messages.append(
-                f"{label}: found {shown}; the lab uses {', '.join(map(str, allowed))}: "
+                f"{label}: found {shown}; the lab uses {', '.join(map(str, allowed))}{why}: "
                 f"pass {_compile_argument(key, allowed)} to compile()"
+                + _conceptual(check, aspect_of[key])
             )
     if not messages:
         messages.append("compiled as expected")
-    return CheckResult.scored(check, ok / max(1, len(wanted)), messages)
+    parts = [aspect_of[k] for k, _ in wanted]
+    return CheckResult.scored(check, _fraction(check, parts, failed), messages)
 
 
 # --- inputs -----------------------------------------------------------------------------
@@ -425,65 +473,89 @@ def check_inputs(check: Check, ev: Evidence) -> CheckResult:
             f"to one length with {_pad_call(name, p.get('shape'))}",
         )
     messages: list[str] = []
-    parts: list[bool] = []
+    parts: list[str] = []
+    failed: list[str] = []
+    front = _front_layers(ev.model)
+    images = bool(p.get("scaled"))
     if "shape" in p:
-        ok = _shape_ok(arr.shape, p["shape"])
-        parts.append(ok)
-        if not ok:
-            hint = _shape_hint(name, arr.shape, list(p["shape"]), images=bool(p.get("scaled")))
-            messages.append(
-                f"`{name}` has shape {_fmt_shape(arr.shape)}; expected "
-                f"{_fmt_shape(tuple(p['shape']))}{hint}"
-            )
+        parts.append("shape")
+        want = list(p["shape"])
+        if not _shape_ok(arr.shape, want):
+            aspect = _shape_aspect(arr.shape, want, ev.model, front, images=images)
+            failed.append(aspect)
+            if aspect == "reshaped_in_model":
+                messages.append(
+                    f"`{name}` has shape {_fmt_shape(arr.shape)}, not the lab's "
+                    f"{_fmt_shape(tuple(want))}; the model reshapes it itself "
+                    f"({', '.join(front)} first), which works" + _variant_cost(check, aspect)
+                )
+            else:
+                hint = _shape_hint(name, arr.shape, want, images=images)
+                messages.append(
+                    f"`{name}` has shape {_fmt_shape(arr.shape)}; expected "
+                    f"{_fmt_shape(tuple(want))}{hint}" + _conceptual(check, aspect)
+                )
     if "dtype" in p:
         allowed = [p["dtype"]] if isinstance(p["dtype"], str) else list(p["dtype"])
-        ok = arr.dtype in allowed
-        parts.append(ok)
-        if not ok:
+        parts.append("dtype")
+        if arr.dtype not in allowed:
+            failed.append("dtype")
             messages.append(
                 f'`{name}` is {arr.dtype}; convert it with `{name} = {name}.astype("{allowed[0]}")`'
             )
     if "min" in p or "max" in p:
         lo, hi = p.get("min"), p.get("max")
-        ok = False
+        parts.append("range")
+        problem = ""
         if arr.min is None or arr.max is None or not arr.finite:
-            messages.append(f"`{name}` holds non-numeric or non-finite values")
+            problem = f"`{name}` holds non-numeric or non-finite values"
         elif (lo is not None and arr.min < lo - 1e-6) or (hi is not None and arr.max > hi + 1e-6):
-            hint = ""
-            if p.get("scaled"):
-                hint = (
-                    f' (divide the pixel values by 255: `{name} = {name}.astype("float32") / 255`)'
+            scaled_inside = [t for t in front if t in ("Rescaling", "Normalization")]
+            if images and scaled_inside:
+                failed.append("scaled_in_model")
+                messages.append(
+                    f"`{name}` keeps values from {arr.min:g} to {arr.max:g}, not the lab's "
+                    f"[{lo:g}, {hi:g}]; the model scales them itself ({scaled_inside[0]} "
+                    "first), which works" + _variant_cost(check, "scaled_in_model")
                 )
-            elif hi is not None and arr.max > hi and float(hi).is_integer():
-                # Integer codes above the range: word indices from a larger vocabulary.
-                hint = (
-                    f" (keep only the {int(hi) + 1:,} most frequent words: load the data with "
-                    f"`num_words={int(hi) + 1}`)"
+            else:
+                hint = ""
+                if images:
+                    hint = (
+                        f" (divide the pixel values by 255: "
+                        f'`{name} = {name}.astype("float32") / 255`)'
+                    )
+                elif hi is not None and arr.max > hi and float(hi).is_integer():
+                    # Integer codes above the range: word indices from a larger vocabulary.
+                    hint = (
+                        f" (keep only the {int(hi) + 1:,} most frequent words: load the data "
+                        f"with `num_words={int(hi) + 1}`)"
+                    )
+                problem = (
+                    f"`{name}` values range from {arr.min:g} to {arr.max:g}; they should lie in "
+                    f"[{lo:g}, {hi:g}]{hint}"
                 )
-            messages.append(
-                f"`{name}` values range from {arr.min:g} to {arr.max:g}; they should lie in "
-                f"[{lo:g}, {hi:g}]{hint}"
-            )
-        elif p.get("scaled") and hi is not None and arr.max < 0.5 * hi:
-            messages.append(
+        elif images and hi is not None and arr.max < 0.5 * hi:
+            problem = (
                 f"`{name}` values only reach {arr.max:g}; scaled once they should reach about "
                 f"{hi:g} (were they divided twice?)"
             )
-        else:
-            ok = True
-        parts.append(ok)
+        if problem:
+            failed.append("range")
+            messages.append(problem + _conceptual(check, "range"))
     if "labels" in p:
         lab_name = p["labels"]
         labels = ev.array(lab_name)
-        ok = labels is not None
+        parts.append("labels")
         if labels is None:
+            failed.append("labels")
             messages.append(ev.missing(lab_name, "an array"))
         elif "labels_shape" in p and not _shape_ok(labels.shape, p["labels_shape"]):
-            ok = False
-            want = _fmt_shape(tuple(p["labels_shape"]))
+            failed.append("labels")
+            want_labels = _fmt_shape(tuple(p["labels_shape"]))
             classes = p["labels_shape"][-1]
             messages.append(
-                f"`{lab_name}` has shape {_fmt_shape(labels.shape)}; expected {want}"
+                f"`{lab_name}` has shape {_fmt_shape(labels.shape)}; expected {want_labels}"
                 + (
                     f" (one-hot encode them with to_categorical: `{lab_name} = "
                     f"keras.utils.to_categorical({lab_name}, {classes})`)"
@@ -491,11 +563,50 @@ def check_inputs(check: Check, ev: Evidence) -> CheckResult:
                     else ""
                 )
             )
-        parts.append(ok)
     if not messages:
         rng = f" in [{arr.min:g}, {arr.max:g}]" if arr.min is not None else ""
         messages.append(f"`{name}` is {_fmt_shape(arr.shape)} {arr.dtype}{rng} as expected")
-    return CheckResult.scored(check, sum(parts) / max(1, len(parts)), messages)
+    return CheckResult.scored(check, _fraction(check, parts, failed), messages)
+
+
+def _front_layers(model: ModelSummary | None) -> list[str]:
+    if model is None:
+        return []
+    return [layer.type for layer in model.layers[: leading_preparation(model)]]
+
+
+def _shape_aspect(
+    got: tuple[int, ...],
+    want: list[int],
+    model: ModelSummary | None,
+    front: list[str],
+    *,
+    images: bool,
+) -> str:
+    """What a shape other than the lab's is: reshaping left to the model (accepted), the
+    channel axis elsewhere, sequences of another length, or just another shape."""
+    takes_it = model is not None and model.input_shape == tuple(got[1:])
+    same_size = len(got) >= 2 and all(w > 0 for w in want[1:])
+    same_size = same_size and int(np.prod(got[1:])) == int(np.prod(want[1:]))
+    if images and takes_it and same_size and any(t in ("Flatten", "Reshape") for t in front):
+        return "reshaped_in_model"
+    if images and same_size and len(got) == len(want) == 4 and 1 in got[1:]:
+        return "channel_axis"
+    far = len(got) == len(want) == 2 and want[1] > 0 and abs(got[1] - want[1]) > want[1] / 2
+    if not images and far:
+        return "sequence_length"
+    return "shape"
+
+
+def _variant_cost(check: Check, aspect: str) -> str:
+    share = float(check.params.get("costs", {}).get(aspect, 0.0))
+    if not share:
+        return ": accepted"
+    lost = share * check.points
+    return (
+        f": accepted, less {lost:g} point{'s' if lost != 1 else ''} because the arrays are "
+        "not prepared as the lab asks"
+    )
 
 
 def _pad_call(name: str, shape: Any) -> str:
@@ -541,11 +652,13 @@ def check_metric(check: Check, ev: Evidence) -> CheckResult:
         return CheckResult.failed(
             check, ev.problems.get(metric, f"the {label} could not be computed")
         )
-    th = check.threshold(ev.data_source)
+    types = [layer.type for layer in ev.model.layers] if ev.model is not None else []
+    th = check.threshold(ev.data_source, types)
     fraction = th.fraction(value)
     better = "at least" if th.higher_is_better else "at most"
+    target = f"the lab's target for a {th.variant} network" if th.variant else "the lab's target"
     if fraction >= 1.0:
-        msg = f"{label} {value:.4f} meets the lab's target ({better} {th.full:g})"
+        msg = f"{label} {value:.4f} meets {target} ({better} {th.full:g})"
     elif fraction <= 0.0:
         msg = (
             f"{label} {value:.4f}: no credit beyond {th.zero:g} (the lab expects {better} "
@@ -554,17 +667,19 @@ def check_metric(check: Check, ev: Evidence) -> CheckResult:
         )
     else:
         msg = (
-            f"{label} {value:.4f} misses the lab's target ({better} {th.full:g}): partial "
+            f"{label} {value:.4f} misses {target} ({better} {th.full:g}): partial "
             "credit; train longer or check the preprocessing"
         )
-    return CheckResult.scored(check, fraction, [msg])
+    return CheckResult.scored(check, fraction, [msg, *([ev.preparation] if ev.preparation else [])])
 
 
 # --- normalisation with training statistics ---------------------------------------------
 
 
 def check_normalisation(check: Check, ev: Evidence) -> CheckResult:
-    """Training features at mean 0 / sd 1, and test features shifted by the *training* stats."""
+    """Training features at mean 0 / sd 1, and test features shifted by the *training* stats;
+    or raw arrays and a model that standardises them itself with the training statistics
+    (a Normalization layer adapted on the training data: accepted, at the rubric's share)."""
     p = check.params
     train, test = p["train_variable"], p["test_variable"]
     tr, te = ev.values.get(train, {}), ev.values.get(test, {})
@@ -573,36 +688,67 @@ def check_normalisation(check: Check, ev: Evidence) -> CheckResult:
     if "column_mean" not in te:
         return CheckResult.failed(check, ev.missing(test, "a 2-D numeric array"))
     messages = []
-    parts = []
+    failed = []
     tr_mean, tr_std = np.asarray(tr["column_mean"]), np.asarray(tr["column_std"])
+    te_mean = np.asarray(te["column_mean"])
     train_ok = bool(np.all(np.abs(tr_mean) < 0.05) and np.all(np.abs(tr_std - 1) < 0.05))
-    parts.append(train_ok)
+    inside = _normalised_inside(ev, tr_mean, te_mean)
+    if not train_ok and inside is not None:
+        failed.append("normalised_in_model")
+        messages.append(inside + _variant_cost(check, "normalised_in_model"))
+        return CheckResult.scored(check, _fraction(check, ["train", "test"], failed), messages)
     if not train_ok:
+        failed.append("train")
         messages.append(
             f"`{train}` is not standardised: each feature should have mean 0 and standard "
             f"deviation 1: compute `mean = {train}.mean(axis=0)` and `std = {train}.std(axis=0)`, "
             f"then `{train} = ({train} - mean) / std`"
         )
     expected = ev.reference.get("test_column_mean_with_train_stats")
-    te_mean = np.asarray(te["column_mean"])
     if expected is None or len(expected) != len(te_mean):
-        parts.append(False)
+        failed.append("test")
         messages.append(f"`{test}` does not have the lab's {len(expected or [])} features")
-    else:
-        test_ok = bool(np.allclose(te_mean, expected, atol=0.02))
-        parts.append(test_ok)
-        if not test_ok:
-            own = np.all(np.abs(te_mean) < 0.02)
-            fix = f"`{test} = ({test} - mean) / std`, with `mean` and `std` computed on `{train}`"
-            messages.append(
+    elif not np.allclose(te_mean, expected, atol=0.02):
+        failed.append("test")
+        own = np.all(np.abs(te_mean) < 0.02)
+        fix = f"`{test} = ({test} - mean) / std`, with `mean` and `std` computed on `{train}`"
+        messages.append(
+            (
                 f"`{test}` was normalised with its own mean and sd; use the training set's: "
                 f"{fix} (the test data must not influence preprocessing)"
                 if own
                 else f"`{test}` is not normalised with the training set's mean and sd: use {fix}"
             )
+            + _conceptual(check, "test")
+        )
     if not messages:
         messages.append("features standardised with the training set's mean and sd")
-    return CheckResult.scored(check, sum(parts) / len(parts), messages)
+    return CheckResult.scored(check, _fraction(check, ["train", "test"], failed), messages)
+
+
+def _normalised_inside(ev: Evidence, tr_mean: np.ndarray, te_mean: np.ndarray) -> str | None:
+    """What to tell a student whose model standardises raw arrays itself with the training
+    set's statistics; None when it does not (or not with those)."""
+    inside = ev.reference.get("model_normalization_mean")
+    train_raw = ev.reference.get("train_column_mean")
+    test_raw = ev.reference.get("test_column_mean_raw")
+    if inside is None or train_raw is None or test_raw is None:
+        return None
+    inside, train_raw, test_raw = (np.asarray(v) for v in (inside, train_raw, test_raw))
+    if not (inside.shape == train_raw.shape == tr_mean.shape == te_mean.shape):
+        return None
+    scale = np.maximum(1.0, np.abs(train_raw))
+    adapted_on_train = bool(np.all(np.abs(inside - train_raw) <= 1e-3 * scale))
+    raw_arrays = bool(
+        np.all(np.abs(tr_mean - train_raw) <= 1e-3 * scale)
+        and np.all(np.abs(te_mean - test_raw) <= 1e-3 * np.maximum(1.0, np.abs(test_raw)))
+    )
+    if not (adapted_on_train and raw_arrays):
+        return None
+    return (
+        "the arrays stay raw and the model standardises them itself (a Normalization layer "
+        "adapted on the training data), which works"
+    )
 
 
 # --- callbacks --------------------------------------------------------------------------
@@ -728,13 +874,13 @@ def run_checks(rubric: Rubric, ev: Evidence) -> tuple[CheckResult, ...]:
     return tuple(results)
 
 
-def self_check(lab: str, check_id: str, namespace: Mapping[str, Any]) -> CheckResult:
-    """Run one rubric check in the student's kernel on live objects, for feedback only.
+# The last result of each visible check run in this kernel: what the student last saw.
+_SEEN: dict[tuple[str, str], CheckResult] = {}
 
-    Raises ``AssertionError`` with the check's messages when it does not pass, as a visible
-    nbgrader test does. The held-out data is not available here: a metric check previews
-    the student's own test split, never the grade.
-    """
+
+def _check_in_kernel(lab: str, check_id: str, namespace: Mapping[str, Any]) -> CheckResult:
+    """One rubric check on the kernel's live objects, with a metric previewed on the
+    notebook's own test split."""
     import tempfile
     from pathlib import Path
 
@@ -753,9 +899,57 @@ def self_check(lab: str, check_id: str, namespace: Mapping[str, Any]) -> CheckRe
             metrics, problems = preview_metrics(rubric, model, namespace)
         ev = evidence_from_capture(rubric, Path(tmp), metrics=metrics, problems=problems)
     result = CHECKS[check.kind](check, ev)
+    _SEEN[(lab, check_id)] = result
+    return result
+
+
+def self_check(lab: str, check_id: str, namespace: Mapping[str, Any]) -> CheckResult:
+    """Run one rubric check in the student's kernel on live objects, for feedback only.
+
+    Raises ``AssertionError`` with the check's messages when it does not pass, as a visible
+    nbgrader test does. The held-out data is not available here: a metric check previews
+    the student's own test split, never the grade.
+    """
+    result = _check_in_kernel(lab, check_id, namespace)
     print(f"[{result.status}] {result.title}: {result.score:g}/{result.points:g}")
     for m in result.messages:
         print(f"  - {m}")
     if result.status != "pass":
         raise AssertionError("; ".join(result.messages))
     return result
+
+
+def expected_total(lab: str, namespace: Mapping[str, Any]) -> float:
+    """The notebook's last cell: what the automatic checks give, and what is left to the
+    instructor. Each check counts as its visible cell last showed it (nothing is computed
+    twice); a check whose cell has not run is run here, on the live objects."""
+    rubric = load_rubric(lab)
+    rows = []
+    for check in rubric.checks:
+        seen = _SEEN.get((lab, check.id))
+        if seen is not None:
+            result = seen
+        else:
+            try:
+                result = _check_in_kernel(lab, check.id, namespace)
+            except Exception as exc:  # a broken notebook still gets its table
+                result = CheckResult.failed(check, f"{type(exc).__name__}: {exc}")
+        rows.append(result)
+    total = sum(r.score for r in rows)
+    width = max(len(r.title) for r in rows)
+    print("Expected from the automatic checks (accuracy previewed on your test split; the")
+    print("grade uses held-out data the notebook never sees):")
+    for r in rows:
+        mark = "~" if r.kind == "metric" else " "
+        print(f"  {r.title:<{width}}  {mark}{r.score:g} / {r.points:g}")
+    print(
+        f"  {'automatic total':<{width}}  {mark if any(r.kind == 'metric' for r in rows) else ' '}"
+        f"{total:g} / {rubric.total_points:g}"
+    )
+    if rubric.manual:
+        parts = ", ".join(f"{m.title} ({m.points:g} points)" for m in rubric.manual)
+        manual = sum(m.points for m in rubric.manual)
+        print(f"Left to the instructor: {parts}, graded by hand; {manual:g} more points.")
+    else:
+        print("Nothing is left to the instructor: every point is graded automatically.")
+    return total

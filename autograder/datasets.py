@@ -175,10 +175,12 @@ def _load(name: str, folder: str) -> dict[str, Array]:
 
 
 def train_limit(name: str) -> int | None:
-    """The training-set cap for ``name`` from ``$AUTOGRADER_TRAIN_LIMIT`` (``imdb=2000,...``).
+    """The cap for ``name`` from ``$AUTOGRADER_TRAIN_LIMIT`` (``imdb=2000,...``).
 
-    Quick runs (the test suite, quick calibrations) train on the first N training examples;
-    the cap is part of the data source, so such runs are held to thresholds of their own.
+    Quick runs (the test suite, the demo, quick calibrations) train on the first N training
+    examples and see the first N of the public test split (the notebook's own evaluation
+    and preview; the held-out split is never capped by it); the cap is part of the data
+    source, so such runs are held to thresholds of their own.
     """
     for item in os.environ.get(TRAIN_LIMIT_ENV, "").split(","):
         key, _, value = item.partition("=")
@@ -197,8 +199,8 @@ def _limited(name: str, split: Split) -> Split:
     limit = train_limit(name)
     if limit is None:
         return split
-    (x, y), test = split
-    return (x[:limit], y[:limit]), test
+    (x, y), (tx, ty) = split
+    return (x[:limit], y[:limit]), (tx[:limit], ty[:limit])
 
 
 def data_source(name: str) -> str:

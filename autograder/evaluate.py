@@ -12,17 +12,20 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import re
 import stat
 import zipfile
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .capture import CAPTURE_FILE, MODEL_FILE, read_capture
+from .capture import CAPTURE_FILE, MODEL_FILE, SAMPLES_FILE, read_capture
 from .checks import Evidence, run_checks, summarize_model
 from .fstree import write_fresh
+from .preparation import learn_preparation, shape_text
 from .results import CheckResult, GradingResult
 from .review import memorisation, training_record
 from .rubric import Rubric, load_rubric
@@ -41,6 +44,7 @@ __all__ = [
     "predict",
     "prepare_inputs",
     "preview_metrics",
+    "standard_preparation",
     "unsafe_layers",
     "witness_metrics",
 ]
@@ -110,6 +114,89 @@ def prepare_inputs(x: Any, rubric: Rubric) -> np.ndarray:
     return x
 
 
+Prepare = Callable[[Any], np.ndarray]
+
+
+def standard_preparation(rubric: Rubric) -> str:
+    """The lab's own preparation of its inputs, as the report names it."""
+    pre = rubric.preprocess
+    if pre.pad is not None:
+        return f"(n, {pre.pad}) {pre.dtype}, padded to {pre.pad} words"
+    shape = shape_text(pre.reshape) if pre.reshape is not None else "as loaded"
+    what = f"{shape} {pre.dtype}"
+    if pre.normalize == "train":
+        what += ", standardised with the training set's mean and sd"
+    if pre.scale != 1.0:
+        what += f", values / {pre.scale:g}"
+    return what
+
+
+def _read_samples(artifacts: Path) -> dict[str, np.ndarray]:
+    path = artifacts / SAMPLES_FILE
+    if not path.is_file():
+        return {}
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {k: np.asarray(npz[k]) for k in npz.files if k in ("fit", "train", "test")}
+    except Exception:
+        return {}
+
+
+def _preparation(rubric: Rubric, samples: dict[str, np.ndarray]) -> tuple[Prepare, str, bool]:
+    """How the held-out inputs reach this model, what the report says about it, and whether
+    it was learned: the student's own preparation where their arrays show it, else the
+    lab's."""
+    standard = f"prepared as the lab asks: {standard_preparation(rubric)}"
+    learn = rubric.preprocess.learn_from
+    candidates = []
+    if samples:
+        (train_x, _), (test_x, _) = _student_view(rubric)
+        raw = {"train": train_x, "test": test_x}
+        if "fit" in samples:
+            candidates.append(("the inputs fit() received", train_x, samples["fit"]))
+        for split, var in learn.items():
+            if split in samples:
+                candidates.append((f"`{var}`", raw[split], samples[split]))
+    found, why = learn_preparation(candidates)
+    if found is not None:
+        return (
+            found.apply,
+            f"held-out inputs prepared as the model was trained ({found.describe()}, "
+            f"learned from {found.source})",
+            True,
+        )
+    if why:
+        return (
+            lambda x: prepare_inputs(x, rubric),
+            f"held-out inputs {standard}; the notebook's own preparation could not be "
+            f"reproduced ({why[-1]})",
+            False,
+        )
+    return lambda x: prepare_inputs(x, rubric), f"held-out inputs {standard}", False
+
+
+def _mismatch(model: Any, x: np.ndarray, exc: BaseException, how: str) -> str:
+    """Why the model could not take the prepared inputs, in the student's terms: what it
+    takes, and what it was given."""
+    try:
+        want = tuple(model.inputs[0].shape)
+    except Exception:
+        return _short(exc)
+    got = (None, *x.shape[1:])
+    differs = len(want) != len(got) or any(
+        w is not None and w != g for w, g in zip(want, got, strict=True)
+    )
+    if differs:
+        return (
+            f"the model takes inputs of shape {shape_text(want)}; the held-out data prepared "
+            f"{how} has shape {shape_text(got)}: train the model on arrays of the shape it takes"
+        )
+    return (
+        f"the model takes inputs of shape {shape_text(want)} and could not be run on the "
+        f"held-out data prepared {how} ({shape_text(got)} {x.dtype}): {_short(exc)}"
+    )
+
+
 def metric_value(metric: str, pred: np.ndarray, y: np.ndarray) -> float:
     """``accuracy`` (integer, one-hot or binary labels) or ``mae`` of predictions ``pred``."""
     pred = np.asarray(pred)
@@ -164,11 +251,11 @@ def _classifier_figures(rubric: Rubric, pred: np.ndarray, y: np.ndarray) -> dict
     return {"confusion_matrix": {"labels": labels, "matrix": matrix, "data": "held-out"}}
 
 
-def _regression_figures(rubric: Rubric, model: Any) -> dict[str, Any]:
+def _regression_figures(rubric: Rubric, model: Any, prepare: Prepare) -> dict[str, Any]:
     # The students' own test split, prepared as the held-out houses are: showing predictions
     # on held-out houses would reveal their prices.
     _, (test_x, test_y) = _student_view(rubric)
-    pred = predict(model, prepare_inputs(test_x, rubric))
+    pred = predict(model, prepare(test_x))
     pred = np.asarray(pred).reshape(len(test_y), -1)[:, 0]
     if not np.isfinite(pred).all():
         return {}
@@ -203,35 +290,55 @@ def _layers(model: Any) -> list[Any]:
     return found
 
 
-def _heldout(rubric: Rubric, model: Any) -> tuple[dict[str, float], dict[str, str], dict[str, Any]]:
-    """Metrics and problems as :func:`heldout_metrics`, and the numbers for the feedback."""
+def _heldout(
+    rubric: Rubric, model: Any, prepare: Prepare | None = None, how: str = "as the lab asks"
+) -> tuple[dict[str, float], dict[str, str], dict[str, Any], bool]:
+    """Metrics and problems as :func:`heldout_metrics`, the numbers for the feedback, and
+    whether the model ran on the inputs at all."""
     from .datasets import load_heldout
+
+    if prepare is None:
+        prepare = lambda x: prepare_inputs(x, rubric)  # noqa: E731
 
     metrics: dict[str, float] = {}
     problems: dict[str, str] = {}
     figures: dict[str, Any] = {}
     wanted = _metric_checks(rubric)
     if not wanted:
-        return metrics, problems, figures
+        return metrics, problems, figures, True
     try:
         x, y = load_heldout(rubric.dataset, **rubric.preprocess.load)
         if rubric.preprocess.limit is not None:
             x, y = x[: rubric.preprocess.limit], y[: rubric.preprocess.limit]
-        pred = predict(model, prepare_inputs(x, rubric))
+        x = prepare(x)
+    except Exception as exc:
+        for metric in wanted:
+            problems[metric] = f"the held-out data could not be prepared: {_short(exc)}"
+        return metrics, problems, figures, False
+    try:
+        pred = predict(model, x)
+    except Exception as exc:
+        for metric in wanted:
+            problems[metric] = (
+                f"the model could not be evaluated on held-out data: "
+                f"{_mismatch(model, x, exc, how)}"
+            )
+        return metrics, problems, figures, False
+    try:
         for metric in wanted:
             metrics[metric] = metric_value(metric, pred, y)
     except Exception as exc:
         for metric in wanted:
             problems[metric] = f"the model could not be evaluated on held-out data: {_short(exc)}"
-        return metrics, problems, figures
+        return {}, problems, figures, True
     try:
         if "accuracy" in metrics:
             figures.update(_classifier_figures(rubric, pred, y))
         if "mae" in metrics:
-            figures.update(_regression_figures(rubric, model))
+            figures.update(_regression_figures(rubric, model, prepare))
     except Exception:  # pictures are a courtesy: they must never cost a grade
         pass
-    return metrics, problems, figures
+    return metrics, problems, figures, True
 
 
 # Enough examples of the test split to see a memorising model's gap, few enough that the
@@ -252,7 +359,7 @@ _VAL_NAMES = {
 
 
 def witness_metrics(
-    rubric: Rubric, model: Any, history: dict[str, Any]
+    rubric: Rubric, model: Any, history: dict[str, Any], prepare: Prepare | None = None
 ) -> dict[str, dict[str, float]]:
     """Per metric, the model's score on its own test split (computed here, prepared as the
     held-out data is) and its last validation score (as fit() recorded it), where there are
@@ -265,7 +372,7 @@ def witness_metrics(
     try:
         _, (x, y) = _student_view(rubric)
         x, y = x[:_WITNESS_MAX], y[:_WITNESS_MAX]
-        test = predict(model, prepare_inputs(x, rubric)), y
+        test = predict(model, (prepare or (lambda v: prepare_inputs(v, rubric)))(x)), y
     except Exception:  # the held-out evaluation reports what is wrong with the model
         pass
     for metric in wanted:
@@ -301,7 +408,7 @@ def optimizer_iterations(path: Path) -> int | None:
 
 def heldout_metrics(rubric: Rubric, model: Any) -> tuple[dict[str, float], dict[str, str]]:
     """The rubric's metrics on the held-out split, which the student's notebook never loads."""
-    metrics, problems, _ = _heldout(rubric, model)
+    metrics, problems, _, _ = _heldout(rubric, model)
     return metrics, problems
 
 
@@ -329,10 +436,33 @@ def preview_metrics(
 
 def reference_figures(rubric: Rubric) -> dict[str, Any]:
     """Figures the checks compare the student's arrays with, from the grader's copy of the data."""
-    if not any(c.kind == "normalisation" for c in rubric.checks):
+    if not _normalises(rubric):
         return {}
     mean, std, test_x = _train_stats(rubric)
-    return {"test_column_mean_with_train_stats": ((test_x - mean) / std).mean(axis=0).tolist()}
+    return {
+        "test_column_mean_with_train_stats": ((test_x - mean) / std).mean(axis=0).tolist(),
+        "train_column_mean": mean.tolist(),
+        "test_column_mean_raw": test_x.mean(axis=0).tolist(),
+    }
+
+
+def _normalises(rubric: Rubric) -> bool:
+    return any(c.kind == "normalisation" for c in rubric.checks)
+
+
+def _model_normalisation(model: Any) -> dict[str, Any]:
+    """The mean a leading Normalization layer subtracts (what it was adapted on), if the
+    model standardises its own inputs."""
+    import keras
+
+    for layer in _layers(model):
+        if isinstance(layer, keras.layers.InputLayer):
+            continue
+        if isinstance(layer, keras.layers.Normalization) and layer.mean is not None:
+            mean = np.asarray(keras.ops.convert_to_numpy(layer.mean), dtype=np.float64)
+            return {"model_normalization_mean": mean.reshape(-1).tolist()}
+        return {}
+    return {}
 
 
 def load_model_safely(rubric: Rubric, artifacts: Path, problems: dict[str, str]) -> Any:
@@ -402,17 +532,39 @@ def _evidence_and_figures(
     metrics = dict(metrics or {})
     figures: dict[str, Any] = {}
     witnesses: dict[str, dict[str, float]] = {}
+    preparation = ""
     if model is not None:
         summary = summarize_model(model)
         config = _read_model_config(artifacts / MODEL_FILE)
         summary = replace(summary, compile_config=config.get("compile_config") or {})
         if heldout:
-            found, failed, figures = _heldout(rubric, model)
+            prepare, preparation, learned = _preparation(rubric, _read_samples(artifacts))
+            how = "as the notebook's arrays" if learned else "as the lab asks"
+            found, failed, figures, ran = _heldout(rubric, model, prepare, how)
+            if not ran and learned:
+                # The arrays' form does not fit the model (they changed after training, say):
+                # the lab's own preparation may.
+                standard: Prepare = lambda x: prepare_inputs(x, rubric)  # noqa: E731
+                again = _heldout(rubric, model, standard)
+                if again[3]:
+                    found, failed, figures, _ = again
+                    prepare = standard
+                    preparation = (
+                        f"held-out inputs prepared as the lab asks: "
+                        f"{standard_preparation(rubric)}; the form of the notebook's arrays "
+                        "does not fit the model"
+                    )
+                else:
+                    lab_form = standard_preparation(rubric)
+                    failed = {
+                        k: f"{v}; prepared as the lab asks ({lab_form}), it could not be run either"
+                        for k, v in failed.items()
+                    }
             metrics.update(found)
             problems.update(failed)
             history = capture.get("history")
             if found:
-                witnesses = witness_metrics(rubric, model, _as_dict(history))
+                witnesses = witness_metrics(rubric, model, _as_dict(history), prepare)
     for metric in _metric_checks(rubric):
         if metric not in metrics:
             problems.setdefault(metric, problems.get("model", "no model to evaluate"))
@@ -428,7 +580,11 @@ def _evidence_and_figures(
             if isinstance(capture.get("fit_calls"), list)
             else None
         ),
-        reference=reference_figures(rubric),
+        reference={
+            **reference_figures(rubric),
+            **(_model_normalisation(model) if model is not None and _normalises(rubric) else {}),
+        },
+        preparation=preparation,
     )
     return ev, figures, witnesses
 
@@ -450,6 +606,8 @@ def _review(
         if check.kind != "metric" or metric not in ev.metrics:
             continue
         threshold = check.thresholds.get(ev.data_source)
+        if threshold is not None and ev.model is not None:
+            threshold = check.threshold(ev.data_source, [la.type for la in ev.model.layers])
         if threshold is not None:
             value = ev.metrics[metric]
             reasons += memorisation(threshold, metric, value, witnesses.get(metric, {}))
@@ -470,7 +628,7 @@ def failed_result(rubric: Rubric, source: str, reason: str) -> GradingResult:
 
 # What the kernel may leave for the evaluator: far more than any lab's model needs (the
 # largest, the CNN's, is a few MiB), far less than what would hurt the grader to read.
-MAX_BYTES = {CAPTURE_FILE: 4 * 2**20, MODEL_FILE: 256 * 2**20}
+MAX_BYTES = {CAPTURE_FILE: 4 * 2**20, MODEL_FILE: 256 * 2**20, SAMPLES_FILE: 8 * 2**20}
 _MAX_UNPACKED = 512 * 2**20  # the model archive's members, as declared (zipfile holds to it)
 _MAX_MEMBERS = 1000
 _MAX_RATIO = 100  # for members over 1 MiB: a higher one is a compression bomb
@@ -500,22 +658,31 @@ def files_problem(artifacts: Path) -> str | None:
 
 
 def _archive_problem(artifacts: Path) -> str | None:
+    for name in (MODEL_FILE, SAMPLES_FILE):
+        problem = _zip_problem(artifacts / name)
+        if problem is not None:
+            return problem
+    return None
+
+
+def _zip_problem(path: Path) -> str | None:
+    name = path.name
     try:
-        with zipfile.ZipFile(artifacts / MODEL_FILE) as zf:
+        with zipfile.ZipFile(path) as zf:
             members = zf.infolist()
     except (OSError, zipfile.BadZipFile):
         return None  # no archive, or a broken one: loading says so
     if len(members) > _MAX_MEMBERS:
-        return f"{MODEL_FILE} holds {len(members)} files, over the {_MAX_MEMBERS} allowed"
+        return f"{name} holds {len(members)} files, over the {_MAX_MEMBERS} allowed"
     unpacked = sum(m.file_size for m in members)
     if unpacked > _MAX_UNPACKED:
         return (
-            f"{MODEL_FILE} unpacks to {unpacked / 2**20:.0f} MiB, "
+            f"{name} unpacks to {unpacked / 2**20:.0f} MiB, "
             f"over the {_MAX_UNPACKED / 2**20:.0f} MiB allowed"
         )
     for m in members:
         if m.file_size > 2**20 and m.file_size > _MAX_RATIO * max(1, m.compress_size):
-            return f"{MODEL_FILE} member {m.filename[:100]!r} is compressed over {_MAX_RATIO}:1"
+            return f"{name} member {m.filename[:100]!r} is compressed over {_MAX_RATIO}:1"
     return None
 
 
@@ -561,12 +728,21 @@ def evaluate_artifacts(lab: str, artifacts: Path) -> GradingResult:
             for name, value in values.items()
         },
         review=_review(rubric, ev, capture, witnesses, iterations),
+        preparation=ev.preparation,
     )
 
 
+# Keras wraps a layer's error in lines that name the call and its arguments, and TensorFlow
+# adds node names: neither tells the student anything.
+_NOISE = re.compile(r"^(Exception encountered when calling|Arguments received by|•)")
+_NODE = re.compile(r"\{\{[^}]*\}\}|\[Op:[^\]]*\]|\x1b\[[0-9;]*m")
+
+
 def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[-1] if text else ''}"[:300]
+    lines = [_NODE.sub("", ln).strip() for ln in str(exc).strip().splitlines()]
+    kept = [ln for ln in lines if ln and not _NOISE.match(ln)]
+    text = kept[-1] if kept else (lines[-1] if lines else "")
+    return f"{type(exc).__name__}: {text}"[:300]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -96,10 +96,14 @@ def build_examples(
     out_root: Path | None = None,
     labs: list[str] | None = None,
 ) -> list[Path]:
-    """Write every example notebook; return their paths."""
+    """Write every example notebook, and remove those no examples file declares any more;
+    return the paths written."""
     out_root = out_root or examples_dir()
     written = []
     for lab in labs or sorted(EXAMPLES):
+        for stale in sorted((out_root / lab).glob("*.ipynb")):
+            if stale.stem not in EXAMPLES[lab]:
+                stale.unlink()
         notebook = load_rubric(lab).notebook + ".ipynb"
         solutions = _solutions(nbformat.read(source_root / lab / notebook, as_version=4))
         release = release_root / lab / notebook

@@ -17,15 +17,24 @@ __all__ = ["check_notebook_against_rubric", "generate_release", "release_drift"]
 
 
 def check_notebook_against_rubric(notebook: Path, rubric: Rubric) -> None:
-    """Every autograded test cell is a rubric check with the same points, and vice versa."""
+    """Every autograded test cell is a rubric check with the same points, every cell graded
+    by hand a ``manual`` entry of the rubric, and vice versa."""
     nb = nbformat.read(notebook, as_version=4)
     cells: dict[str, float] = {}
+    by_hand: dict[str, float] = {}
     for cell in nb.cells:
         meta = cell.metadata.get("nbgrader", {})
         if meta.get("grade") and not meta.get("solution") and cell.cell_type == "code":
             cells[meta["grade_id"]] = float(meta.get("points", 0))
+        elif meta.get("grade"):
+            by_hand[meta["grade_id"]] = float(meta.get("points", 0))
     checks = {c.id: c.points for c in rubric.checks}
     problems = []
+    manual = {m.id: m.points for m in rubric.manual}
+    if by_hand != manual:
+        problems.append(
+            f"cells graded by hand {by_hand or 'none'}, the rubric's manual {manual or 'none'}"
+        )
     for gid in sorted(set(cells) - set(checks)):
         problems.append(f"test cell {gid} has no check in the rubric")
     for gid in sorted(set(checks) - set(cells)):

@@ -54,6 +54,8 @@ class GradingResult:
     witnesses: dict[str, float] = field(default_factory=dict)
     # Reasons to review this grade (autograder.review): instructors' eyes only, never scored.
     review: tuple[str, ...] = ()
+    # How the held-out inputs were prepared for the model (autograder.preparation).
+    preparation: str = ""
 
     @property
     def score(self) -> float:

@@ -7,7 +7,8 @@ relaxing a check.
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -15,11 +16,14 @@ from typing import Any
 from .errors import ConfigError
 
 __all__ = [
+    "ASPECTS",
     "CHECK_KINDS",
     "METRICS",
     "VARIABLE_PARAMS",
+    "VARIANT_ASPECTS",
     "Check",
     "LayerSpec",
+    "ManualPart",
     "Preprocess",
     "Rubric",
     "Threshold",
@@ -39,17 +43,52 @@ CHECK_KINDS: dict[str, frozenset[str]] = {
             "output_units",
             "output_activation",
             "layers_required",
+            "costs",
+            "conceptual",
         }
     ),
-    "compile": frozenset({"optimizers", "losses", "metrics"}),
+    "compile": frozenset({"optimizers", "losses", "metrics", "costs", "conceptual"}),
     "inputs": frozenset(
-        {"variable", "shape", "dtype", "min", "max", "scaled", "labels", "labels_shape"}
+        {
+            "variable",
+            "shape",
+            "dtype",
+            "min",
+            "max",
+            "scaled",
+            "labels",
+            "labels_shape",
+            "costs",
+            "conceptual",
+        }
     ),
     "metric": frozenset({"metric", "thresholds", "preview"}),
-    "normalisation": frozenset({"train_variable", "test_variable"}),
+    "normalisation": frozenset({"train_variable", "test_variable", "costs", "conceptual"}),
     "callbacks": frozenset({"required", "accepted"}),
     "comparison": frozenset({"histories", "comparison", "history_metric"}),
 }
+# What a check can find wrong, per kind: a rubric's ``costs`` table gives each the share of
+# the check's points it costs (default: an equal share of the aspects checked).
+ASPECTS: dict[str, frozenset[str]] = {
+    "architecture": frozenset({"input_shape", "layers", "output", "params"}),
+    "compile": frozenset({"optimizer", "loss", "metrics"}),
+    "inputs": frozenset(
+        {
+            "shape",
+            "dtype",
+            "range",
+            "labels",
+            "channel_axis",
+            "sequence_length",
+            "reshaped_in_model",
+            "scaled_in_model",
+        }
+    ),
+    "normalisation": frozenset({"train", "test", "normalised_in_model"}),
+}
+# Findings that are accepted ways of solving the lab (preparation done inside the model):
+# they cost at most half of the input check, and only where the rubric says so.
+VARIANT_ASPECTS = frozenset({"reshaped_in_model", "scaled_in_model", "normalised_in_model"})
 # Check parameters that name variables of the student's notebook (captured by the grader).
 VARIABLE_PARAMS = (
     "variable",
@@ -126,6 +165,12 @@ class Threshold:
     review_beyond: float | None = None
     review_gap_test: float | None = None
     review_gap_validation: float | None = None
+    # Accepted variants that the lab invites and that learn differently (the book's SimpleRNN
+    # where the reference has an LSTM): layer type -> a threshold calibrated on that
+    # variant, used for a model that has such a layer. ``example`` names the calibrated one.
+    variants: dict[str, Threshold] = field(default_factory=dict, hash=False)
+    example: str = ""
+    variant: str = ""  # the layer type of a variant's threshold
 
     @property
     def higher_is_better(self) -> bool:
@@ -150,14 +195,17 @@ class Check:
     layers: tuple[LayerSpec, ...] = ()
     thresholds: dict[str, Threshold] = field(default_factory=dict, hash=False)
 
-    def threshold(self, source: str) -> Threshold:
+    def threshold(self, source: str, layer_types: Iterable[str] = ()) -> Threshold:
+        """The threshold for ``source``; a variant's own, where the model has its layer."""
         try:
-            return self.thresholds[source]
+            base = self.thresholds[source]
         except KeyError:
             raise ConfigError(
                 f"check {self.id}: no threshold for data source '{source}' "
                 f"(have: {', '.join(sorted(self.thresholds))})"
             ) from None
+        types = set(layer_types)
+        return next((v for k, v in base.variants.items() if k in types), base)
 
 
 @dataclass(frozen=True)
@@ -172,6 +220,18 @@ class Preprocess:
     pad: int | None = None  # pad_sequences(maxlen=pad), keras' defaults otherwise
     load: dict[str, Any] = field(default_factory=dict, hash=False)  # loader keyword arguments
     limit: int | None = None  # grade on the first `limit` held-out examples only
+    # split ("train" | "test") -> the notebook's prepared array of it: the grader learns the
+    # student's own preparation from their first rows (autograder.preparation)
+    learn_from: dict[str, str] = field(default_factory=dict, hash=False)
+
+
+@dataclass(frozen=True)
+class ManualPart:
+    """A graded cell the instructor grades by hand (a written answer)."""
+
+    id: str
+    title: str
+    points: float
 
 
 @dataclass(frozen=True)
@@ -183,6 +243,7 @@ class Rubric:
     model_variable: str
     preprocess: Preprocess
     checks: tuple[Check, ...]
+    manual: tuple[ManualPart, ...] = ()
 
     @property
     def total_points(self) -> float:
@@ -196,11 +257,73 @@ class Rubric:
 
 
 _LABS_DIR = Path(__file__).parent / "labs"
-_TOP_KEYS = frozenset({"lab", "title", "dataset", "notebook", "model", "preprocess", "checks"})
-_PRE_KEYS = frozenset({"reshape", "scale", "dtype", "labels", "normalize", "pad", "load", "limit"})
+_TOP_KEYS = frozenset(
+    {"lab", "title", "dataset", "notebook", "model", "preprocess", "checks", "manual"}
+)
+_PRE_KEYS = frozenset(
+    {"reshape", "scale", "dtype", "labels", "normalize", "pad", "load", "limit", "learn_from"}
+)
+_SPLITS = ("train", "test")
 _CHECK_BASE = frozenset({"id", "kind", "points", "title"})
 _LABEL_MODES = ("one_hot", "sparse", "binary", "value")
 _REVIEW_KEYS = ("review_beyond", "review_gap_test", "review_gap_validation")
+
+
+def _parse_threshold(t: Any, tw: str, variant: bool = False) -> Threshold:
+    if not isinstance(t, dict):
+        raise ConfigError(f"{tw}: must be a table")
+    keys = {"full", "zero", "calibration", *_REVIEW_KEYS}
+    _strict(t, frozenset(keys | ({"example"} if variant else {"variants"})), tw)
+    review: dict[str, float] = {}
+    for key in _REVIEW_KEYS:
+        if key in t:
+            value = _require(t, key, (int, float), tw)
+            if key.startswith("review_gap") and value < 0:
+                raise ConfigError(f"{tw}: '{key}' must not be negative")
+            review[key] = float(value)
+    th = Threshold(
+        float(_require(t, "full", (int, float), tw)),
+        float(_require(t, "zero", (int, float), tw)),
+        str(t.get("calibration", "")),
+        review.get("review_beyond"),
+        review.get("review_gap_test"),
+        review.get("review_gap_validation"),
+        example=str(_require(t, "example", str, tw)) if variant else "",
+    )
+    if th.full == th.zero:
+        raise ConfigError(f"{tw}: 'full' and 'zero' must differ")
+    if th.review_beyond is not None and th.better_by(th.review_beyond, th.full) < 0:
+        raise ConfigError(f"{tw}: 'review_beyond' must lie beyond 'full'")
+    return th
+
+
+def _parse_costs(kind: str, params: dict[str, Any], where: str) -> None:
+    """``costs`` (aspect -> share of the check's points) and ``conceptual`` (the aspects
+    that are conceptual errors the lab teaches: each costs at least half of the check;
+    accepted variants at most half)."""
+    costs = params.get("costs", {})
+    if not isinstance(costs, dict):
+        raise ConfigError(f"{where}: 'costs' must be a table")
+    _strict(costs, ASPECTS.get(kind, frozenset()), f"{where}.costs")
+    for aspect, share in costs.items():
+        if isinstance(share, bool) or not isinstance(share, int | float) or not 0 < share <= 1:
+            raise ConfigError(f"{where}.costs: '{aspect}' must be a share in (0, 1]")
+        if aspect in VARIANT_ASPECTS and share > 0.5:
+            raise ConfigError(
+                f"{where}.costs: '{aspect}' is an accepted variant: it may cost at most 0.5"
+            )
+    conceptual = params.get("conceptual", [])
+    if not isinstance(conceptual, list) or not all(isinstance(a, str) for a in conceptual):
+        raise ConfigError(f"{where}: 'conceptual' must be a list of aspects")
+    for aspect in conceptual:
+        if aspect not in costs:
+            raise ConfigError(f"{where}: conceptual error '{aspect}' needs its share in 'costs'")
+        if aspect in VARIANT_ASPECTS:
+            raise ConfigError(f"{where}: '{aspect}' is an accepted variant, not an error")
+        if costs[aspect] < 0.5:
+            raise ConfigError(
+                f"{where}.costs: '{aspect}' is a conceptual error: it must cost at least 0.5"
+            )
 
 
 def _parse_check(table: dict[str, Any], where: str) -> Check:
@@ -219,6 +342,7 @@ def _parse_check(table: dict[str, Any], where: str) -> Check:
         layers = tuple(LayerSpec.parse(t, f"{where}.layers[{i}]") for i, t in enumerate(raw_layers))
         if params.setdefault("match", "exact") not in _MATCH_MODES:
             raise ConfigError(f"{where}: 'match' must be one of {', '.join(_MATCH_MODES)}")
+    _parse_costs(kind, params, where)
     thresholds: dict[str, Threshold] = {}
     if kind == "metric" and params.get("metric") not in METRICS:
         raise ConfigError(f"{where}: 'metric' must be one of {', '.join(METRICS)}")
@@ -226,24 +350,14 @@ def _parse_check(table: dict[str, Any], where: str) -> Check:
         raw = _require(table, "thresholds", dict, where)
         for source, t in raw.items():
             tw = f"{where}.thresholds.{source}"
-            _strict(t, frozenset({"full", "zero", "calibration", *_REVIEW_KEYS}), tw)
-            review: dict[str, float] = {}
-            for key in _REVIEW_KEYS:
-                if key in t:
-                    value = _require(t, key, (int, float), tw)
-                    if key.startswith("review_gap") and value < 0:
-                        raise ConfigError(f"{tw}: '{key}' must not be negative")
-                    review[key] = float(value)
-            th = Threshold(
-                float(_require(t, "full", (int, float), tw)),
-                float(_require(t, "zero", (int, float), tw)),
-                str(t.get("calibration", "")),
-                **review,
-            )
-            if th.full == th.zero:
-                raise ConfigError(f"{tw}: 'full' and 'zero' must differ")
-            if th.review_beyond is not None and th.better_by(th.review_beyond, th.full) < 0:
-                raise ConfigError(f"{tw}: 'review_beyond' must lie beyond 'full'")
+            variants = {}
+            for layer, v in dict(t.get("variants", {})).items():
+                variants[layer] = replace(
+                    _parse_threshold(v, f"{tw}.variants.{layer}", variant=True), variant=layer
+                )
+            th = replace(_parse_threshold(t, tw), variants=variants)
+            if any(v.higher_is_better != th.higher_is_better for v in variants.values()):
+                raise ConfigError(f"{tw}: a variant's threshold runs the other way")
             thresholds[source] = th
         if not thresholds:
             raise ConfigError(f"{where}: at least one data source threshold is needed")
@@ -269,11 +383,30 @@ def parse_rubric(data: dict[str, Any], where: str = "rubric") -> Rubric:
     reshape = pre.get("reshape")
     if pre.get("normalize") not in (None, "train"):
         raise ConfigError(f"{where}.preprocess: 'normalize' must be \"train\"")
+    learn_from = pre.get("learn_from", {})
+    if not isinstance(learn_from, dict) or not all(
+        isinstance(v, str) and v for v in learn_from.values()
+    ):
+        raise ConfigError(f"{where}.preprocess: 'learn_from' maps a split to a variable name")
+    _strict(learn_from, frozenset(_SPLITS), f"{where}.preprocess.learn_from")
     model = _require(data, "model", dict, where)
     _strict(model, frozenset({"variable"}), f"{where}.model")
     raw_checks = _require(data, "checks", list, where)
     checks = tuple(_parse_check(t, f"{where}.checks[{i}]") for i, t in enumerate(raw_checks))
-    ids = [c.id for c in checks]
+    manual = []
+    raw_manual = data.get("manual", {})
+    if not isinstance(raw_manual, dict):
+        raise ConfigError(f"{where}: 'manual' must be a table of graded-by-hand cells")
+    for gid, t in raw_manual.items():
+        mw = f"{where}.manual.{gid}"
+        if not isinstance(t, dict):
+            raise ConfigError(f"{mw}: must be a table with 'title' and 'points'")
+        _strict(t, frozenset({"title", "points"}), mw)
+        points = _require(t, "points", (int, float), mw)
+        if points <= 0:
+            raise ConfigError(f"{mw}: 'points' must be positive")
+        manual.append(ManualPart(gid, str(_require(t, "title", str, mw)), float(points)))
+    ids = [c.id for c in checks] + [m.id for m in manual]
     if len(set(ids)) != len(ids):
         raise ConfigError(f"{where}: check ids must be unique")
     return Rubric(
@@ -291,8 +424,10 @@ def parse_rubric(data: dict[str, Any], where: str = "rubric") -> Rubric:
             pad=pre.get("pad"),
             load=dict(pre.get("load", {})),
             limit=pre.get("limit"),
+            learn_from=dict(learn_from),
         ),
         checks=checks,
+        manual=tuple(manual),
     )
 
 

@@ -100,5 +100,7 @@ def calibration_runs() -> Iterator[tuple[str, str, Threshold, str, dict[str, Any
             for source, threshold in check.thresholds.items():
                 entry = calibration.get(source, {})
                 for e in [entry, *entry.get("variants", {}).values()]:
+                    # a variant calibrated for a threshold of its own is held to that one
+                    own = [v for v in threshold.variants.values() if v.example == e.get("example")]
                     for run in e.get("runs", []):
-                        yield lab, source, threshold, e["metric"], run
+                        yield lab, source, own[0] if own else threshold, e["metric"], run

@@ -42,7 +42,7 @@ NOTEBOOK_TIMEOUT = int(gh.ADVERSARIAL_LIMITS["AUTOGRADER_NOTEBOOK_TIMEOUT"])
 MEMORY_MB = int(gh.ADVERSARIAL_LIMITS["AUTOGRADER_MEMORY_MB"])
 
 # The ordinary submissions of the batch and the scores they get anywhere else.
-ORDINARY = {"correct": 10.0, "not-reshaped": 4.5}
+ORDINARY = {"correct": 10.0, "not-reshaped": 4.0}
 
 TIME_LIMIT = f"time limit exceeded: the notebook ran longer than {NOTEBOOK_TIMEOUT} s"
 MEMORY_LIMIT = f"memory limit exceeded: the notebook used more than {MEMORY_MB} MiB"
@@ -150,7 +150,7 @@ CORPUS: dict[str, Expected] = {
         6, {"check_accuracy": NOT_LEARNED}, {"evaluate": "test_acc: 1.0"}
     ),
     "monkeypatched-grader": Expected(
-        4,
+        4.5,
         {
             "check_architecture": "layer 1: expected Dense 512 relu, found Dense with 64 units",
             "check_accuracy": NOT_LEARNED,
@@ -169,8 +169,9 @@ CORPUS: dict[str, Expected] = {
         },
         {"check_architecture": "code-carrying layers are not accepted"},
     ),
+    # The output for the task is the conceptual error: half of the architecture check.
     "wrong-output-shape": Expected(
-        5,
+        3.75,
         {
             "check_architecture": "layer 3 (Reshape) is extra",
             "check_accuracy": "the model could not be evaluated on held-out data: ValueError: "
@@ -564,7 +565,9 @@ def test_monkeypatching_fools_only_the_students_kernel(batch):
     # The patched self_check passed every visible test in the kernel; the grader's own
     # evaluation, in a clean process, was not patched.
     nb = _autograded(course, "monkeypatched-grader")
-    assert "[partial] Network architecture: 1 / 3 points" in _shown(_cell(nb, "check_architecture"))
+    assert "[partial] Network architecture: 1.5 / 3 points" in _shown(
+        _cell(nb, "check_architecture")
+    )
 
 
 def test_trained_on_test_split_gets_what_its_model_does_on_held_out_digits(batch):

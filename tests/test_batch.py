@@ -25,7 +25,7 @@ pytestmark = pytest.mark.slow
 LAB = "lab3_mnist_dense"
 # Examples whose scores do not hinge on the last digit of an accuracy: training is not
 # bit-for-bit reproducible across runs (thread counts change float sums), serial or not.
-STABLE = ["correct", "not-reshaped", "untrained", "monkeypatched-evaluate"]
+STABLE = ["correct", "not-reshaped", "untrained"]
 
 
 def _course(root: Path, names: list[str]) -> Course:
@@ -65,7 +65,7 @@ def test_dask_batch_gives_the_grades_of_serial_nbgrader(tmp_path, staged_data):
     assert {o.student: o.score for o in summary.outcomes} == totals
     assert totals[f"s0-{STABLE[0]}"] == 10.0 and min(totals.values()) < 10.0
     # The autograded notebooks carry the grader's outputs, not the student's.
-    nb = batch.root / "autograded" / f"s3-{STABLE[3]}" / LAB / f"{LAB}.ipynb"
+    nb = batch.root / "autograded" / f"s2-{STABLE[2]}" / LAB / f"{LAB}.ipynb"
     assert "AutograderCheckFailed" in nb.read_text() or "[pass]" in nb.read_text()
 
 
@@ -132,13 +132,13 @@ def test_killed_batch_resumes_with_what_is_left(tmp_path, staged_data):
 
 
 def test_unreadable_submission_is_marked_failed_and_the_rest_graded(tmp_path, staged_data):
-    course = _course(tmp_path / "course", ["correct"])
+    course = _course(tmp_path / "course", ["untrained"])  # quick: never trains
     broken = tmp_path / "broken.ipynb"
     broken.write_text(example_path(LAB, "correct").read_text()[:5000])  # cut mid-JSON
     course.submit("s1-broken", LAB, broken)
     summary = grade_batch(course.root, workers=2, progress=False)
     by_student = {o.student: o for o in summary.outcomes}
-    assert by_student["s0-correct"].status == "graded"
+    assert by_student["s0-untrained"].status == "graded"
     assert by_student["s1-broken"].status == "failed"
     assert "could not be read" in by_student["s1-broken"].reason
     assert "FAILED lab3_mnist_dense s1-broken" in summary.format()

@@ -77,7 +77,7 @@ def test_correct_evidence_gets_full_marks():
 def test_wrong_units_and_activation_are_named():
     ev = evidence(model=model(("Dense", 64, "sigmoid"), ("Dense", 10, "softmax"), params=50890))
     r = grade(ev)["check_architecture"]
-    assert r.score == 1.0  # the input shape is still right
+    assert r.score == 1.5  # the input shape and the output are still right: a quarter each lost
     assert "layer 1: expected Dense 512 relu, found Dense with 64 units" in r.messages
     assert "the network has 50,890 parameters; the lab's has 407,050" in r.messages
 
@@ -131,10 +131,12 @@ def test_compile_settings():
 @pytest.mark.parametrize(
     ("images", "score", "fragment"),
     [
-        (arr((3000, 28, 28), "uint8", 0, 255, True), 0.5, "expected (n, 784) (one row of"),
-        (arr((3000, 784), "uint8", 0, 255, True), 1.0, "divide the pixel values by 255"),
+        # the rubric's costs: shape, dtype and labels a quarter each; unscaled (or twice
+        # scaled) pixels half, a conceptual error
+        (arr((3000, 28, 28), "uint8", 0, 255, True), 0.0, "expected (n, 784) (one row of"),
+        (arr((3000, 784), "uint8", 0, 255, True), 0.5, "divide the pixel values by 255"),
         (arr((3000, 784), "float64", 0, 1, True), 1.5, '.astype("float32")`'),
-        (arr((3000, 784), "float32", 0, 1 / 255, True), 1.5, "divided twice"),
+        (arr((3000, 784), "float32", 0, 1 / 255, True), 1.0, "divided twice"),
     ],
 )
 def test_input_problems(images, score, fragment):
@@ -231,3 +233,121 @@ def test_cnn_order_matters():
     result = {r.id: r for r in run_checks(rubric, Evidence(model=m))}["check_architecture"]
     assert result.score == 0
     assert result.messages[0].startswith("no MaxPooling2D/AveragePooling2D layer where the lab")
+
+
+# --- variants and conceptual errors (the rubric's costs) -------------------------------------
+
+
+def _layer(kind: str, shape: tuple, units=None, activation=None, params=0) -> LayerInfo:
+    return LayerInfo(kind, units, activation, (None, *shape), params)
+
+
+def _with_front(front: list[LayerInfo], input_shape: tuple, extra_params: int = 0) -> ModelSummary:
+    core = (
+        _layer("Dense", (512,), 512, "relu", 401920),
+        _layer("Dense", (10,), 10, "softmax", 5130),
+    )
+    return ModelSummary(
+        "Sequential", input_shape, (None, 10), (*front, *core), 407050 + extra_params, COMPILE
+    )
+
+
+def test_flatten_inside_the_model_is_an_accepted_variant():
+    flat = _with_front([_layer("Flatten", (784,))], (28, 28))
+    values = {**GOOD_ARRAYS, "train_images": arr((3000, 28, 28), "float32", 0.0, 1.0, True)}
+    r = grade(evidence(model=flat, values=values))
+    assert r["check_architecture"].score == 3
+    assert (
+        "inputs prepared inside the model first (Flatten): accepted"
+        in r["check_architecture"].messages
+    )
+    assert r["check_inputs"].score == 1.5  # the rubric's share for arrays not as asked
+    assert (
+        "the model reshapes it itself (Flatten first), which works: accepted, less 0.5"
+        in (r["check_inputs"].messages[0])
+    )
+
+
+def test_scaling_inside_the_model_is_an_accepted_variant():
+    # Normalization's mean and variance are weights of its own: not the lab's parameters.
+    front = [_layer("Rescaling", (784,)), _layer("Normalization", (784,), params=1569)]
+    scaled = _with_front(front, (784,), extra_params=1569)
+    values = {**GOOD_ARRAYS, "train_images": arr((3000, 784), "float32", 0.0, 255.0, True)}
+    r = grade(evidence(model=scaled, values=values))
+    assert r["check_architecture"].score == 3
+    assert r["check_inputs"].score == 1.5
+    assert (
+        "the model scales them itself (Rescaling first), which works"
+        in (r["check_inputs"].messages[0])
+    )
+    # Raw pixels with no scaling anywhere: the conceptual error, half of the check.
+    r = grade(evidence(values=values))
+    assert r["check_inputs"].score == 1.0
+    assert "(a conceptual error this lab teaches: 1 of 2 points)" in r["check_inputs"].messages[0]
+
+
+def test_a_loss_that_does_not_match_the_output_costs_half():
+    wrong = {**COMPILE, "loss": "binary_crossentropy"}
+    r = grade(
+        evidence(
+            model=model(("Dense", 512, "relu"), ("Dense", 10, "softmax"), compile_config=wrong)
+        )
+    )
+    assert r["check_compile"].score == 0.5
+    assert "does not match the network's output and the labels" in r["check_compile"].messages[0]
+    sparse = {**COMPILE, "loss": "sparse_categorical_crossentropy"}
+    r = grade(
+        evidence(
+            model=model(("Dense", 512, "relu"), ("Dense", 10, "softmax"), compile_config=sparse)
+        )
+    )
+    assert r["check_compile"].score == 1  # integer labels with the sparse loss: accepted
+
+
+def test_channels_first_and_short_sequences_are_conceptual_errors():
+    cnn = load_rubric("lab4_mnist_cnn").check("check_inputs")
+    from autograder.checks import check_inputs
+
+    values = {
+        "train_images": arr((3000, 1, 28, 28), "float32", 0.0, 1.0, True),
+        "train_labels": arr((3000, 10), "float32", 0.0, 1.0, True),
+    }
+    r = check_inputs(cnn, Evidence(model=None, values=values))
+    assert r.score == 1.0 and "conceptual error" in r.messages[0]
+    rnn = load_rubric("lab5_imdb_rnn").check("check_inputs")
+    short = {"input_train": arr((4000, 20), "int32", 0.0, 9999.0, True)}
+    r = check_inputs(rnn, Evidence(model=None, values=short))
+    assert r.score == 1.0 and "conceptual error" in r.messages[0]
+    near = {"input_train": arr((4000, 400), "int32", 0.0, 9999.0, True)}
+    assert check_inputs(rnn, Evidence(model=None, values=near)).score == 1.0  # shape: half
+
+
+def test_normalisation_inside_the_model_counts_when_adapted_on_the_training_data():
+    from autograder.checks import check_normalisation
+
+    check = load_rubric("lab3_boston_regression").check("check_normalisation")
+    rng = np.random.default_rng(0)
+    train, test = rng.normal(5, 2, (400, 13)), rng.normal(5.5, 2, (100, 13))
+    values = {
+        "train_data": {"column_mean": train.mean(0).tolist(), "column_std": train.std(0).tolist()},
+        "test_data": {"column_mean": test.mean(0).tolist(), "column_std": test.std(0).tolist()},
+    }
+    reference = {
+        "test_column_mean_with_train_stats": ((test - train.mean(0)) / train.std(0))
+        .mean(0)
+        .tolist(),
+        "train_column_mean": train.mean(0).tolist(),
+        "test_column_mean_raw": test.mean(0).tolist(),
+    }
+    adapted_on_train = {**reference, "model_normalization_mean": train.mean(0).tolist()}
+    r = check_normalisation(check, Evidence(model=None, values=values, reference=adapted_on_train))
+    assert r.score == 1.5 and "adapted on the training data), which works" in r.messages[0]
+    # Adapted on the test data: the lab's conceptual error, not the variant.
+    adapted_on_test = {**reference, "model_normalization_mean": test.mean(0).tolist()}
+    r = check_normalisation(check, Evidence(model=None, values=values, reference=adapted_on_test))
+    assert r.score == 0
+    # No layer at all: raw arrays cost both parts.
+    assert (
+        check_normalisation(check, Evidence(model=None, values=values, reference=reference)).score
+        == 0
+    )

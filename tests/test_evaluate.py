@@ -220,3 +220,90 @@ def test_the_model_is_read_by_an_unprivileged_child(keras, tmp_path, staged_data
     # 2 epochs of 24 batches; this process has no fit() record, and the grader says so.
     assert optimizer_iterations(tmp_path / "model.keras") == 48
     assert any(r.startswith("training record missing") for r in result.review), result.review
+
+
+def test_held_out_data_reaches_the_model_in_the_form_it_was_trained_in(
+    keras, tmp_path, staged_data
+):
+    """Flattened inside the model: the held-out images go in as (n, 28, 28), as the
+    notebook's arrays did; the lab's (n, 784) would not fit this model."""
+    from autograder.datasets import load_mnist
+
+    (x, y), _ = load_mnist()
+    x = x.astype("float32") / 255
+    y = keras.utils.to_categorical(y, 10)
+    keras.utils.set_random_seed(0)
+    network = keras.Sequential(
+        [
+            keras.Input(shape=(28, 28)),
+            keras.layers.Flatten(),
+            keras.layers.Dense(512, activation="relu"),
+            keras.layers.Dense(10, activation="softmax"),
+        ]
+    )
+    network.compile(optimizer="rmsprop", loss="categorical_crossentropy", metrics=["accuracy"])
+    network.fit(x, y, epochs=2, batch_size=128, verbose=0)
+    _capture({"network": network, "train_images": x, "train_labels": y}, tmp_path)
+    result = evaluate_artifacts(LAB, tmp_path)
+    assert result.preparation == (
+        "held-out inputs prepared as the model was trained ((n, 28, 28) float32, values / 255, "
+        "learned from `train_images`)"
+    )
+    assert result.metrics["accuracy"] > 0.8
+    assert result.check("check_architecture").score == 3
+    assert result.check("check_inputs").score == 1.5  # the rubric's share: arrays as asked
+
+
+def test_a_model_that_runs_on_no_form_is_explained_not_dumped(keras, tmp_path, staged_data):
+    network = keras.Sequential(
+        [
+            keras.Input(shape=(1, 28, 28)),
+            keras.layers.Conv2D(4, 3, data_format="channels_first"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(10, activation="softmax"),
+        ]
+    )
+    images = np.zeros((200, 1, 28, 28), "float32")
+    from autograder.datasets import load_mnist
+
+    (raw, _), _ = load_mnist()
+    images[:] = raw[:200, None] / 255
+    _capture({"network": network, "train_images": images}, tmp_path)
+    result = evaluate_artifacts(LAB, tmp_path)
+    (message,) = result.check("check_accuracy").messages
+    assert message.startswith(
+        "the model could not be evaluated on held-out data: the model takes inputs of shape "
+        "(n, 1, 28, 28) and could not be run on the held-out data prepared as the notebook's "
+        "arrays ((n, 1, 28, 28) float32): UnimplementedError: The Conv2D op currently only "
+        "supports the NHWC tensor format on the CPU"
+    )
+    assert message.endswith(
+        "prepared as the lab asks ((n, 784) float32, values / 255), it could not be run either"
+    )
+    assert "•" not in message and "{{" not in message
+
+
+def test_the_last_cell_shows_the_expected_total(keras, capsys):
+    from autograder.checks import _SEEN, expected_total
+
+    _SEEN.clear()
+    network = _dense(keras)
+    x = np.random.default_rng(0).uniform(0, 1, (64, 784)).astype("float32")
+    y = keras.utils.to_categorical(np.arange(64) % 10, 10)
+    ns = {
+        "network": network,
+        "train_images": x,
+        "train_labels": y,
+        "test_images": x,
+        "test_labels": y,
+    }
+    assert expected_total(LAB, ns) == 6  # untrained: everything but the accuracy
+    out = " ".join(capsys.readouterr().out.split())
+    assert "Network architecture 3 / 3" in out
+    assert "Held-out accuracy ~0 / 4" in out
+    assert "automatic total ~6 / 10" in out
+    assert "Nothing is left to the instructor" in out
+    # A lab with a written answer says what the instructor grades, on a broken notebook too.
+    assert expected_total("lab5_imdb_rnn", {}) == 0
+    out = capsys.readouterr().out
+    assert "Left to the instructor: Written answer on SimpleRNN and LSTM (2 points)" in out

@@ -205,8 +205,10 @@ def test_lab3_feedback_pages(graded_lab3):
         row = _table_row(page, check.title)
         assert f"{check.score:g} / {check.points:g}" in row
     row = _table_row(page, "Input reshaping and scaling")
-    assert "label-warning" in row  # partial credit
     assert "<code>train_images = train_images.reshape((len(train_images), 28 * 28))</code>" in row
+    row = _table_row(_page(course, LAB, "not-scaled"), "Input reshaping and scaling")
+    assert "label-warning" in row  # partial credit
+    assert "<code>train_images = train_images.astype(" in row and "/ 255</code>" in row
 
     page = _page(course, LAB, "correct")
     result = gh.result_of(course, LAB, "correct")

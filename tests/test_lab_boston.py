@@ -38,7 +38,8 @@ def test_test_data_normalised_with_its_own_statistics(graded_boston):
     assert messages(graded_boston, LAB, "test-own-statistics", "check_normalisation") == (
         "`test_data` was normalised with its own mean and sd; use the training set's: "
         "`test_data = (test_data - mean) / std`, with `mean` and `std` computed on "
-        "`train_data` (the test data must not influence preprocessing)",
+        "`train_data` (the test data must not influence preprocessing) (a conceptual error "
+        "this lab teaches: 1 of 2 points)",
     )
     assert {k: v for k, v in s.items() if k not in ("check_normalisation", "check_mae")} == {
         k: v for k, v in FULL.items() if k not in ("check_normalisation", "check_mae")
@@ -47,12 +48,14 @@ def test_test_data_normalised_with_its_own_statistics(graded_boston):
 
 def test_sigmoid_output_unit(graded_boston):
     s = scores(graded_boston, LAB, "sigmoid-output")
-    assert s["check_architecture"] == pytest.approx(0.67)  # only the input shape is right
+    # the output for the task is the conceptual error (half), the missing linear unit a quarter
+    assert s["check_architecture"] == 0.5
     assert s["check_mae"] == 0  # a sigmoid cannot reach prices of tens of thousands
     msgs = messages(graded_boston, LAB, "sigmoid-output", "check_architecture")
     assert (
         "the output layer should be Dense 1 linear; found Dense 1 sigmoid: end the network "
-        "with `layers.Dense(1)` (no activation, so that it can predict any value)" in msgs
+        "with `layers.Dense(1)` (no activation, so that it can predict any value) (a "
+        "conceptual error this lab teaches: 1 of 2 points)" in msgs
     )
     assert result_of(graded_boston, LAB, "sigmoid-output").metrics["mae"] > 7
 
@@ -111,3 +114,21 @@ def test_written_answer_waits_for_manual_grading(graded_boston):
     assert set(table["status"]) == {"needs manual grade"}
     assert table.loc["correct", "total"] == pytest.approx(10)
     assert table.loc["correct", "max"] == 12  # 10 autograded + 2 for the written answer
+
+
+def test_normalising_inside_the_model_is_accepted(graded_boston):
+    """Raw arrays, a Normalization layer adapted on the training data: the model is judged on
+    raw held-out houses, as it was trained; the normalisation check keeps all but its share."""
+    student = "variant-normalization-layer"
+    s = scores(graded_boston, LAB, student)
+    assert s == {**FULL, "check_normalisation": 1.5}
+    assert messages(graded_boston, LAB, student, "check_normalisation") == (
+        "the arrays stay raw and the model standardises them itself (a Normalization layer "
+        "adapted on the training data), which works: accepted, less 0.5 points because the "
+        "arrays are not prepared as the lab asks",
+    )
+    result = result_of(graded_boston, LAB, student)
+    assert "learned from the inputs fit() received" in result.preparation
+    assert result.check("check_architecture").messages[-1] == (
+        "inputs prepared inside the model first (Normalization): accepted"
+    )

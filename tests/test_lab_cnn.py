@@ -38,3 +38,40 @@ def test_missing_channel_axis(graded_cnn):
         "the test images likewise)",
     )
     assert s["check_architecture"] == 3
+
+
+def test_scaling_inside_the_model_is_accepted(graded_cnn):
+    student = "variant-rescaling-in-model"
+    assert scores(graded_cnn, LAB, student) == {**FULL, "check_inputs": 1.5}
+    assert messages(graded_cnn, LAB, student, "check_inputs") == (
+        "`train_images` keeps values from 0 to 255, not the lab's [0, 1]; the model scales "
+        "them itself (Rescaling first), which works: accepted, less 0.5 points because the "
+        "arrays are not prepared as the lab asks",
+    )
+    assert "(n, 28, 28, 1) float32, learned from the inputs fit() received" in (
+        result_of(graded_cnn, LAB, student).preparation
+    )
+
+
+def test_channels_first_is_the_conceptual_error(graded_cnn):
+    """TensorFlow runs no channels-first convolution on a CPU: the model cannot be run,
+    and the student reads why in their terms, not as a raw Keras exception."""
+    student = "channels-first"
+    s = scores(graded_cnn, LAB, student)
+    assert s["check_inputs"] == 1
+    (message,) = messages(graded_cnn, LAB, student, "check_inputs")
+    assert message.startswith("`train_images` has shape (3000, 1, 28, 28); expected (n, 28, 28, 1)")
+    assert message.endswith("(a conceptual error this lab teaches: 1 of 2 points)")
+    assert s["check_architecture"] == 2.25  # its input shape: a quarter
+    assert s["check_accuracy"] == 0
+    (why,) = messages(graded_cnn, LAB, student, "check_accuracy")
+    assert why.startswith(
+        "the model could not be evaluated on held-out data: the model takes inputs of shape "
+        "(n, 1, 28, 28) and could not be run on the held-out data prepared as the notebook's "
+        "arrays ((n, 1, 28, 28) float32): UnimplementedError: The Conv2D op currently only "
+        "supports the NHWC tensor format on the CPU"
+    )
+    assert why.endswith(
+        "prepared as the lab asks ((n, 28, 28, 1) float32, values / 255), it could not be run "
+        "either"
+    )

@@ -43,7 +43,7 @@ def test_softmax_output_and_oversized_embedding(graded_rnn):
     assert (
         "the output layer should be Dense 1 sigmoid; found Dense 2 softmax: end the network "
         'with `layers.Dense(1, activation="sigmoid")` (the probability of the positive class, '
-        "between 0 and 1)" in msgs
+        "between 0 and 1) (a conceptual error this lab teaches: 1.5 of 3 points)" in msgs
     )
     assert (
         "Embedding has input_dim=20,000 but the data keeps only the top 10,000 words: "
@@ -51,9 +51,30 @@ def test_softmax_output_and_oversized_embedding(graded_rnn):
     )
 
 
-def test_simplernn_variant_is_accepted_structurally(graded_rnn):
-    """SimpleRNN on 4,000 reviews is erratic, so only its structure is asserted here;
-    the full-size calibration holds the threshold to the SimpleRNN's runs as well."""
-    s = scores(graded_rnn, LAB, "variant-simplernn")
-    assert s["check_architecture"] == 3 and s["check_inputs"] == 2 and s["check_compile"] == 1
-    assert 0.4 < result_of(graded_rnn, LAB, "variant-simplernn").metrics["accuracy"] < 1
+def test_simplernn_variant_gets_full_marks_against_its_own_calibration(graded_rnn):
+    """The book's SimpleRNN, which the lab invites: on 4,000 reviews it barely learns
+    (calibrated per variant, labs/lab5_imdb_rnn.calibration.json), so it is held to the
+    threshold measured on its own runs, not the LSTM's."""
+    assert scores(graded_rnn, LAB, "variant-simplernn") == FULL
+    (message, _) = messages(graded_rnn, LAB, "variant-simplernn", "check_accuracy")
+    assert "meets the lab's target for a SimpleRNN network" in message
+    assert (
+        "meets the lab's target (at least"
+        in messages(graded_rnn, LAB, "correct", "check_accuracy")[0]
+    )
+
+
+def test_short_sequences_are_the_conceptual_error_and_judged_as_trained(graded_rnn):
+    student = "padded-20"
+    s = scores(graded_rnn, LAB, student)
+    assert s["check_inputs"] == 1  # the sequence length: half of the check
+    assert messages(graded_rnn, LAB, student, "check_inputs") == (
+        "`input_train` has shape (4000, 20); expected (n, 500) (pad or truncate every sequence "
+        "to one length with `input_train = pad_sequences(input_train, maxlen=500)`) (a "
+        "conceptual error this lab teaches: 1 of 2 points)",
+    )
+    assert s["check_architecture"] == 3 and s["check_compile"] == 1
+    # The held-out reviews reach the model as it was trained: its last 20 words.
+    result = result_of(graded_rnn, LAB, student)
+    assert "(n, 20) int32, padded to 20 words (padding=pre, truncating=pre)" in (result.preparation)
+    assert 0.4 < result.metrics["accuracy"] < 1

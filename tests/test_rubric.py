@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 
@@ -50,6 +51,42 @@ def test_lab3_rubric_values():
         (lambda d: d["preprocess"].update(labels="onehot"), "'labels' must be one of"),
         (lambda d: d["checks"][0].update(match="fuzzy"), "'match' must be one of"),
         (lambda d: d.pop("model"), "missing key 'model'"),
+        # what findings cost: known aspects, conceptual errors at least half, variants at most
+        (lambda d: d["checks"][2]["costs"].update(colour=0.5), "unknown key(s) colour"),
+        (lambda d: d["checks"][2]["costs"].update(range=0.25), "'range' is a conceptual error"),
+        (
+            lambda d: d["checks"][2]["costs"].update(scaled_in_model=0.75),
+            "'scaled_in_model' is an accepted variant: it may cost at most 0.5",
+        ),
+        (lambda d: d["checks"][2]["costs"].update(dtype=0), "'dtype' must be a share in (0, 1]"),
+        (
+            lambda d: d["checks"][2].update(conceptual=["reshaped_in_model"]),
+            "'reshaped_in_model' is an accepted variant, not an error",
+        ),
+        (
+            lambda d: d["checks"][1].update(conceptual=["optimizer", "loss"], costs={"loss": 0.5}),
+            "conceptual error 'optimizer' needs its share in 'costs'",
+        ),
+        (lambda d: d["checks"][3].update(costs={}), "unknown key(s) costs"),
+        (lambda d: d["preprocess"].update(learn_from={"val": "x"}), "unknown key(s) val"),
+        (lambda d: d.update(manual={"essay": {"points": 2}}), "missing key 'title'"),
+        # a variant's own threshold: calibrated on a named example, running the same way
+        (
+            lambda d: d["checks"][3]["thresholds"]["offline-sample"].update(
+                variants={"LSTM": {"full": 0.8, "zero": 0.5}}
+            ),
+            "offline-sample.variants.LSTM: missing key 'example'",
+        ),
+        (
+            lambda d: d["checks"][3]["thresholds"]["offline-sample"].update(
+                variants={"LSTM": {"full": 0.4, "zero": 0.8, "example": "x"}}
+            ),
+            "a variant's threshold runs the other way",
+        ),
+        (
+            lambda d: d.update(manual={"check_inputs": {"title": "t", "points": 1}}),
+            "check ids must be unique",
+        ),
     ],
 )
 def test_invalid_rubrics_are_rejected_with_the_key(mutate, message):
@@ -80,17 +117,29 @@ def test_source_notebooks_agree_with_rubrics(repo):
         check_notebook_against_rubric(repo / "source" / lab / f"{rubric.notebook}.ipynb", rubric)
 
 
-def test_notebook_rubric_disagreement_is_reported(repo, tmp_path):
+@pytest.mark.parametrize(
+    ("lab", "grade_id", "message"),
+    [
+        (
+            "lab3_mnist_dense",
+            "check_accuracy",
+            "check_accuracy: the cell gives 7 points, the rubric 4",
+        ),
+        ("lab5_imdb_rnn", "rnn_answer", "cells graded by hand {'rnn_answer': 7.0}"),
+    ],
+)
+def test_notebook_rubric_disagreement_is_reported(repo, tmp_path, lab, grade_id, message):
+    """Autograded cells against the checks, cells graded by hand against ``manual``."""
     import nbformat
 
-    nb = nbformat.read(repo / "source/lab3_mnist_dense/lab3_mnist_dense.ipynb", as_version=4)
+    nb = nbformat.read(repo / "source" / lab / f"{lab}.ipynb", as_version=4)
     for cell in nb.cells:
-        if cell.metadata.get("nbgrader", {}).get("grade_id") == "check_accuracy":
+        if cell.metadata.get("nbgrader", {}).get("grade_id") == grade_id:
             cell.metadata["nbgrader"]["points"] = 7
-    path = tmp_path / "lab3_mnist_dense.ipynb"
+    path = tmp_path / f"{lab}.ipynb"
     nbformat.write(nb, path)
-    with pytest.raises(ConfigError, match="check_accuracy: the cell gives 7 points, the rubric 4"):
-        check_notebook_against_rubric(path, load_rubric("lab3_mnist_dense"))
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        check_notebook_against_rubric(path, load_rubric(lab))
 
 
 def test_thresholds_are_met_by_every_calibration_run():
