@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from .preparation import shape_text
 from .results import CheckResult
 from .rubric import Check, LayerSpec, Rubric, load_rubric
 
@@ -368,9 +369,7 @@ def _describe_layer(layer: LayerInfo, full: bool = False) -> str:
     return " ".join(bits)
 
 
-def _fmt_shape(shape: tuple[int | None, ...]) -> str:
-    inner = ", ".join("n" if d is None or d == -1 else str(d) for d in shape)
-    return f"({inner},)" if len(shape) == 1 else f"({inner})"
+_fmt_shape = shape_text  # the shape as students write it, one rule for every message
 
 
 # --- compile ----------------------------------------------------------------------------

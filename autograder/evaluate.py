@@ -117,6 +117,11 @@ def prepare_inputs(x: Any, rubric: Rubric) -> np.ndarray:
 Prepare = Callable[[Any], np.ndarray]
 
 
+def _standard(rubric: Rubric) -> Prepare:
+    """The lab's own preparation (:func:`prepare_inputs`) as a :data:`Prepare`."""
+    return lambda x: prepare_inputs(x, rubric)
+
+
 def standard_preparation(rubric: Rubric) -> str:
     """The lab's own preparation of its inputs, as the report names it."""
     pre = rubric.preprocess
@@ -167,12 +172,12 @@ def _preparation(rubric: Rubric, samples: dict[str, np.ndarray]) -> tuple[Prepar
         )
     if why:
         return (
-            lambda x: prepare_inputs(x, rubric),
+            _standard(rubric),
             f"held-out inputs {standard}; the notebook's own preparation could not be "
             f"reproduced ({why[-1]})",
             False,
         )
-    return lambda x: prepare_inputs(x, rubric), f"held-out inputs {standard}", False
+    return _standard(rubric), f"held-out inputs {standard}", False
 
 
 def _mismatch(model: Any, x: np.ndarray, exc: BaseException, how: str) -> str:
@@ -297,8 +302,7 @@ def _heldout(
     whether the model ran on the inputs at all."""
     from .datasets import load_heldout
 
-    if prepare is None:
-        prepare = lambda x: prepare_inputs(x, rubric)  # noqa: E731
+    prepare = prepare or _standard(rubric)
 
     metrics: dict[str, float] = {}
     problems: dict[str, str] = {}
@@ -372,7 +376,7 @@ def witness_metrics(
     try:
         _, (x, y) = _student_view(rubric)
         x, y = x[:_WITNESS_MAX], y[:_WITNESS_MAX]
-        test = predict(model, (prepare or (lambda v: prepare_inputs(v, rubric)))(x)), y
+        test = predict(model, (prepare or _standard(rubric))(x)), y
     except Exception:  # the held-out evaluation reports what is wrong with the model
         pass
     for metric in wanted:
@@ -544,7 +548,7 @@ def _evidence_and_figures(
             if not ran and learned:
                 # The arrays' form does not fit the model (they changed after training, say):
                 # the lab's own preparation may.
-                standard: Prepare = lambda x: prepare_inputs(x, rubric)  # noqa: E731
+                standard = _standard(rubric)
                 again = _heldout(rubric, model, standard)
                 if again[3]:
                     found, failed, figures, _ = again
