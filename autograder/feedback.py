@@ -30,6 +30,7 @@ from nbgrader.preprocessors import ClearHiddenTests, GetGrades, NbGraderPreproce
 from .pipeline import check_order, read_result
 from .results import CheckResult, GradingResult
 from .rubric import lab_ids, load_rubric
+from .sanitize import NeutraliseStudentContent
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -334,12 +335,21 @@ class GraderReport(NbGraderPreprocessor):
         return nb, resources
 
 
+class NeutraliseBeforeReport(NeutraliseStudentContent):
+    """Students' content made inert again in feedback (autograded notebooks from before
+    it was done at autograde), before the grader's own report goes in."""
+
+    runs_after: ClassVar[tuple[type, ...]] = ()
+    runs_before: ClassVar[tuple[type, ...]] = (GraderReport,)
+
+
 def feedback_preprocessors() -> list[type]:
     """nbgrader's feedback preprocessors with ours after GetGrades (for the gradebook scores)."""
     from nbgrader.converters import GenerateFeedback
 
     defaults: list[type] = list(GenerateFeedback.class_traits()["preprocessors"].default())
     at = defaults.index(GetGrades) + 1 if GetGrades in defaults else 0
-    pipeline = [*defaults[:at], ClearHiddenTestsFromGradedCells, GraderReport, *defaults[at:]]
+    ours = [ClearHiddenTestsFromGradedCells, NeutraliseBeforeReport, GraderReport]
+    pipeline = [*defaults[:at], *ours, *defaults[at:]]
     check_order(pipeline)
     return pipeline

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .fstree import walk_tree
 
 __all__ = [
     "HubSettings",
@@ -37,6 +38,7 @@ __all__ = [
     "start_hub",
     "stop_hub",
     "wait_until_up",
+    "write_grading_service",
 ]
 
 _KEYS = {
@@ -90,6 +92,21 @@ class HubSettings:
     def state(self) -> Path:
         """The hub's own database and cookie secret: readable by the hub's user only."""
         return self.root / "state"
+
+    @property
+    def grading_service(self) -> Path:
+        """The privileged step's settings (:mod:`autograder.privileged`): root's, as data."""
+        return self.state / "grading-service.json"
+
+    @property
+    def grading_socket(self) -> Path:
+        return self.root / "run" / "grading.sock"
+
+    @property
+    def privileged_step(self) -> bool:
+        """The formgrader runs as the grader account and hands execution to the root-owned
+        grading service: with an OS account per person and a launcher run as root."""
+        return self.system_users and os.geteuid() == 0
 
     @property
     def system_users(self) -> bool:
@@ -234,21 +251,60 @@ def configure_hub(c: Any, s: HubSettings, *, proxy_command: str | None = None) -
         },
     ]
     grader_home = s.home(s.grader)
-    c.JupyterHub.services = [
-        {
-            "name": course,
-            "url": f"http://127.0.0.1:{s.service_port}",
-            "command": [
-                _bin("jupyterhub-singleuser"),
-                *(["--allow-root"] if os.geteuid() == 0 else []),
-                f"--ServerApp.root_dir={grader_home}",
-            ],
-            "cwd": str(grader_home),
-            "environment": {"JUPYTERHUB_DEFAULT_URL": "/lab"},
-            "oauth_no_confirm": True,
-        }
-    ]
+    formgrader: dict[str, Any] = {
+        "name": course,
+        "url": f"http://127.0.0.1:{s.service_port}",
+        "command": [
+            _bin("jupyterhub-singleuser"),
+            f"--ServerApp.root_dir={grader_home}",
+            *_FORMGRADER_ARGS,
+        ],
+        "cwd": str(grader_home),
+        "environment": {"JUPYTERHUB_DEFAULT_URL": "/formgrader"},
+        "oauth_no_confirm": True,
+    }
+    c.JupyterHub.services = [formgrader]
+    if s.privileged_step:
+        # The web-facing formgrader as the grader account; only the grading service, which
+        # takes notebooks over a socket and nothing else, runs as root (no url: no web).
+        formgrader["user"] = s.grader
+        c.JupyterHub.services.append(
+            {
+                "name": f"{course}-grading",
+                "command": [
+                    sys.executable,
+                    "-I",  # nothing from the working folder or the environment is imported
+                    "-m",
+                    "autograder.privileged",
+                    "serve",
+                    "--settings",
+                    str(s.grading_service),
+                ],
+                "cwd": str(s.state),
+            }
+        )
+    elif os.geteuid() == 0:
+        formgrader["command"].insert(1, "--allow-root")
 
+
+# The formgrader's server: the formgrader and nothing a grader does not need (no JupyterLab,
+# no terminals, no kernels: autograding executes through the grading service).
+_FORMGRADER_ARGS = [
+    "--ServerApp.terminals_enabled=False",
+    "--ServerApp.kernel_manager_class=autograder.hub_server.NoKernels",
+    *(
+        f"--ServerApp.jpserver_extensions={name}=False"
+        for name in (
+            "jupyterlab",
+            "notebook",
+            "jupyter_lsp",
+            "jupyter_server_terminals",
+            "nbgrader.server_extensions.assignment_list",
+            "nbgrader.server_extensions.course_list",
+            "nbgrader.server_extensions.validate_assignment",
+        )
+    ),
+]
 
 _STUDENT_CONFIG = """\
 # nbgrader settings for every user server of the course (written by `autograder hub`).
@@ -270,8 +326,19 @@ apply_course_config(c, root={course_dir!r}, course_id={course!r}, db_url={db_url
 c.Exchange.root = {exchange!r}
 # With an OS account per student, a submission filed under another student's name is refused.
 c.ExchangeCollect.check_owner = {check_owner!r}
-if {check_owner!r}:
-    c.ExchangeFactory.collect = "autograder.exchange.OwnerCheckedCollect"
+# Collect refuses links, special files and other accounts' files, and dates each submission
+# by its files' change time, not by the timestamp the student wrote.
+c.ExchangeFactory.collect = "autograder.exchange.OwnerCheckedCollect"
+if {socket!r}:
+    # Not root: notebooks are executed by the course's grading service (sandbox accounts,
+    # namespaces, held-out data), reached over its socket.
+    from autograder.pipeline import GraderExecute, autograde_preprocessors
+    from autograder.privileged import HelperExecute
+
+    c.Autograde.autograde_preprocessors = [
+        HelperExecute if step is GraderExecute else step for step in autograde_preprocessors()
+    ]
+    c.HelperExecute.socket_path = {socket!r}
 """
 
 
@@ -304,6 +371,7 @@ def prepare_course(s: HubSettings) -> None:
             db_url=s.gradebook_url,
             exchange=str(s.exchange),
             check_owner=s.system_users,
+            socket=str(s.grading_socket) if s.privileged_step else "",
         )
     )
     from nbgrader.apps import NbGraderAPI
@@ -311,13 +379,55 @@ def prepare_course(s: HubSettings) -> None:
     config = Course(s.course_dir, s.course_id).config()
     config.Exchange.root = str(s.exchange)
     api = NbGraderAPI(config=config)
+    outbound = s.exchange / s.course_id / "outbound"
     for lab in s.labs:
+        if (outbound / lab).is_dir():
+            continue  # released at an earlier start (and the folders are the grader's now)
         result = api.release_assignment(lab)
-        if not result["success"] and "already exists" not in result.get("log", ""):
+        if not result["success"]:
             raise ConfigError(f"nbgrader release_assignment {lab} failed")
     for student in s.students:
         api.gradebook.update_or_create_student(student)
     publish_public_data(s.course_data)
+    if s.privileged_step:
+        _hand_to_grader(s)
+        write_grading_service(s)
+
+
+def write_grading_service(s: HubSettings) -> None:
+    """The privileged step's settings, as data in root's state folder."""
+    from .datasets import data_dir
+    from .privileged import HelperSettings
+
+    env = {k: v for k, v in os.environ.items() if k.startswith("AUTOGRADER_")}
+    env.pop("AUTOGRADER_HUB_SETTINGS", None)
+    env.pop("AUTOGRADER_PROXY_COMMAND", None)
+    env["AUTOGRADER_DATA_DIR"] = str(data_dir())
+    HelperSettings(
+        socket=str(s.grading_socket), grader=s.grader, labs=s.labs, environment=env
+    ).write(s.grading_service)
+
+
+def _hand_to_grader(s: HubSettings) -> None:
+    """What root made for the course becomes the grader account's: its home with the course
+    directory, and the course's exchange folders. Only root's own entries change hands,
+    never through a link, never a file with other names (a hard link)."""
+    entry = pwd.getpwnam(s.grader)
+
+    def give(path: str, st: os.stat_result) -> None:
+        if st.st_uid != 0 or stat.S_ISLNK(st.st_mode):
+            return
+        if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+            return
+        os.chown(path, entry.pw_uid, entry.pw_gid, follow_symlinks=False)
+
+    course_exchange = s.exchange / s.course_id
+    for top in (s.home(s.grader), course_exchange):
+        give(str(top), os.lstat(top))
+        walk_tree(top, give)
+    # Students create their submission folders in inbound (nbgrader's 0733); the sticky bit
+    # keeps one student from renaming or removing another's.
+    (course_exchange / "inbound").chmod(0o1733)
 
 
 def publish_public_data(target: Path) -> None:

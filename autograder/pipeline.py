@@ -56,6 +56,7 @@ from .sandbox import (
     take_spare_kernel,
     write_limit,
 )
+from .sanitize import NeutraliseStudentContent
 
 __all__ = [
     "FlagForReview",
@@ -663,6 +664,7 @@ def autograde_preprocessors() -> list[type]:
         SaveAutoGrades,
         FlagForReview,
         AssignLatePenalties,
+        NeutraliseStudentContent,
         CheckCellMetadata,
     ]
     check_order(pipeline)

@@ -122,6 +122,7 @@ def test_feedback_pipeline_keeps_nbgrader_defaults():
     assert names == [
         "GetGrades",
         "ClearHiddenTestsFromGradedCells",
+        "NeutraliseBeforeReport",
         "GraderReport",
         "CSSHTMLHeaderPreprocessor",
     ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import datetime
 import json
 import os
 import pwd
@@ -18,8 +19,11 @@ import time
 import uuid
 from pathlib import Path
 
+import nbformat
 import pytest
 import requests
+from fixtures.adversarial.html_injection import MARKER, inject_html
+from html_safety import student_script_findings
 
 from autograder.examples import example_path
 from autograder.hub import (
@@ -29,6 +33,7 @@ from autograder.hub import (
     stop_hub,
     wait_until_up,
 )
+from autograder.sandbox import ACCOUNT_PREFIX
 
 pytestmark = pytest.mark.slow
 LAB = "lab3_mnist_dense"
@@ -216,7 +221,36 @@ class Client:
         raise TimeoutError(f"server of {self.user} did not start")
 
 
+SANDBOX_PROBE = """import os, pwd
+print("SANDBOX-PROBE", pwd.getpwuid(os.getuid()).pw_name,
+      os.readlink("/proc/self/ns/net"), os.readlink("/proc/self/ns/pid"))
+"""
+
+
+def _service_processes(settings) -> dict[str, int]:
+    """The formgrader's and the grading service's processes: command line -> uid."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            uid = entry.stat().st_uid
+        except OSError:
+            continue
+        grader_home = f"--ServerApp.root_dir={settings.home(settings.grader)}"
+        ours = "autograder.privileged" in cmdline and str(settings.root) in cmdline
+        if grader_home in cmdline or ours:
+            found[cmdline] = uid
+    return found
+
+
 def test_student_to_feedback(hub):
+    """The whole course flow, with a submission that carries HTML and JavaScript of its own
+    in markdown and in outputs: it is graded as usual, and neither the TA's formgrader page
+    nor the student's feedback page holds any script, event handler or javascript: URL
+    of the student's. Autograding started from the formgrader runs the kernel as a sandbox
+    account in namespaces of its own, through the grading service."""
     base, settings = hub
     student = Client(base, "student1")
     student.start_server()
@@ -227,8 +261,10 @@ def test_student_to_feedback(hub):
         f"{user}/assignments/fetch", data={"course_id": "day2-dl", "assignment_id": LAB}
     )
     assert r.json()["success"]
-    # The student does the lab: the correct answers, written into the fetched notebook.
-    nb = json.loads(example_path(LAB, "correct").read_text())
+    # The student does the lab: the correct answers, written into the fetched notebook,
+    # with the student's own HTML and a cell that reports where it runs.
+    nb = inject_html(nbformat.reads(example_path(LAB, "correct").read_text(), as_version=4))
+    nb.cells.append(nbformat.v4.new_code_cell(SANDBOX_PROBE))
     r = student.put(
         f"{user}/api/contents/{LAB}/{LAB}.ipynb",
         json={"type": "notebook", "format": "json", "content": nb},
@@ -250,13 +286,35 @@ def test_student_to_feedback(hub):
     why = graded.read_text()[:3000] if graded.is_file() else "no result"
     assert [(s["student"], s["score"]) for s in submissions] == [("student1", 10.0)], why
 
-    # The TA sees the grades through the formgrader and exports the gradebook with
-    # nbgrader's own exporter on the course directory the formgrader serves.
+    # The kernel ran as a sandbox account, in network and PID namespaces of its own.
+    autograded = nbformat.read(graded.with_name(f"{LAB}.ipynb"), as_version=4)
+    probe = next(
+        o["text"]
+        for c in autograded.cells
+        if c["cell_type"] == "code"
+        for o in c.get("outputs", [])
+        if "SANDBOX-PROBE" in o.get("text", "")
+    ).split()
+    assert probe[1].startswith(ACCOUNT_PREFIX), probe
+    assert probe[2] != os.readlink("/proc/self/ns/net"), probe
+    assert probe[3] != os.readlink("/proc/self/ns/pid"), probe
+
+    # The TA sees the grades through the formgrader, and the submission's page holds
+    # nothing the student wrote that could run in the TA's browser.
     ta = Client(base, "ta")
     assert [s["score"] for s in ta.get(f"{api}/submissions/{LAB}").json()] == [10.0]
+    notebooks = ta.get(f"{api}/submitted_notebooks/{LAB}/{LAB}").json()
+    page = ta.get(f"/services/{settings.course_id}/formgrader/submissions/{notebooks[0]['id']}/")
+    assert page.status_code == 200, page.status_code
+    assert "SANDBOX-PROBE" in page.text  # the student's work is shown
+    assert student_script_findings(page.text, MARKER) == []
+    # ... and exports the gradebook with nbgrader's own exporter.
     nbgrader = Path(sys.executable).parent / "nbgrader"
     subprocess.run(
-        [str(nbgrader), "export"], cwd=settings.course_dir, check=True, capture_output=True
+        [str(nbgrader), "export"],
+        cwd=settings.course_dir,
+        check=True,
+        capture_output=True,
     )
     with open(settings.course_dir / "grades.csv") as f:
         rows = list(csv.DictReader(f))
@@ -273,7 +331,132 @@ def test_student_to_feedback(hub):
     assert r.json()["success"], r.text
     feedback = list((settings.home("student1") / LAB / "feedback").rglob("*.html"))
     assert feedback, "no feedback fetched"
-    assert "held-out accuracy" in feedback[0].read_text()
+    text = feedback[0].read_text()
+    assert "held-out accuracy" in text
+    assert student_script_findings(text, MARKER) == []
+
+
+def test_formgrader_runs_as_the_grader_account(hub):
+    """The formgrader a TA reaches is the grader account's process, with no terminals,
+    kernels or JupyterLab; only the grading service, which has no web page, is root's."""
+    base, settings = hub
+    processes = _service_processes(settings)
+    grader_uid = pwd.getpwnam(settings.grader).pw_uid
+    formgrader = [uid for cmd, uid in processes.items() if "jupyterhub-singleuser" in cmd]
+    service = [uid for cmd, uid in processes.items() if "autograder.privileged" in cmd]
+    assert formgrader == [grader_uid] and grader_uid != 0, processes
+    assert service == [0], processes
+    assert not any("--allow-root" in cmd for cmd in processes), processes
+    ta = Client(base, "ta")
+    prefix = f"/services/{settings.course_id}"
+    assert ta.get(f"{prefix}/formgrader").status_code == 200
+    assert ta.get(f"{prefix}/lab").status_code == 404
+    assert ta.get(f"{prefix}/api/terminals").status_code == 404
+    r = ta.post(f"{prefix}/api/kernels", json={"name": "python3"})
+    assert r.status_code == 403, r.text[:300]
+    # The grading service's socket: root and the grader account only.
+    sock = settings.root / "run" / "grading.sock"
+    assert sock.stat().st_mode & 0o007 == 0 and sock.parent.stat().st_mode & 0o007 == 0
+
+
+ATTACK = """
+import os, sys
+from pathlib import Path
+
+inbound, lab, me, how, target = sys.argv[1:]
+stamp = "2020-01-01 00:00:00.000000 UTC"
+folder = Path(inbound) / f"{me}+{lab}+{stamp}"
+if how == "dangling":
+    os.symlink("/nonexistent/autograder", Path(inbound) / f"{me}+{lab}+2019-01-01 00:00:00 UTC")
+elif how == "impersonate":
+    os.symlink(target, Path(inbound) / f"{target.rsplit('/', 1)[-1]}+{lab}+2031-01-01 00:00:00 UTC")
+else:
+    folder.mkdir()
+    (folder / f"{lab}.ipynb").write_text(Path(target).read_text() if how == "late" else "{}")
+    (folder / "timestamp.txt").write_text(stamp)
+    if how == "link":
+        os.symlink(target, folder / "data.npz")
+"""
+
+
+def test_collect_refuses_what_students_cannot_submit(hub):
+    """Students' own OS accounts put links to the held-out data, the gradebook and a
+    classmate's home in inbound, a dangling link, and a late submission with an early
+    timestamp. Collect, started by the instructor in the formgrader, refuses each link with
+    its reason, collects everyone else, and dates the late one by when its files changed."""
+    from autograder.datasets import data_dir
+
+    base, settings = hub
+    lab_nb = example_path(LAB, "untrained")
+    cases = {
+        "atkheld": ("link", str(data_dir() / "heldout" / "mnist.npz")),
+        "atkbook": ("link", str(settings.course_dir / "gradebook.db")),
+        "atkhome": ("impersonate", str(settings.home("victim"))),
+        "atkdang": ("dangling", ""),
+        "late": ("late", str(lab_nb)),
+        "victim": ("late", str(lab_nb)),  # an ordinary submission, at the same time
+    }
+    sims = dataclasses.replace(settings, instructors=(), tas=(), students=tuple(cases))
+    for user in sims.students:
+        sims.home(user).mkdir(parents=True, exist_ok=True)
+    ensure_system_users(sims)
+    for name, (how, _) in cases.items():
+        if how == "late":  # the student's own copy of a notebook to submit
+            copy = settings.home(name) / f"{LAB}.ipynb"
+            shutil.copyfile(lab_nb, copy)
+            shutil.chown(copy, name, name)
+            cases[name] = (how, str(copy))
+    inbound = settings.exchange / settings.course_id / "inbound"
+    from nbgrader.api import Gradebook
+
+    due = datetime.datetime.now(datetime.UTC).replace(tzinfo=None) - datetime.timedelta(hours=1)
+    db = f"sqlite:///{settings.course_dir / 'gradebook.db'}"
+    with Gradebook(db, settings.course_id) as gb:
+        gb.update_or_create_assignment(LAB, duedate=due)
+        for name in cases:
+            gb.update_or_create_student(name)
+    try:
+        for name, (how, target) in cases.items():
+            subprocess.run(
+                [sys.executable, "-c", ATTACK, str(inbound), LAB, name, how, target],
+                user=name,
+                group=name,
+                extra_groups=[],
+                cwd=settings.home(name),
+                check=True,
+                capture_output=True,
+                timeout=60,
+            )
+        instructor = Client(base, "instructor")
+        api = f"/services/{settings.course_id}/formgrader/api"
+        assert instructor.get(f"/services/{settings.course_id}/formgrader").status_code == 200
+        r = instructor.post(f"{api}/assignment/{LAB}/collect").json()
+        assert r["success"], r.get("error", "")[-2000:]
+        log = r.get("log", "")
+        submitted = settings.course_dir / "submitted"
+        for name, reason in [
+            ("atkheld", "data.npz is a link"),
+            ("atkbook", "data.npz is a link"),
+            ("victim+", "is a link, not a folder"),
+            ("atkdang", "is a link, not a folder"),
+        ]:
+            assert f"Refused {name}" in log and reason in log, log[-3000:]
+        for name in ("atkheld", "atkbook", "atkdang"):
+            assert not (submitted / name / LAB).exists()
+        assert not list(submitted.rglob("data.npz"))
+        # The victim's own submission, not the link to their home filed in their name.
+        victim = submitted / "victim" / LAB / f"{LAB}.ipynb"
+        assert victim.read_text() == lab_nb.read_text()
+        # Late, whatever the student wrote: dated by when its files changed (after the due
+        # date), not by the 2020 timestamp in its name and in its timestamp.txt.
+        stamp = (submitted / "late" / LAB / "timestamp.txt").read_text()
+        when = datetime.datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S.%f UTC")
+        assert when > due, stamp
+    finally:
+        with Gradebook(db, settings.course_id) as gb:
+            gb.update_or_create_assignment(LAB, duedate=None)
+        for name in cases:
+            subprocess.run(["userdel", name], capture_output=True, check=False)
 
 
 def test_permissions(hub):
@@ -516,6 +699,7 @@ def test_stopping_autograder_hub_leaves_nothing(signame, tmp_path, staged_data):
             "jupyterhub -f",
             "configurable-http-proxy",
             "--ServerApp.root_dir",
+            "autograder.privileged",
             "ipykernel",
         ):
             assert any(part in p for p in running), (part, running)
