@@ -8,9 +8,9 @@ a clean process), ``checks``, ``pipeline`` (nbgrader preprocessors), ``release``
 
 from __future__ import annotations
 
-from .errors import AutograderError, ConfigError, DataError, GradingError
-from .results import CheckResult, GradingResult
-from .rubric import Rubric, lab_ids, load_rubric
+from autograder.errors import AutograderError, ConfigError, DataError, GradingError
+from autograder.results import CheckResult, GradingResult
+from autograder.rubric import Rubric, lab_ids, load_rubric
 
 __all__ = [
     "AutograderError",

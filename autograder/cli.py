@@ -7,13 +7,14 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import AutograderError
+from autograder.errors import AutograderError
+from autograder.settings import QUIET_TENSORFLOW
 
 __all__ = ["main"]
 
 
 def _stage(args: argparse.Namespace) -> int:
-    from .staging import stage
+    from autograder.data.staging import stage
 
     report = stage(args.target, imdb_archive=args.imdb_archive, mnist_from=args.mnist_from)
     print(report.format())
@@ -21,8 +22,8 @@ def _stage(args: argparse.Namespace) -> int:
 
 
 def _release(args: argparse.Namespace) -> int:
-    from .examples import build_examples
-    from .release import generate_release, release_drift
+    from autograder.authoring.examples import build_examples
+    from autograder.authoring.release import generate_release, release_drift
 
     if args.check:
         drift = release_drift(args.source, args.release)
@@ -39,14 +40,14 @@ def _release(args: argparse.Namespace) -> int:
 
 
 def _example_labs() -> set[str]:
-    from .examples import EXAMPLES
+    from autograder.authoring.examples import EXAMPLES
 
     return set(EXAMPLES)
 
 
 def _grade(args: argparse.Namespace) -> int:
-    from .batch import grade_batch
-    from .gradebook import check_table, format_table
+    from autograder.batch.grade import grade_batch
+    from autograder.reports.gradebook import check_table, format_table
 
     if args.time_limit:
         os.environ["AUTOGRADER_NOTEBOOK_TIMEOUT"] = str(args.time_limit)
@@ -70,7 +71,7 @@ def _grade(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from .export import export_gradebook
+    from autograder.reports.export import export_gradebook
 
     result = export_gradebook(
         args.course,
@@ -84,7 +85,7 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from autograder.authoring.demo import run_demo
 
     return run_demo(args.workdir, labs=args.lab or None)
 
@@ -92,7 +93,7 @@ def _demo(args: argparse.Namespace) -> int:
 def _hub(args: argparse.Namespace) -> int:
     import signal
 
-    from .hub import load_settings, start_hub, stop_hub, wait_until_up
+    from autograder.hub.launch import load_settings, start_hub, stop_hub, wait_until_up
 
     settings = load_settings(args.settings)
 
@@ -126,7 +127,7 @@ def _hub(args: argparse.Namespace) -> int:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    from .calibrate import calibrate
+    from autograder.authoring.calibrate import calibrate
 
     calibrate(args.lab, seeds=args.seeds, example=args.example, write=not args.dry_run)
     return 0
@@ -209,7 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     # TensorFlow logs to stderr at import unless told otherwise before it loads.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    for key, value in QUIET_TENSORFLOW.items():
+        os.environ.setdefault(key, value)
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))

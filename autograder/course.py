@@ -8,12 +8,21 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ._runtime import ensure_tool_path
-from .errors import ConfigError, GradingError
-from .release import check_notebook_against_rubric
-from .rubric import lab_ids, load_rubric
+from autograder._runtime import ensure_tool_path
+from autograder.authoring.release import check_notebook_against_rubric
+from autograder.errors import ConfigError, GradingError
+from autograder.grading.execute import GRADER_OUTPUTS, autograde_preprocessors
+from autograder.reports.feedback import feedback_preprocessors
+from autograder.rubric import lab_ids, load_rubric
+from autograder.settings import PROJECT_DIR
 
-__all__ = ["Course", "apply_course_config", "create_course", "default_source_root"]
+__all__ = [
+    "Course",
+    "apply_course_config",
+    "configure_grader",
+    "create_course",
+    "default_source_root",
+]
 
 DEFAULT_COURSE_ID = "day2-dl"
 
@@ -33,21 +42,35 @@ apply_course_config(c, root=os.path.dirname(os.path.abspath(__file__)), course_i
 def default_source_root() -> Path:
     """The project's ``source/``: the current folder's if it has one, else the checkout's."""
     here = Path.cwd() / "source"
-    return here if here.is_dir() else Path(__file__).resolve().parents[1] / "source"
+    return here if here.is_dir() else PROJECT_DIR / "source"
 
 
 def apply_course_config(
     c: Any, *, root: str | Path, course_id: str = DEFAULT_COURSE_ID, db_url: str | None = None
 ) -> None:
     """Everything nbgrader needs for this course; used by the config file and the API alike."""
-    from .pipeline import configure
-
     root = Path(root)
     c.CourseDirectory.root = str(root)
     c.CourseDirectory.course_id = course_id
     c.CourseDirectory.db_url = db_url or f"sqlite:///{root / 'gradebook.db'}"
-    c.AssignLatePenalties.plugin_class = "autograder.late.PolicyPenalty"  # late_policy.toml
-    configure(c)
+    c.AssignLatePenalties.plugin_class = "autograder.grading.late.PolicyPenalty"  # late_policy.toml
+    configure_grader(c)
+
+
+def configure_grader(c: Any) -> None:
+    """Apply the grader's settings to an nbgrader config object (``get_config()``)."""
+    from nbgrader.coursedir import CourseDirectory
+
+    c.Autograde.autograde_preprocessors = autograde_preprocessors()
+    default_ignore = list(CourseDirectory.class_traits()["ignore"].default())
+    c.CourseDirectory.ignore = [*default_ignore, *GRADER_OUTPUTS]
+    c.GraderExecute.timeout = 900
+    # Everything needed is saved by the capture cell; a graceful shutdown waits ~3 s for
+    # TensorFlow's exit handlers, per notebook.
+    c.GraderExecute.shutdown_kernel = "immediate"
+    c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedError()"}
+    # The grader's report first in each feedback page; hidden tests cleared from it.
+    c.GenerateFeedback.preprocessors = feedback_preprocessors()
 
 
 @dataclass(frozen=True)

@@ -50,11 +50,11 @@ class GradingResult:
     # ``confusion_matrix`` ({"labels", "matrix"}: held-out counts, aggregates only) and
     # ``predicted_vs_true`` ({"pairs": [[true, predicted], ...]}: the public test split).
     figures: dict[str, Any] = field(default_factory=dict)
-    # The model's score on other data, for the instructor (see autograder.review.WITNESSES).
+    # The model's score on other data, for the instructor (see autograder.grading.review.WITNESSES).
     witnesses: dict[str, float] = field(default_factory=dict)
-    # Reasons to review this grade (autograder.review): instructors' eyes only, never scored.
+    # Reasons to review this grade (grading.review): instructors' eyes only, never scored.
     review: tuple[str, ...] = ()
-    # How the held-out inputs were prepared for the model (autograder.preparation).
+    # How the held-out inputs were prepared for the model (autograder.grading.preparation).
     preparation: str = ""
 
     @property

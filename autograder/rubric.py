@@ -13,7 +13,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from autograder.errors import ConfigError
+from autograder.settings import LABS_DIR
 
 __all__ = [
     "ASPECTS",
@@ -221,7 +222,7 @@ class Preprocess:
     load: dict[str, Any] = field(default_factory=dict, hash=False)  # loader keyword arguments
     limit: int | None = None  # grade on the first `limit` held-out examples only
     # split ("train" | "test") -> the notebook's prepared array of it: the grader learns the
-    # student's own preparation from their first rows (autograder.preparation)
+    # student's own preparation from their first rows (autograder.grading.preparation)
     learn_from: dict[str, str] = field(default_factory=dict, hash=False)
 
 
@@ -256,7 +257,7 @@ class Rubric:
         raise ConfigError(f"lab {self.lab}: no check '{check_id}'")
 
 
-_LABS_DIR = Path(__file__).parent / "labs"
+_LABS_DIR = LABS_DIR
 _TOP_KEYS = frozenset(
     {"lab", "title", "dataset", "notebook", "model", "preprocess", "checks", "manual"}
 )

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import psutil
 
-from autograder.batch import SubmissionOutcome
+from autograder.batch.grade import SubmissionOutcome
 
 LAB = "lab3_mnist_dense"
 # A class: mostly correct work, some of the usual mistakes (all of them train a model).
@@ -69,7 +69,7 @@ def _course(root: Path, n: int, env: dict[str, str]) -> None:
     code = f"""
 from pathlib import Path
 from autograder.course import create_course
-from autograder.examples import example_path
+from autograder.authoring.examples import example_path
 course = create_course(Path({str(root)!r}), labs=[{LAB!r}])
 mix = {MIX!r}
 for i in range({n}):

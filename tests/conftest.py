@@ -18,7 +18,7 @@ def repo() -> Path:
 @pytest.fixture(scope="session")
 def staged_data() -> None:
     """The suite grades against the staged offline data (``make test`` stages it first)."""
-    from autograder.datasets import data_source
+    from autograder.data.loaders import data_source
 
     for name in ("mnist", "boston_housing", "imdb"):
         data_source(name)  # raises DatasetMissing naming `autograder stage-data`

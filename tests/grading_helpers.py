@@ -7,11 +7,11 @@ from pathlib import Path
 from typing import Any
 
 from autograder._runtime import environment
-from autograder.batch import grade_batch
+from autograder.authoring.demo import DEMO_ADVERSARIAL_LIMITS
+from autograder.authoring.examples import EXAMPLES, example_path
+from autograder.batch.grade import grade_batch
 from autograder.course import Course, create_course
-from autograder.demo import DEMO_ADVERSARIAL_LIMITS
-from autograder.examples import EXAMPLES, example_path
-from autograder.pipeline import read_result
+from autograder.grading.execute import read_result
 from autograder.results import GradingResult
 from autograder.rubric import Threshold, load_rubric
 
@@ -74,7 +74,7 @@ def messages(course: Course, lab: str, student: str, check: str) -> tuple[str, .
 
 def sandbox_record() -> dict[str, Any]:
     """What a kernel's sandbox holds here (``KernelSandbox.describe``)."""
-    from autograder.sandbox import KernelSandbox
+    from autograder.sandbox.kernel import KernelSandbox
 
     box = KernelSandbox()
     try:
@@ -91,7 +91,7 @@ def separate_accounts() -> bool:
 def calibration_runs() -> Iterator[tuple[str, str, Threshold, str, dict[str, Any]]]:
     """Every recorded calibration run (reference and variants) with the rubric threshold of
     its data source: (lab, source, threshold, metric, run)."""
-    from autograder.calibrate import load_calibration
+    from autograder.authoring.calibrate import load_calibration
     from autograder.rubric import lab_ids
 
     for lab in lab_ids():

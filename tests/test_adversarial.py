@@ -27,12 +27,12 @@ import grading_helpers as gh
 import nbformat
 import pytest
 
-from autograder.batch import STATE_FILE, grade_batch
+from autograder.authoring.examples import EXAMPLES, example_path
+from autograder.batch.grade import STATE_FILE, grade_batch
 from autograder.course import create_course
-from autograder.datasets import data_dir
-from autograder.examples import EXAMPLES, example_path
-from autograder.gradebook import check_table
-from autograder.sandbox import isolation_prefix
+from autograder.data.loaders import data_dir
+from autograder.reports.gradebook import check_table
+from autograder.sandbox.kernel import isolation_prefix
 
 pytestmark = pytest.mark.slow
 
@@ -238,7 +238,7 @@ def _memoriser(name: str, folder: Path) -> Path:
 
     import numpy as np
 
-    from autograder.datasets import load_heldout
+    from autograder.data.loaders import load_heldout
 
     if name == "memorises-heldout":
         x, y = load_heldout("mnist")
@@ -287,7 +287,7 @@ def _left_on_the_machine() -> dict[str, list[str]]:
     retired slots."""
     import psutil
 
-    from autograder.sandbox import ACCOUNT_PREFIX, EVALUATOR_ACCOUNT
+    from autograder.sandbox.kernel import ACCOUNT_PREFIX, EVALUATOR_ACCOUNT
 
     uids = {
         p.pw_uid
@@ -473,8 +473,8 @@ def test_each_submission_ends_graded_with_its_score_and_reason(batch, student):
 def test_a_flag_reaches_the_gradebook_and_exports_but_not_the_student(batch, tmp_path):
     from nbgrader.api import Gradebook
 
-    from autograder.export import export_gradebook
-    from autograder.feedback import report_html
+    from autograder.reports.export import export_gradebook
+    from autograder.reports.feedback import report_html
 
     course, summary, *_ = batch
     flagged = {o.student for o in summary.outcomes if o.review}

@@ -15,11 +15,11 @@ import pandas as pd
 import pytest
 from grading_helpers import QUICK, environment
 
-from autograder.batch import STATE_FILE, grade_batch
+from autograder.authoring.examples import example_path
+from autograder.batch.grade import STATE_FILE, grade_batch
 from autograder.course import Course, create_course
 from autograder.errors import GradingError
-from autograder.examples import example_path
-from autograder.gradebook import check_table
+from autograder.reports.gradebook import check_table
 
 pytestmark = pytest.mark.slow
 LAB = "lab3_mnist_dense"
@@ -74,7 +74,7 @@ def _left_by_dead_graders() -> list[Path]:
 
     import psutil
 
-    from autograder.sandbox import grader_work_dir
+    from autograder.sandbox.kernel import grader_work_dir
 
     return [
         p
@@ -150,7 +150,8 @@ def test_unreadable_submission_is_marked_failed_and_the_rest_graded(tmp_path, st
 def test_a_second_grader_on_the_same_course_is_refused(tmp_path, staged_data):
     course = _course(tmp_path / "course", ["correct"])
     hold = (
-        "import sys, time; from pathlib import Path; from autograder.batch import _exclusive\n"
+        "import sys, time; from pathlib import Path\n"
+        "from autograder.batch.grade import _exclusive\n"
         "with _exclusive(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(60)"
     )
     holder = subprocess.Popen(

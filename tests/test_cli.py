@@ -23,7 +23,7 @@ def test_user_errors_are_one_line_with_an_exit_code(capsys):
 
 def test_missing_data_names_the_staging_command(tmp_path):
     env = {"AUTOGRADER_DATA_DIR": str(tmp_path / "nothing"), "PATH": "/usr/bin:/bin"}
-    code = "from autograder.datasets import load_mnist; load_mnist()"
+    code = "from autograder.data.loaders import load_mnist; load_mnist()"
     proc = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False
     )

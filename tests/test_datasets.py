@@ -1,4 +1,4 @@
-"""Tests for autograder.datasets: staging offline mirrors through keras' own loaders."""
+"""Tests for autograder.data.loaders: staging offline mirrors through keras' own loaders."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from unittest import mock
 import numpy as np
 import pytest
 
-from autograder import datasets as ds
-from autograder import staging as st
+from autograder.data import loaders as ds
+from autograder.data import staging as st
 from autograder.errors import DataError
 
 # ../shared next to the checkout, wherever it was cloned (CI clones outside /work).
@@ -157,7 +157,7 @@ def test_missing_dataset_names_the_command(load: Any) -> None:
     assert isinstance(info.value, RuntimeError)
     assert isinstance(info.value, DataError)  # the CLI reports it with DataError's exit code
     assert "autograder stage-data" in str(info.value)
-    assert "python -m autograder.staging" in str(info.value)
+    assert "python -m autograder.data.staging" in str(info.value)
 
 
 def test_missing_source_and_heldout() -> None:

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from autograder.capture import capture_source
-from autograder.evaluate import evaluate_artifacts, unsafe_layers
-from autograder.evaluator import grade_in_subprocess
+from autograder.grading.capture import capture_source
+from autograder.grading.evaluate import evaluate_artifacts, unsafe_layers
+from autograder.grading.evaluation_server import grade_in_subprocess
 from autograder.rubric import load_rubric
 
 LAB = "lab3_mnist_dense"
@@ -39,7 +39,7 @@ def keras():
 
 
 def test_trained_model_is_graded_from_artifacts(keras, tmp_path, staged_data):
-    from autograder.datasets import load_mnist
+    from autograder.data.loaders import load_mnist
 
     (x, y), _ = load_mnist()
     x = x.reshape((len(x), 784)).astype("float32") / 255
@@ -109,7 +109,7 @@ def test_no_capture_means_the_notebook_did_not_finish(tmp_path, staged_data):
 def test_predict_gives_what_model_predict_gives():
     import keras
 
-    from autograder.evaluate import predict
+    from autograder.grading.evaluate import predict
 
     rng = np.random.default_rng(0)
     cnn = keras.Sequential(
@@ -163,7 +163,7 @@ def _bomb(path: Path, member_mb: int = 8) -> None:
 def test_what_the_kernel_wrote_is_checked_before_it_is_read(tmp_path, staged_data, case, expected):
     import os
 
-    from autograder.evaluate import artifacts_problem
+    from autograder.grading.evaluate import artifacts_problem
 
     if case == "bomb":
         _bomb(tmp_path / "model.keras")
@@ -180,7 +180,7 @@ def test_what_the_kernel_wrote_is_checked_before_it_is_read(tmp_path, staged_dat
 
 
 def test_an_ordinary_model_archive_passes_the_checks(keras, tmp_path):
-    from autograder.evaluate import artifacts_problem
+    from autograder.grading.evaluate import artifacts_problem
 
     model = keras.Sequential([keras.Input((784,)), keras.layers.Dense(512), keras.layers.Dense(10)])
     model.save(tmp_path / "model.keras")
@@ -194,10 +194,10 @@ def test_the_model_is_read_by_an_unprivileged_child(keras, tmp_path, staged_data
     import os
     import pwd
 
-    from autograder.datasets import load_mnist
-    from autograder.evaluate import optimizer_iterations
-    from autograder.evaluator import Evaluator
-    from autograder.sandbox import EVALUATOR_ACCOUNT, evaluator_account, grader_work_dir
+    from autograder.data.loaders import load_mnist
+    from autograder.grading.evaluate import optimizer_iterations
+    from autograder.grading.evaluation_server import Evaluator
+    from autograder.sandbox.kernel import EVALUATOR_ACCOUNT, evaluator_account, grader_work_dir
 
     (x, y), _ = load_mnist()
     x = x.reshape((len(x), 784)).astype("float32") / 255
@@ -227,7 +227,7 @@ def test_held_out_data_reaches_the_model_in_the_form_it_was_trained_in(
 ):
     """Flattened inside the model: the held-out images go in as (n, 28, 28), as the
     notebook's arrays did; the lab's (n, 784) would not fit this model."""
-    from autograder.datasets import load_mnist
+    from autograder.data.loaders import load_mnist
 
     (x, y), _ = load_mnist()
     x = x.astype("float32") / 255
@@ -264,7 +264,7 @@ def test_a_model_that_runs_on_no_form_is_explained_not_dumped(keras, tmp_path, s
         ]
     )
     images = np.zeros((200, 1, 28, 28), "float32")
-    from autograder.datasets import load_mnist
+    from autograder.data.loaders import load_mnist
 
     (raw, _), _ = load_mnist()
     images[:] = raw[:200, None] / 255

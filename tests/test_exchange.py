@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from autograder.exchange import MAX_DEPTH, Refused, copy_submission, submission_time
+from autograder.hub.exchange import MAX_DEPTH, Refused, copy_submission, submission_time
 
 
 def _submission(root: Path) -> Path:

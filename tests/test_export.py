@@ -22,9 +22,9 @@ from nbgrader.preprocessors import AssignLatePenalties
 from autograder.cli import main
 from autograder.course import Course, create_course
 from autograder.errors import ConfigError
-from autograder.export import CANVAS_ID_COLUMNS, MOODLE_ID_COLUMNS, export_gradebook
-from autograder.gradebook import check_table, read_gradebook
-from autograder.late import LatePolicy, load_late_policy
+from autograder.grading.late import LatePolicy, load_late_policy
+from autograder.reports.export import CANVAS_ID_COLUMNS, MOODLE_ID_COLUMNS, export_gradebook
+from autograder.reports.gradebook import check_table, read_gradebook
 from autograder.rubric import load_rubric
 
 # nbgrader's own add_submission makes SQLAlchemy warn about its autoflush; not ours to fix.
@@ -186,7 +186,9 @@ def test_nbgrader_stores_the_policy_penalty(course: Course) -> None:
     """apply_course_config wires PolicyPenalty into AssignLatePenalties, reading the course's
     late_policy.toml from the configured root (the test runs elsewhere)."""
     assert Path.cwd() != course.root
-    assert course.config().AssignLatePenalties.plugin_class == "autograder.late.PolicyPenalty"
+    assert (
+        course.config().AssignLatePenalties.plugin_class == "autograder.grading.late.PolicyPenalty"
+    )
     with Gradebook(course.db_url) as gb:
         stored = {
             (lab, sid): gb.find_submission(lab, sid).late_submission_penalty
@@ -375,7 +377,7 @@ def test_real_autograde_stores_the_policy_penalty(
 ) -> None:
     """The wiring end to end: `nbgrader autograde` of a late submission (untrained model,
     6 of 10 points, 30 h late) stores 20 % of 6 through PolicyPenalty; about 15 s."""
-    from autograder.examples import example_path
+    from autograder.authoring.examples import example_path
 
     course = create_course(tmp_path / "course", labs=[MNIST])
     (course.root / "late_policy.toml").write_text("per_day = 10\n")
@@ -398,7 +400,7 @@ def test_a_flag_set_in_the_formgrader_reaches_the_table_and_the_exports(
 ) -> None:
     """nbgrader's own flag (the formgrader's toggle, or the grader's review): shown to staff
     in the gradebook table, grades.csv and summary.csv; not in the LMS files."""
-    from autograder.gradebook import format_table
+    from autograder.reports.gradebook import format_table
 
     with Gradebook(own_course.db_url) as gb:
         gb.find_submission(MNIST, "bob").notebooks[0].flagged = True

@@ -16,8 +16,9 @@ from nbformat.v4 import new_code_cell, new_notebook
 from nbgrader.preprocessors import GetGrades
 from traitlets.config import Config
 
-from autograder.evaluate import confusion_matrix, metric_value
-from autograder.feedback import (
+from autograder.grading.evaluate import confusion_matrix, metric_value
+from autograder.grading.execute import RESULT_SUFFIX, configure
+from autograder.reports.feedback import (
     ClearHiddenTestsFromGradedCells,
     GraderReport,
     confusion_matrix_png,
@@ -26,7 +27,6 @@ from autograder.feedback import (
     report_html,
     training_curves_png,
 )
-from autograder.pipeline import RESULT_SUFFIX, configure
 from autograder.results import CheckResult, GradingResult
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -189,7 +189,7 @@ def _table_row(page: str, title: str) -> str:
 
 @pytest.mark.slow
 def test_lab3_feedback_pages(graded_lab3):
-    from autograder.datasets import load_heldout
+    from autograder.data.loaders import load_heldout
 
     course = graded_lab3
     _feedback(course, LAB)
@@ -229,7 +229,7 @@ def test_lab3_feedback_pages(graded_lab3):
 
 @pytest.mark.slow
 def test_boston_feedback_shows_the_public_test_split(graded_boston):
-    from autograder.datasets import load_boston_housing
+    from autograder.data.loaders import load_boston_housing
 
     course = graded_boston
     _feedback(course, BOSTON, "test-own-statistics")

@@ -25,15 +25,15 @@ import requests
 from fixtures.adversarial.html_injection import MARKER, inject_html
 from html_safety import student_script_findings
 
-from autograder.examples import example_path
-from autograder.hub import (
+from autograder.authoring.examples import example_path
+from autograder.hub.launch import (
     ensure_system_users,
     load_settings,
     start_hub,
     stop_hub,
     wait_until_up,
 )
-from autograder.sandbox import ACCOUNT_PREFIX
+from autograder.sandbox.kernel import ACCOUNT_PREFIX
 
 pytestmark = pytest.mark.slow
 LAB = "lab3_mnist_dense"
@@ -239,7 +239,7 @@ def _service_processes(settings) -> dict[str, int]:
         except OSError:
             continue
         grader_home = f"--ServerApp.root_dir={settings.home(settings.grader)}"
-        ours = "autograder.privileged" in cmdline and str(settings.root) in cmdline
+        ours = "autograder.hub.grading_service" in cmdline and str(settings.root) in cmdline
         if grader_home in cmdline or ours:
             found[cmdline] = uid
     return found
@@ -343,7 +343,7 @@ def test_formgrader_runs_as_the_grader_account(hub):
     processes = _service_processes(settings)
     grader_uid = pwd.getpwnam(settings.grader).pw_uid
     formgrader = [uid for cmd, uid in processes.items() if "jupyterhub-singleuser" in cmd]
-    service = [uid for cmd, uid in processes.items() if "autograder.privileged" in cmd]
+    service = [uid for cmd, uid in processes.items() if "autograder.hub.grading_service" in cmd]
     assert formgrader == [grader_uid] and grader_uid != 0, processes
     assert service == [0], processes
     assert not any("--allow-root" in cmd for cmd in processes), processes
@@ -384,7 +384,7 @@ def test_collect_refuses_what_students_cannot_submit(hub):
     classmate's home in inbound, a dangling link, and a late submission with an early
     timestamp. Collect, started by the instructor in the formgrader, refuses each link with
     its reason, collects everyone else, and dates the late one by when its files changed."""
-    from autograder.datasets import data_dir
+    from autograder.data.loaders import data_dir
 
     base, settings = hub
     lab_nb = example_path(LAB, "untrained")
@@ -511,7 +511,7 @@ print(json.dumps({"user": pwd.getpwuid(os.getuid()).pw_name, **result}))
 def test_student_kernel_is_confined_by_the_os(hub):
     """Code in a student's kernel runs as that student's OS account: their own home and the
     public course data, nothing of other students, the grader or the hub."""
-    from autograder.datasets import data_dir
+    from autograder.data.loaders import data_dir
 
     base, settings = hub
     heldout = data_dir() / "heldout"
@@ -699,7 +699,7 @@ def test_stopping_autograder_hub_leaves_nothing(signame, tmp_path, staged_data):
             "jupyterhub -f",
             "configurable-http-proxy",
             "--ServerApp.root_dir",
-            "autograder.privileged",
+            "autograder.hub.grading_service",
             "ipykernel",
         ):
             assert any(part in p for p in running), (part, running)

@@ -12,7 +12,7 @@ import grading_helpers as gh
 import nbformat
 import pytest
 
-from autograder.gradebook import check_table
+from autograder.reports.gradebook import check_table
 
 LAB = "lab3_mnist_dense"
 pytestmark = pytest.mark.slow

@@ -101,14 +101,14 @@ def test_a_history_no_fit_returned_earns_no_comparison_point(graded_boston):
 
 
 def test_honest_work_is_not_flagged_for_review(graded_boston):
-    from autograder.examples import EXAMPLES
+    from autograder.authoring.examples import EXAMPLES
 
     for student in EXAMPLES[LAB]:
         assert result_of(graded_boston, LAB, student).review == (), student
 
 
 def test_written_answer_waits_for_manual_grading(graded_boston):
-    from autograder.gradebook import check_table
+    from autograder.reports.gradebook import check_table
 
     table = check_table(graded_boston.db_url, [LAB]).set_index("student")
     assert set(table["status"]) == {"needs manual grade"}

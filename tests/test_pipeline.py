@@ -4,13 +4,13 @@ import pytest
 from nbgrader.preprocessors import LimitOutput, SaveAutoGrades
 from traitlets.config import Config
 
+from autograder.course import configure_grader
 from autograder.errors import ConfigError
-from autograder.pipeline import (
+from autograder.grading.execute import (
     GradeFromArtifacts,
     GraderExecute,
     autograde_preprocessors,
     check_order,
-    configure,
 )
 
 
@@ -37,6 +37,6 @@ def test_grading_without_execution_is_refused():
 
 def test_configure_sets_pipeline_and_timeout():
     c = Config()
-    configure(c)
+    configure_grader(c)
     assert c.Autograde.autograde_preprocessors[0] is GraderExecute
     assert c.GraderExecute.timeout >= 600

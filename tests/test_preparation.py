@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from autograder.preparation import learn_preparation
+from autograder.grading.preparation import learn_preparation
 
 RNG = np.random.default_rng(0)
 IMAGES = RNG.integers(0, 256, size=(128, 28, 28), dtype=np.uint8)

@@ -19,13 +19,13 @@ import nbformat
 import pytest
 
 from autograder.errors import GradingError
-from autograder.privileged import HelperSettings, request_execution
+from autograder.hub.grading_service import HelperSettings, request_execution
 
 GRADER = "nobody"  # stands in for the course's grader account
 CLIENT = """
 import json, sys
 from nbformat import from_dict
-from autograder.privileged import request_execution
+from autograder.hub.grading_service import request_execution
 old = from_dict({"nbformat": 3, "nbformat_minor": 0, "metadata": {}, "worksheets": []})
 try:
     request_execution(sys.argv[1], "lab3_mnist_dense", old, {}, timeout=60)
@@ -44,7 +44,7 @@ def service():
     settings.parent.mkdir(mode=0o700)
     sock = base / "run" / "grading.sock"
     HelperSettings(socket=str(sock), grader=GRADER, labs=("lab3_mnist_dense",)).write(settings)
-    cmd = [sys.executable, "-I", "-m", "autograder.privileged", "serve", "--settings"]
+    cmd = [sys.executable, "-I", "-m", "autograder.hub.grading_service", "serve", "--settings"]
     proc = subprocess.Popen([*cmd, str(settings)], cwd=settings.parent, stderr=subprocess.PIPE)
     try:
         for _ in range(100):

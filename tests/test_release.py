@@ -7,8 +7,8 @@ import shutil
 
 import nbformat
 
-from autograder.examples import EXAMPLES, build_examples, examples_dir
-from autograder.release import generate_release, release_drift
+from autograder.authoring.examples import EXAMPLES, build_examples, examples_dir
+from autograder.authoring.release import generate_release, release_drift
 
 # release/ matches source/: tests/test_cli.py::test_release_check_passes_on_the_committed_tree
 # (`autograder release --check`, which generates every lab once).

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from grading_helpers import calibration_runs
 
-from autograder.calibrate import suggest_review
+from autograder.authoring.calibrate import suggest_review
 from autograder.errors import ConfigError
-from autograder.review import memorisation, training_record
+from autograder.grading.review import memorisation, training_record
 from autograder.rubric import Threshold, parse_rubric
 
 ACCURACY = Threshold(0.87, 0.5, review_beyond=0.94, review_gap_test=0.06)

@@ -28,12 +28,12 @@ import psutil
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
+from autograder.authoring.examples import EXAMPLES, example_path
 from autograder.course import create_course
 from autograder.errors import ConfigError
-from autograder.evaluate import evaluate_artifacts
-from autograder.examples import EXAMPLES, example_path
-from autograder.pipeline import GraderExecute
-from autograder.sandbox import (
+from autograder.grading.evaluate import evaluate_artifacts
+from autograder.grading.execute import GraderExecute
+from autograder.sandbox.kernel import (
     ACCOUNT_PREFIX,
     KernelSandbox,
     Limits,
@@ -369,7 +369,7 @@ WHO = textwrap.dedent(
     print("cwd", os.getcwd(), sorted(os.listdir(".")))
     print("core", resource.getrlimit(resource.RLIMIT_CORE))
     print("token", os.environ.get("JUPYTERHUB_API_TOKEN"), os.environ.get("PWD"))
-    from autograder.datasets import data_dir, load_mnist
+    from autograder.data.loaders import data_dir, load_mnist
     print("public", load_mnist()[0][0].shape, data_dir())
     for path in [HELDOUT, data_dir() / "heldout" / "mnist.npz"]:
         try:
@@ -383,7 +383,7 @@ WHO = textwrap.dedent(
 
 @needs_account
 def test_kernel_runs_as_an_unprivileged_account_of_its_own(tmp_path, monkeypatch, staged_data):
-    from autograder.datasets import data_dir
+    from autograder.data.loaders import data_dir
 
     monkeypatch.setenv("JUPYTERHUB_API_TOKEN", "hub-secret")
     (tmp_path / "data.csv").write_text("1,2\n")
@@ -539,7 +539,7 @@ def test_a_kernel_that_exits_says_so(tmp_path):
 
 
 def test_a_spare_kernel_runs_the_next_notebook_in_its_own_folder(tmp_path, socket_dir, monkeypatch):
-    from autograder import sandbox
+    from autograder.sandbox.kernel import kernel as sandbox
 
     first, second = tmp_path / "first", tmp_path / "second"
     for folder, text in ((first, "one"), (second, "two")):
@@ -574,7 +574,7 @@ def test_a_spare_kernel_runs_the_next_notebook_in_its_own_folder(tmp_path, socke
 
 def test_memory_cgroup_counts_memory_backed_files():
     """The hard cap: memory in a memfd is not resident memory, but the cgroup counts it."""
-    from autograder.cgroup import KernelCgroup, cgroup_unavailable
+    from autograder.sandbox.cgroup import KernelCgroup, cgroup_unavailable
 
     group = KernelCgroup.create("test-memfd", memory_mb=200, processes=50)
     if group is None:
@@ -602,7 +602,7 @@ def test_memory_cgroup_counts_memory_backed_files():
 
 
 def test_cgroups_left_by_a_killed_grader_are_removed():
-    from autograder.cgroup import KernelCgroup, cgroup_unavailable
+    from autograder.sandbox.cgroup import KernelCgroup, cgroup_unavailable
 
     left = KernelCgroup.create("slot-test-left", memory_mb=100, processes=10)
     if left is None:

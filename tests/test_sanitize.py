@@ -22,7 +22,7 @@ from nbgrader.converters import GenerateFeedback
 from nbgrader.coursedir import CourseDirectory
 from nbgrader.server_extensions.formgrader.formgrader import FormgradeExtension
 
-from autograder.sanitize import NeutraliseStudentContent, clean_html, neutralise_notebook
+from autograder.grading.sanitize import NeutraliseStudentContent, clean_html, neutralise_notebook
 
 GRADED = {"grade": True, "solution": True, "grade_id": "answer", "points": 2, "locked": False}
 

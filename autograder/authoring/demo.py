@@ -9,11 +9,11 @@ import sys
 import time
 from pathlib import Path
 
-from ._runtime import environment
-from .batch import grade_batch
-from .course import create_course
-from .examples import EXAMPLES, example_path
-from .gradebook import check_table, format_table
+from autograder._runtime import environment
+from autograder.authoring.examples import EXAMPLES, example_path
+from autograder.batch.grade import grade_batch
+from autograder.course import create_course
+from autograder.reports.gradebook import check_table, format_table
 
 __all__ = ["run_demo"]
 
@@ -33,8 +33,8 @@ DEMO_ADVERSARIAL_LIMITS = {
 
 
 def run_demo(workdir: Path, labs: list[str] | None = None) -> int:
-    from .datasets import TRAIN_LIMIT_ENV
-    from .staging import stage
+    from autograder.data.loaders import TRAIN_LIMIT_ENV
+    from autograder.data.staging import stage
 
     os.environ.setdefault(TRAIN_LIMIT_ENV, DEMO_TRAIN_LIMIT)
     t0 = time.monotonic()

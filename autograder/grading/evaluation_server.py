@@ -30,8 +30,9 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-from .fstree import remove_tree, write_fresh
-from .results import GradingResult
+from autograder.fstree import remove_tree, write_fresh
+from autograder.results import GradingResult
+from autograder.settings import QUIET_TENSORFLOW
 
 __all__ = ["Evaluator", "grade_in_subprocess"]
 
@@ -39,11 +40,9 @@ _RESULT = "result.json"
 _MAX_RESULT = 16 * 2**20  # a result is a few KiB; a larger one is not read
 _MAX_LIMIT_RECORD = 2**16
 
-_QUIET = {"TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
-
 
 class Evaluator:
-    """Client of one evaluator server (``python -m autograder.evaluator``)."""
+    """Client of one evaluator server (``python -m autograder.grading.evaluation_server``)."""
 
     def __init__(self, labs: tuple[str, ...] = ()) -> None:
         self.labs = labs
@@ -53,12 +52,12 @@ class Evaluator:
     def _start(self) -> subprocess.Popen[str]:
         if self._proc is None or self._proc.poll() is not None:
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "autograder.evaluator", *self.labs],
+                [sys.executable, "-m", "autograder.grading.evaluation_server", *self.labs],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.DEVNULL,
                 text=True,
-                env={**os.environ, **_QUIET},
+                env={**os.environ, **QUIET_TENSORFLOW},
             )
         return self._proc
 
@@ -81,8 +80,8 @@ class Evaluator:
         self, lab: str, artifacts: Path, *, timeout: float = 600, retry: bool = True
     ) -> GradingResult:
         """Grade one submission's artifacts in a forked child; failures become results."""
-        from .evaluate import failed_result
-        from .rubric import load_rubric
+        from autograder.grading.evaluate import failed_result
+        from autograder.rubric import load_rubric
 
         out = artifacts / _RESULT
         remove_tree(out)  # whatever stands there, the server writes a new file
@@ -171,9 +170,9 @@ def _private_copy(artifacts: Path, account: Any) -> Path:
     """The capture's files, copied into a new folder that only ``account`` (or, without
     one, the grader) can enter. Files over their cap are cut one byte past it, so the
     evaluation still sees that they were too large."""
-    from .capture import CAPTURE_FILE, MODEL_FILE
-    from .evaluate import MAX_BYTES
-    from .sandbox import LIMIT_FILE, grader_temp
+    from autograder.grading.capture import CAPTURE_FILE, MODEL_FILE
+    from autograder.grading.evaluate import MAX_BYTES
+    from autograder.sandbox.kernel import LIMIT_FILE, grader_temp
 
     work = grader_temp("evaluation")
     caps = {**{n: c + 1 for n, c in MAX_BYTES.items()}, LIMIT_FILE: _MAX_LIMIT_RECORD}
@@ -217,8 +216,8 @@ def _become(account: Any, cgroup: Any) -> None:
 
 
 def _child(request: dict[str, Any], work: Path, account: Any, cgroup: Any) -> int:
-    from .datasets import only_kept
-    from .evaluate import evaluate_artifacts
+    from autograder.data.loaders import only_kept
+    from autograder.grading.evaluate import evaluate_artifacts
 
     only_kept()
     _become(account, cgroup)
@@ -230,10 +229,10 @@ def _child(request: dict[str, Any], work: Path, account: Any, cgroup: Any) -> in
 
 def _evaluate(request: dict[str, Any], account: Any, serial: int) -> dict[str, Any]:
     """Fork, wait and store one evaluation; the reply for the client."""
-    from .cgroup import KernelCgroup
-    from .evaluate import failed_result, files_problem
-    from .rubric import load_rubric
-    from .sandbox import Limits
+    from autograder.grading.evaluate import failed_result, files_problem
+    from autograder.rubric import load_rubric
+    from autograder.sandbox.cgroup import KernelCgroup
+    from autograder.settings import Limits
 
     artifacts = Path(request["artifacts"])
     problem = files_problem(artifacts)
@@ -276,8 +275,8 @@ def _evaluate(request: dict[str, Any], account: Any, serial: int) -> dict[str, A
 
 
 def _source(lab: str) -> str:
-    from .datasets import data_source
-    from .rubric import load_rubric
+    from autograder.data.loaders import data_source
+    from autograder.rubric import load_rubric
 
     try:
         return data_source(load_rubric(lab).dataset)
@@ -290,11 +289,11 @@ def serve(labs: list[str], requests: IO[str], replies: IO[str]) -> None:
     import h5py  # noqa: F401  (read by the child, which may not import from disk)
     import keras  # noqa: F401  (the point: imported once, before any fork)
 
-    from . import evaluate  # noqa: F401
-    from .datasets import DATA_DIR_ENV, data_dir, keep_loaded, load_heldout
-    from .evaluate import _student_view, _train_stats
-    from .rubric import load_rubric
-    from .sandbox import evaluator_account
+    from autograder.data.loaders import DATA_DIR_ENV, data_dir, keep_loaded, load_heldout
+    from autograder.grading import evaluate  # noqa: F401
+    from autograder.grading.evaluate import _student_view, _train_stats
+    from autograder.rubric import load_rubric
+    from autograder.sandbox.kernel import evaluator_account
 
     # Pinned before any child switches accounts: without $HOME, "~" would become the
     # evaluator account's home there, not the grader's.

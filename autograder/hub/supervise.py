@@ -9,7 +9,7 @@ its parent dies (``PR_SET_PDEATHSIG``), or when the command exits on its own, it
 command SIGTERM, waits up to ``--grace`` seconds for its own shutdown, then ends every
 descendant still there (SIGTERM, then SIGKILL) and reaps them before it exits.
 
-    python -m autograder.supervise [--grace S] -- COMMAND [ARGS...]
+    python -m autograder.hub.supervise [--grace S] -- COMMAND [ARGS...]
 
 Linux only (``/proc`` and ``prctl``).
 """
@@ -121,7 +121,7 @@ def _raise_stop(signum: int, frame: object) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m autograder.supervise")
+    parser = argparse.ArgumentParser(prog="python -m autograder.hub.supervise")
     parser.add_argument("--grace", type=float, default=60.0, help="seconds the command has")
     parser.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)

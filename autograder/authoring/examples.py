@@ -19,8 +19,9 @@ from pathlib import Path
 import nbformat
 from nbformat.v4 import new_output
 
-from .errors import ConfigError
-from .rubric import load_rubric
+from autograder.errors import ConfigError
+from autograder.rubric import load_rubric
+from autograder.settings import EXAMPLES_DIR, LABS_DIR
 
 __all__ = ["EXAMPLES", "Example", "build_examples", "example_path", "examples_dir"]
 
@@ -32,7 +33,7 @@ class Example:
     description: str
     answers: dict[str, str] = field(default_factory=dict)  # grade_id -> cell source
     # Hangs, hoards memory or reaches for the network on purpose: grade it under tight
-    # limits (autograder.sandbox), or the production limits make it cost half an hour.
+    # limits (autograder.sandbox.kernel), or the production limits make it cost half an hour.
     adversarial: bool = False
     delete_cells: tuple[str, ...] = ()  # grade_ids of cells removed from the notebook
     edit_cells: dict[str, str] = field(default_factory=dict)  # grade_id -> new source
@@ -42,7 +43,7 @@ class Example:
 _KEYS = {"description", "answers", "adversarial", "delete_cells", "edit_cells", "forge_outputs"}
 
 
-_LABS = Path(__file__).parent / "labs"
+_LABS = LABS_DIR
 
 
 def _load_examples() -> dict[str, dict[str, Example]]:
@@ -74,7 +75,7 @@ EXAMPLES: dict[str, dict[str, Example]] = _load_examples()
 
 
 def examples_dir() -> Path:
-    return Path(__file__).parent / "examples"
+    return EXAMPLES_DIR
 
 
 def example_path(lab: str, name: str) -> Path:

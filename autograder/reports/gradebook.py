@@ -77,7 +77,7 @@ class SubmissionRecord:
     seconds_late: float = 0.0
     penalty: float = 0.0  # nbgrader's stored late penalty (AssignLatePenalties)
     flagged: bool = False  # nbgrader's flag: by the grader's review, or by a TA's hand
-    review: tuple[str, ...] = ()  # the grader's reasons (autograder.review), where known
+    review: tuple[str, ...] = ()  # the grader's reasons (autograder.grading.review), where known
 
     @property
     def review_note(self) -> str:
@@ -147,7 +147,7 @@ def read_gradebook(
 
 
 def _review(course: Path, sub: Any) -> tuple[str, ...]:
-    from .pipeline import read_result
+    from autograder.grading.execute import read_result
 
     reasons: list[str] = []
     for nb in sub.notebooks:
@@ -256,7 +256,7 @@ def check_table(
 
 def _order(lab: str, grade_id: str) -> tuple[int, str]:
     """Rubric checks in rubric order, then other graded cells (written answers) by name."""
-    from .rubric import lab_ids, load_rubric
+    from autograder.rubric import lab_ids, load_rubric
 
     if lab in lab_ids():
         ids = [c.id for c in load_rubric(lab).checks]

@@ -41,10 +41,10 @@ from typing import Any, ClassVar
 from nbformat import NotebookNode, from_dict
 from traitlets import Unicode
 
-from .errors import GradingError
-from .fstree import remove_tree, write_fresh
-from .pipeline import GraderExecute
-from .results import GradingResult
+from autograder.errors import GradingError
+from autograder.fstree import remove_tree, write_fresh
+from autograder.grading.execute import GraderExecute
+from autograder.results import GradingResult
 
 __all__ = [
     "HelperExecute",
@@ -152,12 +152,12 @@ class _Server(socketserver.ThreadingUnixStreamServer):
         path.chmod(0o660)
 
     def run_child(self, data: bytes) -> dict[str, Any]:
-        from .sandbox import Limits
+        from autograder.settings import Limits
 
         limit = Limits.from_env().notebook_timeout_s + _MARGIN_S  # main() applied settings
         out = Path(tempfile.mkdtemp(prefix="autograder-helper-"))
         try:
-            cmd = [sys.executable, "-I", "-m", "autograder.privileged", "execute"]
+            cmd = [sys.executable, "-I", "-m", "autograder.hub.grading_service", "execute"]
             proc = subprocess.run(
                 [*cmd, "--settings", str(self.settings_path), "--out", str(out / "reply.json")],
                 input=data,
@@ -209,7 +209,7 @@ def _files(raw: Any) -> dict[str, bytes]:
 
 def _refusal(settings: HelperSettings, request: Any) -> str | None:
     """Why a request is not taken, checked before anything runs; None when it is."""
-    from .rubric import lab_ids
+    from autograder.rubric import lab_ids
 
     if not isinstance(request, dict):
         return "not a request"
@@ -230,10 +230,10 @@ def execute_request(settings: HelperSettings, data: bytes) -> dict[str, Any]:
     """Execute and evaluate one notebook as a batch worker does; the reply (a plain dict)."""
     from traitlets.config import Config
 
-    from .evaluator import grade_in_subprocess
-    from .pipeline import configure
-    from .rubric import load_rubric
-    from .sandbox import grader_temp
+    from autograder.course import configure_grader
+    from autograder.grading.evaluation_server import grade_in_subprocess
+    from autograder.rubric import load_rubric
+    from autograder.sandbox.kernel import grader_temp
 
     request = json.loads(data)
     refused = _refusal(settings, request)
@@ -243,7 +243,7 @@ def execute_request(settings: HelperSettings, data: bytes) -> dict[str, Any]:
     nb = from_dict(request["notebook"])
     files = _files(request.get("files", {}))
     config = Config()
-    configure(config)
+    configure_grader(config)
     config.GraderExecute.restore_missing_cells = False  # the grader did, from its gradebook
     notebook = load_rubric(lab).notebook
     work = grader_temp(lab)
@@ -355,7 +355,7 @@ class HelperExecute(GraderExecute):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -I -m autograder.privileged")
+    parser = argparse.ArgumentParser(prog="python -I -m autograder.hub.grading_service")
     parser.add_argument("action", choices=["serve", "execute"])
     parser.add_argument("--settings", type=Path, required=True)
     parser.add_argument("--out", type=Path, help="execute: where the reply goes")

@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .rubric import Threshold
+from autograder.rubric import Threshold
 
 __all__ = ["WITNESSES", "memorisation", "training_record"]
 

@@ -33,13 +33,14 @@ from nbgrader.preprocessors import (
 )
 from traitlets import Bool, Integer
 
-from .capture import FIT_RECORDER_SOURCE, capture_source
-from .errors import ConfigError
-from .evaluator import grade_in_subprocess
-from .fstree import remove_tree
-from .results import CheckResult, GradingResult
-from .rubric import lab_ids, load_rubric
-from .sandbox import (
+from autograder.errors import ConfigError
+from autograder.fstree import remove_tree
+from autograder.grading.capture import FIT_RECORDER_SOURCE, capture_source
+from autograder.grading.evaluation_server import grade_in_subprocess
+from autograder.grading.sanitize import NeutraliseStudentContent
+from autograder.results import CheckResult, GradingResult
+from autograder.rubric import lab_ids, load_rubric
+from autograder.sandbox.kernel import (
     KernelSandbox,
     Limits,
     SandboxedKernelManager,
@@ -56,7 +57,7 @@ from .sandbox import (
     take_spare_kernel,
     write_limit,
 )
-from .sanitize import NeutraliseStudentContent
+from autograder.settings import QUIET_TENSORFLOW
 
 __all__ = [
     "FlagForReview",
@@ -64,7 +65,6 @@ __all__ = [
     "GraderExecute",
     "autograde_preprocessors",
     "check_order",
-    "configure",
 ]
 
 RESULT_SUFFIX = ".grading.json"
@@ -77,7 +77,6 @@ GRADER_OUTPUTS = (f"*{RESULT_SUFFIX}", STATE_FILE)
 
 
 # A lab notebook's kernel: TensorFlow quiet, on the CPU.
-_KERNEL_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
 
 
 async def _wait_for_ready(kc: Any, timeout: float) -> None:
@@ -108,7 +107,7 @@ async def _wait_for_ready(kc: Any, timeout: float) -> None:
 class GraderExecute(Execute):
     """nbgrader's Execute, then one grader-owned cell that saves the model and array summaries.
 
-    The kernel runs in an :mod:`autograder.sandbox` sandbox: an unprivileged account of its
+    The kernel runs in an :mod:`autograder.sandbox.kernel` sandbox: an unprivileged account of its
     own when the grader is root, no network and a PID namespace where the OS allows it,
     process and file-size limits, a watchdog on memory and on the whole notebook's time,
     nbclient's per-cell timeout, and a cap on the output kept. A kernel stopped by a limit,
@@ -197,7 +196,7 @@ class GraderExecute(Execute):
         cell = new_code_cell(capture_source(load_rubric(lab), artifacts))
         nb.cells.append(cell)
         try:
-            with utils.setenv(**_KERNEL_ENV):
+            with utils.setenv(**QUIET_TENSORFLOW):
                 nb, resources = self._execute(nb, resources, limits, grants=[artifacts])
         finally:
             # The grader's cell never reaches the autograded notebook or the feedback.
@@ -385,7 +384,7 @@ class GraderExecute(Execute):
         """Start a lab notebook's kernel now, for the next :meth:`preprocess` of this process
         (``spare_kernel``): a batch worker does it before its first submission."""
         if self._spares:
-            with utils.setenv(**_KERNEL_ENV):
+            with utils.setenv(**QUIET_TENSORFLOW):
                 self._start_spare(self.limits())
 
     @property
@@ -612,7 +611,7 @@ class GradeFromArtifacts(NbGraderPreprocessor):
 
 class FlagForReview(NbGraderPreprocessor):
     """Flag the notebook in nbgrader's gradebook when the grade needs a person's look
-    (:mod:`autograder.review`): the formgrader's own flag, so it shows where TAs look.
+    (:mod:`autograder.grading.review`): the formgrader's own flag, so it shows where TAs look.
 
     Only ever sets the flag: one a TA set by hand is theirs to clear.
     """
@@ -669,25 +668,6 @@ def autograde_preprocessors() -> list[type]:
     ]
     check_order(pipeline)
     return pipeline
-
-
-def configure(c: Any) -> None:
-    """Apply the grader's settings to an nbgrader config object (``get_config()``)."""
-    c.Autograde.autograde_preprocessors = autograde_preprocessors()
-    from nbgrader.coursedir import CourseDirectory
-
-    default_ignore = list(CourseDirectory.class_traits()["ignore"].default())
-    c.CourseDirectory.ignore = [*default_ignore, *GRADER_OUTPUTS]
-    c.GraderExecute.timeout = 900
-    # Everything needed is saved by the capture cell; a graceful shutdown waits ~3 s for
-    # TensorFlow's exit handlers, per notebook.
-    c.GraderExecute.shutdown_kernel = "immediate"
-    c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedError()"}
-    # Imported here: feedback imports this module (read_result, check_order).
-    from .feedback import feedback_preprocessors
-
-    # The grader's report first in each feedback page; hidden tests cleared from it.
-    c.GenerateFeedback.preprocessors = feedback_preprocessors()
 
 
 def read_result(autograded_notebook_dir: Path, notebook: str) -> GradingResult | None:

@@ -29,7 +29,7 @@ from typing import Any
 from nbgrader.api import Gradebook, MissingEntry
 from nbgrader.exchange.default.collect import ExchangeCollect
 
-from .fstree import remove_tree
+from autograder.fstree import remove_tree
 
 __all__ = ["OwnerCheckedCollect", "Refused", "copy_submission", "submission_time"]
 
@@ -184,7 +184,7 @@ def _stamp(when: datetime.datetime) -> str:
 class OwnerCheckedCollect(ExchangeCollect):
     """Collect that takes from ``inbound`` only what a student may submit (module docs).
 
-    Select it with ``c.ExchangeFactory.collect = "autograder.exchange.OwnerCheckedCollect"``;
+    Select it with ``c.ExchangeFactory.collect = "autograder.hub.exchange.OwnerCheckedCollect"``;
     the owner checks need one OS account per student (``check_owner``), the rest holds
     either way.
     """

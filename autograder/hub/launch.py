@@ -2,7 +2,7 @@
 
 The hub runs on loopback with the course's groups, least-privilege roles and the
 formgrader as a Hub-managed service owned by the grader account; ``start_hub`` releases the
-labs to the exchange and starts JupyterHub under a supervisor (``autograder.supervise``), so
+labs to the exchange and starts JupyterHub under a supervisor (``autograder.hub.supervise``), so
 that ``stop_hub`` stops the hub and everything it started. The proxy is the one ``make setup``
 installed from ``package-lock.json``: nothing is downloaded at run time.
 """
@@ -23,8 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
-from .fstree import walk_tree
+from autograder.errors import ConfigError
+from autograder.fstree import walk_tree
+from autograder.settings import DATA_DIR_ENV, HUB_SETTINGS_ENV, PROJECT_DIR, PROXY_COMMAND_ENV
 
 __all__ = [
     "HubSettings",
@@ -95,7 +96,7 @@ class HubSettings:
 
     @property
     def grading_service(self) -> Path:
-        """The privileged step's settings (:mod:`autograder.privileged`): root's, as data."""
+        """The privileged step's settings (:mod:`.grading_service`): root's, as data."""
         return self.state / "grading-service.json"
 
     @property
@@ -199,7 +200,7 @@ def configure_hub(c: Any, s: HubSettings, *, proxy_command: str | None = None) -
     c.Spawner.environment = {
         "JUPYTER_CONFIG_PATH": str(s.root / "etc" / "jupyter"),
         # Students load the course data from a read-only copy of public/ only.
-        "AUTOGRADER_DATA_DIR": str(s.course_data),
+        DATA_DIR_ENV: str(s.course_data),
     }
     c.Spawner.default_url = "/lab"
     # Servers may list and reach the course service, so the assignment list can find it.
@@ -275,7 +276,7 @@ def configure_hub(c: Any, s: HubSettings, *, proxy_command: str | None = None) -
                     sys.executable,
                     "-I",  # nothing from the working folder or the environment is imported
                     "-m",
-                    "autograder.privileged",
+                    "autograder.hub.grading_service",
                     "serve",
                     "--settings",
                     str(s.grading_service),
@@ -291,7 +292,7 @@ def configure_hub(c: Any, s: HubSettings, *, proxy_command: str | None = None) -
 # no terminals, no kernels: autograding executes through the grading service).
 _FORMGRADER_ARGS = [
     "--ServerApp.terminals_enabled=False",
-    "--ServerApp.kernel_manager_class=autograder.hub_server.NoKernels",
+    "--ServerApp.kernel_manager_class=autograder.hub.server.NoKernels",
     *(
         f"--ServerApp.jpserver_extensions={name}=False"
         for name in (
@@ -328,12 +329,12 @@ c.Exchange.root = {exchange!r}
 c.ExchangeCollect.check_owner = {check_owner!r}
 # Collect refuses links, special files and other accounts' files, and dates each submission
 # by its files' change time, not by the timestamp the student wrote.
-c.ExchangeFactory.collect = "autograder.exchange.OwnerCheckedCollect"
+c.ExchangeFactory.collect = "autograder.hub.exchange.OwnerCheckedCollect"
 if {socket!r}:
     # Not root: notebooks are executed by the course's grading service (sandbox accounts,
     # namespaces, held-out data), reached over its socket.
-    from autograder.pipeline import GraderExecute, autograde_preprocessors
-    from autograder.privileged import HelperExecute
+    from autograder.grading.execute import GraderExecute, autograde_preprocessors
+    from autograder.hub.grading_service import HelperExecute
 
     c.Autograde.autograde_preprocessors = [
         HelperExecute if step is GraderExecute else step for step in autograde_preprocessors()
@@ -344,7 +345,7 @@ if {socket!r}:
 
 def prepare_course(s: HubSettings) -> None:
     """Homes, the exchange, nbgrader configs, and the course released to the exchange."""
-    from .course import Course, create_course
+    from autograder.course import Course, create_course
 
     s.state.mkdir(parents=True, exist_ok=True)
     s.state.chmod(0o700)
@@ -396,13 +397,13 @@ def prepare_course(s: HubSettings) -> None:
 
 def write_grading_service(s: HubSettings) -> None:
     """The privileged step's settings, as data in root's state folder."""
-    from .datasets import data_dir
-    from .privileged import HelperSettings
+    from autograder.data.loaders import data_dir
+    from autograder.hub.grading_service import HelperSettings
 
     env = {k: v for k, v in os.environ.items() if k.startswith("AUTOGRADER_")}
-    env.pop("AUTOGRADER_HUB_SETTINGS", None)
-    env.pop("AUTOGRADER_PROXY_COMMAND", None)
-    env["AUTOGRADER_DATA_DIR"] = str(data_dir())
+    env.pop(HUB_SETTINGS_ENV, None)
+    env.pop(PROXY_COMMAND_ENV, None)
+    env[DATA_DIR_ENV] = str(data_dir())
     HelperSettings(
         socket=str(s.grading_socket), grader=s.grader, labs=s.labs, environment=env
     ).write(s.grading_service)
@@ -432,7 +433,7 @@ def _hand_to_grader(s: HubSettings) -> None:
 
 def publish_public_data(target: Path) -> None:
     """A read-only copy of the staged ``public/`` data sets (never ``heldout/``)."""
-    from .datasets import data_dir
+    from autograder.data.loaders import data_dir
 
     source = data_dir() / "public"
     if not source.is_dir():
@@ -450,7 +451,7 @@ def publish_public_data(target: Path) -> None:
 def protect_heldout() -> Path:
     """The held-out grading data (and the keras-format mirror it was split from): the
     grading user's alone (0700), whatever umask staged it. Returns ``heldout/``."""
-    from .datasets import grader_only_dirs
+    from autograder.data.loaders import grader_only_dirs
 
     folders = grader_only_dirs()
     for folder in folders:
@@ -504,7 +505,7 @@ def _run(cmd: list[str]) -> None:
 
 
 def _project_root() -> Path:
-    return Path(__file__).resolve().parents[1]
+    return PROJECT_DIR
 
 
 def hub_config_file() -> Path:
@@ -534,14 +535,14 @@ def start_hub(settings_path: Path, *, log: Path | None = None) -> subprocess.Pop
     prepare_course(settings)
     env = {
         **os.environ,
-        "AUTOGRADER_HUB_SETTINGS": str(settings_path.resolve()),
-        "AUTOGRADER_PROXY_COMMAND": str(proxy),
+        HUB_SETTINGS_ENV: str(settings_path.resolve()),
+        PROXY_COMMAND_ENV: str(proxy),
         "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
     }
     out = open(log, "ab") if log else None  # noqa: SIM115 - handed to the child process
     hub = [_bin("jupyterhub"), "-f", str(hub_config_file())]
     return subprocess.Popen(
-        [sys.executable, "-m", "autograder.supervise", "--grace", str(HUB_GRACE_S), "--", *hub],
+        [sys.executable, "-m", "autograder.hub.supervise", "--grace", str(HUB_GRACE_S), "--", *hub],
         cwd=settings.root,
         env=env,
         stdout=out or subprocess.DEVNULL,

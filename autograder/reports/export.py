@@ -1,8 +1,8 @@
 """Gradebook exports for TAs and LMSs: CSV, Excel, Canvas and Moodle imports, statistics, plot.
 
-Everything comes from one :func:`autograder.gradebook.read_gradebook` snapshot, read
+Everything comes from one :func:`autograder.reports.gradebook.read_gradebook` snapshot, read
 through nbgrader's Gradebook API: manual grades from the formgrader and nbgrader's stored
-late penalties (:mod:`autograder.late`) are what ``nbgrader export`` shows too.
+late penalties (:mod:`autograder.grading.late`) are what ``nbgrader export`` shows too.
 
 Each format is one entry of :data:`FORMATS`: a file name and a small writer.
 
@@ -31,9 +31,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import ConfigError
-from .gradebook import GradebookSnapshot, StudentRecord, SubmissionRecord, read_gradebook
-from .late import POLICY_FILE, LatePolicy, load_late_policy, refresh_late_penalties
+from autograder.errors import ConfigError
+from autograder.grading.late import (
+    POLICY_FILE,
+    LatePolicy,
+    load_late_policy,
+    refresh_late_penalties,
+)
+from autograder.reports.gradebook import (
+    GradebookSnapshot,
+    StudentRecord,
+    SubmissionRecord,
+    read_gradebook,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -191,7 +201,7 @@ def summary_frame(snap: GradebookSnapshot) -> pd.DataFrame:
 
     ``sd`` is the sample standard deviation (n - 1); ``full_marks`` the share of
     submissions at the lab's maximum after any late penalty; ``flagged`` those marked for
-    review (:mod:`autograder.review`, or by a TA); ``late`` those in after the
+    review (:mod:`autograder.grading.review`, or by a TA); ``late`` those in after the
     due date (grace included); ``missing`` the students without a submission (not in the
     statistics).
     """
@@ -371,7 +381,7 @@ def export_gradebook(
 
     ``out_dir`` defaults to ``COURSE/exports`` (``COURSE/grades.csv`` is nbgrader's own
     export). ``refresh_penalties`` first re-applies the course's late policy to the stored
-    penalties (:func:`autograder.late.refresh_late_penalties`).
+    penalties (:func:`autograder.grading.late.refresh_late_penalties`).
     """
     root = Path(course).resolve()
     if not root.is_dir():

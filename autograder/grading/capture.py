@@ -13,8 +13,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .preparation import SAMPLE_ROWS
-from .rubric import VARIABLE_PARAMS, Rubric
+from autograder.grading.preparation import SAMPLE_ROWS
+from autograder.rubric import VARIABLE_PARAMS, Rubric
 
 __all__ = [
     "CAPTURE_FILE",

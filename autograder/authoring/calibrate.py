@@ -8,7 +8,7 @@ The held-out half is chosen by each data folder's secret key, so every machine h
 different half: each run stages the data again with a key of its own, and the figures
 cover the variation between halves as well as between seeds. Besides the held-out score,
 each run records the same model's scores on its own test split and validation data, from
-which the bounds of the memorisation review are suggested (:mod:`autograder.review`).
+which the bounds of the memorisation review are suggested (:mod:`autograder.grading.review`).
 """
 
 from __future__ import annotations
@@ -27,11 +27,12 @@ from typing import Any
 
 import nbformat
 
-from .course import create_course
-from .datasets import DATA_DIR_ENV, _read_manifest, data_dir
-from .examples import example_path
-from .pipeline import read_result
-from .rubric import load_rubric
+from autograder.authoring.examples import example_path
+from autograder.course import create_course
+from autograder.data.loaders import DATA_DIR_ENV, _read_manifest, data_dir
+from autograder.grading.execute import read_result
+from autograder.rubric import load_rubric
+from autograder.settings import LABS_DIR
 
 __all__ = [
     "calibrate",
@@ -44,7 +45,7 @@ __all__ = [
 
 
 def calibration_path(lab: str) -> Path:
-    return Path(__file__).parent / "labs" / f"{lab}.calibration.json"
+    return LABS_DIR / f"{lab}.calibration.json"
 
 
 def load_calibration(lab: str) -> dict[str, Any]:
@@ -67,7 +68,7 @@ def suggest_threshold(values: list[float], higher_is_better: bool = True) -> flo
 def fresh_split(dataset: str, where: Path) -> Iterator[str]:
     """Grading reads a data folder at ``where``: the current one's data, staged again with
     a new secret key (another held-out half). Yields the new split's id."""
-    from .staging import MnistFrom, split_id, split_key, stage
+    from autograder.data.staging import MnistFrom, split_id, split_key, stage
 
     base = data_dir()
     if (base / "keras").is_dir():  # the mirrors: not rebuilt for every run

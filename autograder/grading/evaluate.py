@@ -1,9 +1,9 @@
 """Grade captured artifacts in a clean process: load the model safely, score it on held-out data.
 
 The grading pipeline runs :func:`evaluate_artifacts` in a child of an evaluator server
-(:mod:`autograder.evaluator`), under another account and limits, so that neither the
+(:mod:`autograder.grading.evaluation_server`), under another account and limits, so that neither the
 student's kernel nor a crafted model file can touch the process that records grades.
-``python -m autograder.evaluate LAB ARTIFACTS --out RESULT.json`` runs it directly, for
+``python -m autograder.grading.evaluate LAB ARTIFACTS --out RESULT.json`` runs it directly, for
 a look at one capture by hand.
 """
 
@@ -22,13 +22,13 @@ from typing import Any
 
 import numpy as np
 
-from .capture import CAPTURE_FILE, MODEL_FILE, SAMPLES_FILE, read_capture
-from .checks import Evidence, run_checks, summarize_model
-from .fstree import write_fresh
-from .preparation import learn_preparation, shape_text
-from .results import CheckResult, GradingResult
-from .review import memorisation, training_record
-from .rubric import Rubric, load_rubric
+from autograder.fstree import write_fresh
+from autograder.grading.capture import CAPTURE_FILE, MODEL_FILE, SAMPLES_FILE, read_capture
+from autograder.grading.checks import Evidence, run_checks, summarize_model
+from autograder.grading.preparation import learn_preparation, shape_text
+from autograder.grading.review import memorisation, training_record
+from autograder.results import CheckResult, GradingResult
+from autograder.rubric import Rubric, load_rubric
 
 __all__ = [
     "artifacts_problem",
@@ -83,7 +83,7 @@ def _read_model_config(path: Path) -> dict[str, Any]:
 
 
 def _student_view(rubric: Rubric) -> Any:
-    from . import datasets
+    from autograder.data import loaders as datasets
 
     loader = getattr(datasets, f"load_{rubric.dataset}")
     return loader(**rubric.preprocess.load)
@@ -300,7 +300,7 @@ def _heldout(
 ) -> tuple[dict[str, float], dict[str, str], dict[str, Any], bool]:
     """Metrics and problems as :func:`heldout_metrics`, the numbers for the feedback, and
     whether the model ran on the inputs at all."""
-    from .datasets import load_heldout
+    from autograder.data.loaders import load_heldout
 
     prepare = prepare or _standard(rubric)
 
@@ -527,7 +527,7 @@ def _evidence_and_figures(
     problems: dict[str, str] | None,
     heldout: bool,
 ) -> tuple[Evidence, dict[str, Any], dict[str, dict[str, float]]]:
-    from .datasets import data_source
+    from autograder.data.loaders import data_source
 
     capture = read_capture(artifacts) or {}
     problems = {**_capture_problems(capture), **(problems or {})}
@@ -692,7 +692,7 @@ def _zip_problem(path: Path) -> str | None:
 
 def evaluate_artifacts(lab: str, artifacts: Path) -> GradingResult:
     """Grade one submission from what the capture cell left in ``artifacts``."""
-    from .datasets import data_source
+    from autograder.data.loaders import data_source
 
     rubric = load_rubric(lab)
     problem = artifacts_problem(artifacts)
@@ -704,7 +704,7 @@ def evaluate_artifacts(lab: str, artifacts: Path) -> GradingResult:
         )
     capture = read_capture(artifacts)
     if capture is None:
-        from .sandbox import read_limit
+        from autograder.sandbox.kernel import read_limit
 
         # A kernel stopped by a limit left its reason: that is what the student must read.
         limit = read_limit(artifacts)
@@ -750,7 +750,7 @@ def _short(exc: BaseException) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m autograder.evaluate")
+    parser = argparse.ArgumentParser(prog="python -m autograder.grading.evaluate")
     parser.add_argument("lab")
     parser.add_argument("artifacts", type=Path)
     parser.add_argument("--out", type=Path, required=True)

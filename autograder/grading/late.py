@@ -25,7 +25,7 @@ from typing import Any
 
 from nbgrader.plugins import LateSubmissionPlugin
 
-from .errors import ConfigError
+from autograder.errors import ConfigError
 
 __all__ = [
     "POLICY_FILE",

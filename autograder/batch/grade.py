@@ -36,12 +36,13 @@ from typing import Any, Literal
 from nbformat import NotebookNode, from_dict, reads
 from traitlets import Unicode
 
-from .errors import ConfigError, GradingError
-from .fstree import copy_files, remove_tree, write_fresh
-from .pipeline import STATE_FILE, GraderExecute, autograde_preprocessors
-from .results import GradingResult
-from .rubric import load_rubric
-from .sandbox import grader_temp, remove_stale_temps
+from autograder.errors import ConfigError, GradingError
+from autograder.fstree import copy_files, remove_tree, write_fresh
+from autograder.grading.execute import STATE_FILE, GraderExecute, autograde_preprocessors
+from autograder.results import GradingResult
+from autograder.rubric import load_rubric
+from autograder.sandbox.kernel import grader_temp, remove_stale_temps
+from autograder.settings import PACKAGE_DIR, execution_settings
 
 __all__ = [
     "STATE_FILE",
@@ -80,7 +81,7 @@ class SubmissionOutcome:
     # submission, startup_s (its warm-up, before any submission); kernel_ahead: 1 when the
     # notebook ran in a kernel started before it came (0: started for it).
     timing: dict[str, float] = field(default_factory=dict)
-    review: tuple[str, ...] = ()  # why it is flagged for review (autograder.review)
+    review: tuple[str, ...] = ()  # why it is flagged for review (autograder.grading.review)
 
     @property
     def overhead_s(self) -> float:
@@ -131,13 +132,12 @@ def _hash_files(h: Any, root: Path, paths: list[Path]) -> None:
 
 def grader_fingerprint(course_root: Path, lab: str) -> str:
     """What a grade depends on besides the submission: rubric, source notebook, data."""
-    from .datasets import data_dir, data_source
-    from .rubric import rubric_file
+    from autograder.data.loaders import data_dir, data_source
+    from autograder.rubric import rubric_file
 
     rubric = load_rubric(lab)
     h = hashlib.sha256()
-    package = Path(__file__).resolve().parent  # the grader's own code
-    _hash_files(h, package, [*package.glob("*.py"), rubric_file(lab)])
+    _hash_files(h, PACKAGE_DIR, [*sorted(PACKAGE_DIR.rglob("*.py")), rubric_file(lab)])
     source = course_root / "source" / lab
     _hash_files(h, source, [p for p in source.rglob("*") if p.is_file()])
     h.update(data_source(rubric.dataset).encode())
@@ -145,8 +145,7 @@ def grader_fingerprint(course_root: Path, lab: str) -> str:
         manifest = data_dir() / folder / "manifest.json"
         if manifest.is_file():
             h.update(manifest.read_bytes())
-    for name in ("AUTOGRADER_CELL_TIMEOUT", "AUTOGRADER_NOTEBOOK_TIMEOUT", "AUTOGRADER_MEMORY_MB"):
-        h.update(f"{name}={os.environ.get(name, '')}".encode())
+    h.update(json.dumps(execution_settings(), sort_keys=True).encode())
     return h.hexdigest()
 
 
@@ -234,10 +233,10 @@ _EVALUATOR: Any = None
 def _evaluator(labs: tuple[str, ...]) -> Any:
     """This worker process's warm evaluator (started on first use, kept for the batch)."""
     global _EVALUATOR
-    from .evaluator import Evaluator
+    from autograder.grading.evaluation_server import Evaluator
 
     if _EVALUATOR is None:
-        from ._runtime import at_exit
+        from autograder._runtime import at_exit
 
         _EVALUATOR = Evaluator(labs)
         at_exit(_EVALUATOR.close)  # waited for, never orphaned, when the worker ends
@@ -267,7 +266,7 @@ _STARTUP: dict[str, float] = {}  # this worker's start-up seconds, reported with
 def _worker_config(course_root: Path, course_id: str) -> Any:
     """The course's nbgrader config as a worker grades with it: one notebook after another,
     so the next kernel starts while a submission is evaluated and recorded."""
-    from .course import Course
+    from autograder.course import Course
 
     config = Course(course_root, course_id).config()
     config.GraderExecute.spare_kernel = True
@@ -303,7 +302,7 @@ def execute_submission(
     Returns a plain dict (it crosses process and cluster boundaries):
     ``{"key", "worker_s", "cells_s", "error"}``.
     """
-    from .course import Course
+    from autograder.course import Course
 
     start = time.monotonic()
     os.environ.update(_threads_env(threads))
@@ -441,7 +440,7 @@ def _warm_dask(client: Any, warm: tuple[Any, ...]) -> None:
 def _replay_api(course: Any, cache: Path) -> Any:
     from nbgrader.apps import NbGraderAPI
 
-    from ._runtime import ensure_tool_path
+    from autograder._runtime import ensure_tool_path
 
     config = course.config()
     config.Autograde.autograde_preprocessors = [
@@ -535,8 +534,8 @@ def _grade(
 ) -> BatchSummary:
     from tqdm import tqdm
 
-    from .course import Course
-    from .pipeline import read_result
+    from autograder.course import Course
+    from autograder.grading.execute import read_result
 
     course = Course(course_root)
     labs = labs or sorted(p.name for p in (course_root / "source").iterdir() if p.is_dir())

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import nbformat
 
-from ._runtime import ensure_tool_path
-from .errors import ConfigError
-from .rubric import Rubric, lab_ids, load_rubric
+from autograder._runtime import ensure_tool_path
+from autograder.errors import ConfigError
+from autograder.rubric import Rubric, lab_ids, load_rubric
 
 __all__ = ["check_notebook_against_rubric", "generate_release", "release_drift"]
 

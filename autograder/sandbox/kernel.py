@@ -42,7 +42,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -50,21 +50,19 @@ import psutil
 from jupyter_client.manager import AsyncKernelManager
 from traitlets import Bool
 
-from ._runtime import at_exit
-from .cgroup import KernelCgroup
-from .datasets import data_dir, grader_only_dirs
-from .errors import ConfigError
-from .fstree import copy_files, remove_tree, walk_tree, write_fresh
-from .staging import raw_sources, staging_code
+from autograder._runtime import at_exit
+from autograder.data.loaders import data_dir, grader_only_dirs
+from autograder.data.staging import raw_sources, staging_code
+from autograder.errors import ConfigError
+from autograder.fstree import copy_files, remove_tree, walk_tree, write_fresh
+from autograder.sandbox.cgroup import KernelCgroup
+from autograder.settings import SANDBOX_USER_ENV, Limits
 
 __all__ = [
     "ACCOUNT_PREFIX",
-    "ENV_VARS",
     "EVALUATOR_ACCOUNT",
     "LIMIT_FILE",
-    "SANDBOX_USER_ENV",
     "KernelSandbox",
-    "Limits",
     "SandboxedKernelManager",
     "Watchdog",
     "cell_timeout_message",
@@ -87,62 +85,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 LIMIT_FILE = "limit.json"
-
-# Limits field -> environment variable; the batch command sets these per run.
-ENV_VARS: dict[str, str] = {
-    "cell_timeout_s": "AUTOGRADER_CELL_TIMEOUT",
-    "notebook_timeout_s": "AUTOGRADER_NOTEBOOK_TIMEOUT",
-    "memory_mb": "AUTOGRADER_MEMORY_MB",
-}
-
-# "off": run kernels as the grader's own user even when it is root.
-SANDBOX_USER_ENV = "AUTOGRADER_SANDBOX_USER"
-
-
-@dataclass(frozen=True)
-class Limits:
-    """What one notebook may use. Times in seconds, memory in MiB (kernel and children);
-    ``processes``: processes and threads of the kernel's account; ``file_size_mb``: the
-    largest file it may write; ``output_mb``: output kept from the whole notebook."""
-
-    cell_timeout_s: int = 900
-    notebook_timeout_s: int = 1800
-    memory_mb: int = 4096
-    network: bool = False
-    processes: int = 1024
-    file_size_mb: int = 1024
-    output_mb: int = 4
-
-    def __post_init__(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.name != "network" and (
-                isinstance(value, bool) or not isinstance(value, int) or value <= 0
-            ):
-                raise ConfigError(f"limit {f.name} must be a positive whole number, not {value!r}")
-
-    @classmethod
-    def from_env(
-        cls, environ: Mapping[str, str] | None = None, *, defaults: Limits | None = None
-    ) -> Limits:
-        """``defaults`` (or the built-in limits) with the ``AUTOGRADER_*`` overrides applied."""
-        environ = os.environ if environ is None else environ
-        changes: dict[str, Any] = {}
-        for name, var in ENV_VARS.items():
-            raw = environ.get(var, "").strip()
-            if not raw:
-                continue
-            try:
-                value = int(raw)
-            except ValueError:
-                value = 0
-            if value <= 0:
-                raise ConfigError(f"{var} must be a positive whole number, not {raw!r}")
-            changes[name] = value
-        return replace(defaults or cls(), **changes)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def cell_timeout_message(limits: Limits) -> str:
@@ -327,7 +269,7 @@ def _account_can_run_python(uid: int, gid: int) -> str | None:
     package (a venv or checkout under /root, mode 0700, would stop it), else why not."""
     try:
         proc = subprocess.run(
-            [sys.executable, "-c", "import ipykernel, autograder.datasets"],
+            [sys.executable, "-c", "import ipykernel, autograder.data.loaders"],
             user=uid,
             group=gid,
             extra_groups=[],
@@ -350,8 +292,8 @@ EVALUATOR_ACCOUNT = "autograder-evaluator"
 
 
 def evaluator_account() -> Account | None:
-    """The account the evaluation of a saved model runs as (:mod:`autograder.evaluator`),
-    or None where the grader does not switch accounts (not root, accounts turned off, or
+    """The account the evaluation of a saved model runs as (``grading.evaluation_server``), or
+    None where the grader does not switch accounts (not root, accounts turned off, or
     this Python cannot be used by other accounts: then it evaluates as itself)."""
     if not _accounts_wanted():
         return None
@@ -584,7 +526,7 @@ _PUBLIC: dict[str, Path] = {}
 def _public_data_copy() -> Path | None:
     """A read-only, world-readable copy of the staged ``public/`` data (never ``heldout/``)
     for kernels that run as a sandbox account; made once per process and data version."""
-    from .datasets import data_dir
+    from autograder.data.loaders import data_dir
 
     source = data_dir() / "public"
     manifest = source / "manifest.json"

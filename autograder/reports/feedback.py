@@ -27,10 +27,10 @@ from nbformat.v4 import new_markdown_cell
 from nbgrader import utils
 from nbgrader.preprocessors import ClearHiddenTests, GetGrades, NbGraderPreprocessor
 
-from .pipeline import check_order, read_result
-from .results import CheckResult, GradingResult
-from .rubric import lab_ids, load_rubric
-from .sanitize import NeutraliseStudentContent
+from autograder.grading.execute import check_order, read_result
+from autograder.grading.sanitize import NeutraliseStudentContent
+from autograder.results import CheckResult, GradingResult
+from autograder.rubric import lab_ids, load_rubric
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

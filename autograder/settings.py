@@ -1,0 +1,131 @@
+"""Every setting the grader reads, in one place: limits, environment variables, paths.
+
+Read by everything that needs one (the sandbox, the batch and its resume fingerprint, the
+command line, the demo, the hub's grading service), so a new limit or variable is declared
+once and reaches them all.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any, Final
+
+from autograder.errors import ConfigError
+
+__all__ = [
+    "DATA_DIR_ENV",
+    "EXAMPLES_DIR",
+    "HUB_SETTINGS_ENV",
+    "IMDB_ARCHIVE_ENV",
+    "LABS_DIR",
+    "LIMIT_ENV",
+    "PACKAGE_DIR",
+    "PROJECT_DIR",
+    "PROXY_COMMAND_ENV",
+    "QUIET_TENSORFLOW",
+    "SANDBOX_USER_ENV",
+    "TRAIN_LIMIT_ENV",
+    "Limits",
+    "execution_settings",
+    "limit_environment",
+]
+
+# --- paths -----------------------------------------------------------------------------------
+
+PACKAGE_DIR: Final = Path(__file__).resolve().parent
+LABS_DIR: Final = PACKAGE_DIR / "labs"  # rubrics, example lists, calibrations
+EXAMPLES_DIR: Final = PACKAGE_DIR / "examples"  # example submissions, per lab
+PROJECT_DIR: Final = PACKAGE_DIR.parent  # a source checkout: source/, release/, hub_config/
+
+# --- environment variables -------------------------------------------------------------------
+
+DATA_DIR_ENV: Final = "AUTOGRADER_DATA_DIR"  # staged data (default ~/.autograder/data)
+TRAIN_LIMIT_ENV: Final = "AUTOGRADER_TRAIN_LIMIT"  # "imdb=4000,...": smaller training sets
+IMDB_ARCHIVE_ENV: Final = "AUTOGRADER_IMDB_ARCHIVE"  # the aclImdb archive to stage from
+SANDBOX_USER_ENV: Final = "AUTOGRADER_SANDBOX_USER"  # "off": kernels as the grader's user
+HUB_SETTINGS_ENV: Final = "AUTOGRADER_HUB_SETTINGS"  # the hub's course.toml
+PROXY_COMMAND_ENV: Final = "AUTOGRADER_PROXY_COMMAND"  # the hub's configurable-http-proxy
+
+# Every process that imports TensorFlow for the grader: no start-up chatter, no GPU probing
+# (grades must not depend on which machine has one).
+QUIET_TENSORFLOW: Final[Mapping[str, str]] = {
+    "TF_CPP_MIN_LOG_LEVEL": "3",
+    "CUDA_VISIBLE_DEVICES": "",
+}
+
+# --- limits ----------------------------------------------------------------------------------
+
+# Limits field -> the environment variable that overrides it (the batch command sets these).
+LIMIT_ENV: Final[Mapping[str, str]] = {
+    "cell_timeout_s": "AUTOGRADER_CELL_TIMEOUT",
+    "notebook_timeout_s": "AUTOGRADER_NOTEBOOK_TIMEOUT",
+    "memory_mb": "AUTOGRADER_MEMORY_MB",
+}
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one notebook may use. Times in seconds, memory in MiB (kernel and children);
+    ``processes``: processes and threads of the kernel's account; ``file_size_mb``: the
+    largest file it may write; ``output_mb``: output kept from the whole notebook."""
+
+    cell_timeout_s: int = 900
+    notebook_timeout_s: int = 1800
+    memory_mb: int = 4096
+    network: bool = False
+    processes: int = 1024
+    file_size_mb: int = 1024
+    output_mb: int = 4
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name != "network" and (
+                isinstance(value, bool) or not isinstance(value, int) or value <= 0
+            ):
+                raise ConfigError(f"limit {f.name} must be a positive whole number, not {value!r}")
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, *, defaults: Limits | None = None
+    ) -> Limits:
+        """``defaults`` (or the built-in limits) with the ``AUTOGRADER_*`` overrides applied."""
+        environ = os.environ if environ is None else environ
+        changes: dict[str, Any] = {}
+        for name, var in LIMIT_ENV.items():
+            raw = environ.get(var, "").strip()
+            if not raw:
+                continue
+            try:
+                value = int(raw)
+            except ValueError:
+                value = 0
+            if value <= 0:
+                raise ConfigError(f"{var} must be a positive whole number, not {raw!r}")
+            changes[name] = value
+        return replace(defaults or cls(), **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def limit_environment(**values: int | None) -> dict[str, str]:
+    """The environment that sets these limits (``memory_mb=1500`` ...); None leaves one unset."""
+    unknown = set(values) - set(LIMIT_ENV)
+    if unknown:
+        raise ConfigError(f"no limit named {', '.join(sorted(unknown))} can be set from outside")
+    return {LIMIT_ENV[k]: str(v) for k, v in values.items() if v is not None}
+
+
+def execution_settings(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Every setting, besides notebook, data and code, that decides how a notebook runs: what
+    a stored execution is keyed on, so that changing any of them makes it stale."""
+    environ = os.environ if environ is None else environ
+    return {
+        "limits": Limits.from_env(environ).to_dict(),
+        "train_limit": environ.get(TRAIN_LIMIT_ENV, ""),
+        "sandbox_user": environ.get(SANDBOX_USER_ENV, ""),
+    }
