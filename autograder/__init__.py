@@ -1,9 +1,11 @@
 """Automated grading for the Day 2 deep-learning labs (Keras + nbgrader).
 
-The pipeline, one module a step: ``datasets`` (offline-first data), ``rubric`` (each lab's
-checks as data), ``capture`` and ``evaluate`` (model out of the student's kernel, graded in
-a clean process), ``checks``, ``pipeline`` (nbgrader preprocessors), ``release``,
-``course`` and ``gradebook``, and a thin ``cli``.
+One folder per stage of the pipeline: ``data`` (offline data sets), ``sandbox`` (where and
+as whom a student's kernel runs), ``grading`` (one notebook executed, captured, evaluated in
+a clean process and scored against its ``rubric``), ``reports`` (feedback, gradebook,
+exports), ``batch`` (a whole class), ``authoring`` (releases, examples, calibration, demo)
+and ``hub`` (the course on JupyterHub); ``settings``, ``course`` and ``cli`` on top. The
+README's "Map of the package" names every module.
 """
 
 from __future__ import annotations

@@ -14,7 +14,8 @@ from typing import Any
 
 from autograder.grading.capture import capture_source
 from autograder.grading.checks import CHECKS
-from autograder.grading.evaluate import evidence_from_capture, preview_metrics
+from autograder.grading.evaluate import evidence_from_capture
+from autograder.grading.metrics import preview_metrics
 from autograder.results import CheckResult
 from autograder.rubric import load_rubric
 

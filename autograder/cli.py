@@ -8,9 +8,14 @@ import sys
 from pathlib import Path
 
 from autograder.errors import AutograderError
-from autograder.settings import QUIET_TENSORFLOW
+from autograder.settings import QUIET_TENSORFLOW, limit_environment
 
 __all__ = ["main"]
+
+_DESCRIPTION = (
+    "Grade the Day 2 deep-learning labs: stage the data, release the labs, grade a class,\n"
+    "export the gradebook, calibrate thresholds, run the course hub, or the demo."
+)
 
 
 def _stage(args: argparse.Namespace) -> int:
@@ -22,16 +27,20 @@ def _stage(args: argparse.Namespace) -> int:
 
 
 def _release(args: argparse.Namespace) -> int:
-    from autograder.authoring.examples import build_examples
+    from autograder.authoring.examples import build_examples, examples_drift
     from autograder.authoring.release import generate_release, release_drift
 
     if args.check:
         drift = release_drift(args.source, args.release)
         if drift:
             print("release/ is out of date with source/: " + ", ".join(drift))
+        examples = [] if drift else examples_drift(args.source, args.release)
+        if examples:
+            print("example notebooks are out of date with release/: " + ", ".join(examples))
+        if drift or examples:
             print("run: autograder release")
             return 1
-        print("release/ matches source/")
+        print("release/ and the example notebooks match source/")
         return 0
     labs = generate_release(args.source, args.release, args.lab or None)
     build_examples(args.source, args.release, labs=[lab for lab in labs if lab in _example_labs()])
@@ -46,13 +55,14 @@ def _example_labs() -> set[str]:
 
 
 def _grade(args: argparse.Namespace) -> int:
-    from autograder.batch.grade import grade_batch
+    from autograder.batch.scheduling import grade_batch
     from autograder.reports.gradebook import check_table, format_table
 
-    if args.time_limit:
-        os.environ["AUTOGRADER_NOTEBOOK_TIMEOUT"] = str(args.time_limit)
-    if args.memory_mb:
-        os.environ["AUTOGRADER_MEMORY_MB"] = str(args.memory_mb)
+    os.environ.update(
+        limit_environment(
+            notebook_timeout_s=args.time_limit or None, memory_mb=args.memory_mb or None
+        )
+    )
     summary = grade_batch(
         args.course,
         labs=args.lab or None,
@@ -93,7 +103,8 @@ def _demo(args: argparse.Namespace) -> int:
 def _hub(args: argparse.Namespace) -> int:
     import signal
 
-    from autograder.hub.launch import load_settings, start_hub, stop_hub, wait_until_up
+    from autograder.hub.launch import start_hub, stop_hub, wait_until_up
+    from autograder.hub.settings import load_settings
 
     settings = load_settings(args.settings)
 
@@ -134,7 +145,11 @@ def _calibrate(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="autograder", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="autograder",
+        description=_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("stage-data", help="build the offline data sets (no download)")

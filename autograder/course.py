@@ -9,11 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from autograder._runtime import ensure_tool_path
-from autograder.authoring.release import check_notebook_against_rubric
 from autograder.errors import ConfigError, GradingError
-from autograder.grading.execute import GRADER_OUTPUTS, autograde_preprocessors
+from autograder.grading.preprocessors import GRADER_OUTPUTS, autograde_preprocessors
 from autograder.reports.feedback import feedback_preprocessors
-from autograder.rubric import lab_ids, load_rubric
+from autograder.rubric import check_notebook_against_rubric, lab_ids, load_rubric
 from autograder.settings import PROJECT_DIR
 
 __all__ = [
@@ -27,7 +26,7 @@ __all__ = [
 DEFAULT_COURSE_ID = "day2-dl"
 
 _CONFIG_FILE = """\
-# nbgrader configuration for this course, written by `autograder course init`.
+# nbgrader configuration for this course, written when the course was created.
 # The grading pipeline (clean-process evaluation of the saved model) is set up by
 # autograder.course.apply_course_config; edit the course id or database here.
 import os
@@ -95,8 +94,9 @@ class Course:
         ensure_tool_path()
         return NbGraderAPI(config=self.config())
 
-    def release(self, lab: str) -> None:
-        """Add the lab to the gradebook and write its student version (generate_assignment)."""
+    def generate_assignment(self, lab: str) -> None:
+        """Add the lab to the gradebook and write its student version in ``release/``
+        (nbgrader's generate_assignment; the hub then releases it to students)."""
         nb = self.root / "source" / lab / f"{load_rubric(lab).notebook}.ipynb"
         check_notebook_against_rubric(nb, load_rubric(lab))
         result = self.api().generate_assignment(lab, force=True, create=True)
@@ -143,5 +143,5 @@ def create_course(
         if dest.exists():
             shutil.rmtree(dest)
         shutil.copytree(source_root / lab, dest)
-        course.release(lab)
+        course.generate_assignment(lab)
     return course

@@ -6,9 +6,9 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-__all__ = ["CheckResult", "GradingResult", "Status"]
+__all__ = ["CheckResult", "CheckStatus", "GradingResult"]
 
-Status = Literal["pass", "partial", "fail", "error"]
+CheckStatus = Literal["pass", "partial", "fail", "error"]
 
 
 @dataclass(frozen=True)
@@ -18,7 +18,7 @@ class CheckResult:
     kind: str
     points: float
     score: float
-    status: Status
+    status: CheckStatus
     messages: tuple[str, ...] = ()
 
     @classmethod
@@ -26,12 +26,14 @@ class CheckResult:
         cls, check: Any, fraction: float, messages: list[str] | tuple[str, ...]
     ) -> CheckResult:
         fraction = min(1.0, max(0.0, fraction))
-        status: Status = "pass" if fraction >= 1.0 else "fail" if fraction <= 0.0 else "partial"
+        status: CheckStatus = (
+            "pass" if fraction >= 1.0 else "fail" if fraction <= 0.0 else "partial"
+        )
         score = round(check.points * fraction, 2)
         return cls(check.id, check.title, check.kind, check.points, score, status, tuple(messages))
 
     @classmethod
-    def failed(cls, check: Any, message: str, *, status: Status = "fail") -> CheckResult:
+    def failed(cls, check: Any, message: str, *, status: CheckStatus = "fail") -> CheckResult:
         return cls(check.id, check.title, check.kind, check.points, 0.0, status, (message,))
 
 

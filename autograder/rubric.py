@@ -13,6 +13,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+import nbformat
+
 from autograder.errors import ConfigError
 from autograder.settings import LABS_DIR
 
@@ -28,6 +30,7 @@ __all__ = [
     "Preprocess",
     "Rubric",
     "Threshold",
+    "check_notebook_against_rubric",
     "lab_ids",
     "load_rubric",
     "rubric_file",
@@ -451,3 +454,37 @@ def load_rubric(lab: str) -> Rubric:
     if rubric.lab != lab:
         raise ConfigError(f"labs/{lab}.toml declares lab '{rubric.lab}'")
     return rubric
+
+
+def check_notebook_against_rubric(notebook: Path, rubric: Rubric) -> None:
+    """Every autograded test cell is a rubric check with the same points, every cell graded
+    by hand a ``manual`` entry of the rubric, and vice versa."""
+    nb = nbformat.read(notebook, as_version=4)
+    cells: dict[str, float] = {}
+    by_hand: dict[str, float] = {}
+    for cell in nb.cells:
+        meta = cell.metadata.get("nbgrader", {})
+        if meta.get("grade") and not meta.get("solution") and cell.cell_type == "code":
+            cells[meta["grade_id"]] = float(meta.get("points", 0))
+        elif meta.get("grade"):
+            by_hand[meta["grade_id"]] = float(meta.get("points", 0))
+    checks = {c.id: c.points for c in rubric.checks}
+    problems = []
+    manual = {m.id: m.points for m in rubric.manual}
+    if by_hand != manual:
+        problems.append(
+            f"cells graded by hand {by_hand or 'none'}, the rubric's manual {manual or 'none'}"
+        )
+    for gid in sorted(set(cells) - set(checks)):
+        problems.append(f"test cell {gid} has no check in the rubric")
+    for gid in sorted(set(checks) - set(cells)):
+        problems.append(f"rubric check {gid} has no test cell in the notebook")
+    for gid in sorted(set(cells) & set(checks)):
+        if cells[gid] != checks[gid]:
+            problems.append(
+                f"{gid}: the cell gives {cells[gid]:g} points, the rubric {checks[gid]:g}"
+            )
+    if problems:
+        raise ConfigError(
+            f"{notebook.name} disagrees with labs/{rubric.lab}.toml: " + "; ".join(problems)
+        )

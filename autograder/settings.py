@@ -122,10 +122,11 @@ def limit_environment(**values: int | None) -> dict[str, str]:
 
 def execution_settings(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Every setting, besides notebook, data and code, that decides how a notebook runs: what
-    a stored execution is keyed on, so that changing any of them makes it stale."""
+    the batch's fingerprint hashes, so that changing any of them makes graded submissions
+    stale. The training limit is not here: it counts through the data source of each lab's
+    data set (``mnist@3000``), so a limit on IMDB leaves the MNIST grades alone."""
     environ = os.environ if environ is None else environ
     return {
         "limits": Limits.from_env(environ).to_dict(),
-        "train_limit": environ.get(TRAIN_LIMIT_ENV, ""),
         "sandbox_user": environ.get(SANDBOX_USER_ENV, ""),
     }

@@ -27,7 +27,8 @@ from pathlib import Path
 
 import psutil
 
-from autograder.batch.grade import SubmissionOutcome
+from autograder.batch.submissions import SubmissionOutcome
+from autograder.settings import DATA_DIR_ENV, QUIET_TENSORFLOW
 
 LAB = "lab3_mnist_dense"
 # A class: mostly correct work, some of the usual mistakes (all of them train a model).
@@ -94,10 +95,10 @@ def _non_metric(scores: dict[str, dict[str, float]]) -> dict[str, dict[str, floa
 
 def run(workload: str, n: int, workers: int | None, keep: Path | None) -> dict[str, float]:
     bin_dir = Path(sys.executable).parent
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env = {**os.environ, **QUIET_TENSORFLOW}
     work = Path(tempfile.mkdtemp(prefix=f"bench-{workload}-"))
     if workload == "fashion":
-        env["AUTOGRADER_DATA_DIR"] = str(work / "data")
+        env[DATA_DIR_ENV] = str(work / "data")
         subprocess.run(
             [str(bin_dir / "autograder"), "stage-data", "--mnist-from", "fashion-mnist"],
             env=env,

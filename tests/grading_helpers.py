@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import nbformat
+
 from autograder._runtime import environment
 from autograder.authoring.demo import DEMO_ADVERSARIAL_LIMITS
 from autograder.authoring.examples import EXAMPLES, example_path
-from autograder.batch.grade import grade_batch
+from autograder.batch.scheduling import grade_batch
 from autograder.course import Course, create_course
-from autograder.grading.execute import read_result
+from autograder.grading.preprocessors import read_result
 from autograder.results import GradingResult
 from autograder.rubric import Threshold, load_rubric
 
@@ -70,6 +73,29 @@ def scores(course: Course, lab: str, student: str) -> dict[str, float]:
 
 def messages(course: Course, lab: str, student: str, check: str) -> tuple[str, ...]:
     return result_of(course, lab, student).check(check).messages
+
+
+def autograded(course: Course, lab: str, student: str) -> nbformat.NotebookNode:
+    """The notebook nbgrader's autograde wrote for ``student``."""
+    return nbformat.read(course.root / "autograded" / student / lab / f"{lab}.ipynb", 4)
+
+
+def cell(nb: nbformat.NotebookNode, grade_id: str) -> nbformat.NotebookNode:
+    return next(c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") == grade_id)
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def shown(cell: nbformat.NotebookNode) -> str:
+    """What the student reads in a cell's outputs (colour codes left out)."""
+    return _ANSI.sub(
+        "",
+        "\n".join(
+            o.get("text", "") + o.get("evalue", "") + "\n" + "\n".join(o.get("traceback", []))
+            for o in cell.get("outputs", [])
+        ),
+    )
 
 
 def sandbox_record() -> dict[str, Any]:

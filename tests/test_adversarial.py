@@ -28,11 +28,12 @@ import nbformat
 import pytest
 
 from autograder.authoring.examples import EXAMPLES, example_path
-from autograder.batch.grade import STATE_FILE, grade_batch
+from autograder.batch.scheduling import grade_batch
 from autograder.course import create_course
 from autograder.data.loaders import data_dir
+from autograder.grading.preprocessors import STATE_FILE
 from autograder.reports.gradebook import check_table
-from autograder.sandbox.kernel import isolation_prefix
+from autograder.sandbox.isolation import isolation_prefix
 
 pytestmark = pytest.mark.slow
 
@@ -249,7 +250,7 @@ def _memoriser(name: str, folder: Path) -> Path:
     np.savez(buffer, x=x, y=y)
     digits = base64.b64encode(zlib.compress(buffer.getvalue(), 9)).decode()
     nb = nbformat.read(example_path(LAB, "correct"), 4)
-    cell = _cell(nb, "train")
+    cell = gh.cell(nb, "train")
     cell.source = f"DIGITS = {digits!r}\n" + _MEMORISE
     path = folder / f"{name}.ipynb"
     nbformat.write(nb, path)
@@ -287,7 +288,7 @@ def _left_on_the_machine() -> dict[str, list[str]]:
     retired slots."""
     import psutil
 
-    from autograder.sandbox.kernel import ACCOUNT_PREFIX, EVALUATOR_ACCOUNT
+    from autograder.sandbox.accounts import ACCOUNT_PREFIX, EVALUATOR_ACCOUNT
 
     uids = {
         p.pw_uid
@@ -367,28 +368,6 @@ def _outcome(summary, student):
     return next(o for o in summary.outcomes if o.student == student)
 
 
-def _autograded(course, student: str) -> nbformat.NotebookNode:
-    return nbformat.read(course.root / "autograded" / student / LAB / f"{LAB}.ipynb", 4)
-
-
-def _cell(nb: nbformat.NotebookNode, grade_id: str) -> nbformat.NotebookNode:
-    return next(c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") == grade_id)
-
-
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
-
-
-def _shown(cell: nbformat.NotebookNode) -> str:
-    """What the student reads in a cell's outputs (colour codes left out)."""
-    return _ANSI.sub(
-        "",
-        "\n".join(
-            o.get("text", "") + o.get("evalue", "") + "\n" + "\n".join(o.get("traceback", []))
-            for o in cell.get("outputs", [])
-        ),
-    )
-
-
 def test_the_batch_grades_everything_but_the_unreadable_notebook(batch):
     course, summary, *_ = batch
     graded = len(ORDINARY) + len(CORPUS) + len(MEMORISERS) + 1
@@ -449,10 +428,10 @@ def test_each_submission_ends_graded_with_its_score_and_reason(batch, student):
     for check_id, text in expected.messages.items():
         for check in result.checks if check_id == "*" else [result.check(check_id)]:
             assert any(text in m for m in check.messages), (check.id, check.messages)
-    nb = _autograded(course, student)
+    nb = gh.autograded(course, LAB, student)
     for grade_id, text in expected.shown.items():
-        cell = _cell(nb, grade_id)
-        assert text in cell.source + _shown(cell), (grade_id, _shown(cell)[:2000])
+        cell = gh.cell(nb, grade_id)
+        assert text in cell.source + gh.shown(cell), (grade_id, gh.shown(cell)[:2000])
     # Flagged for review exactly when expected, with the figures, for staff only.
     assert len(result.review) == len(expected.review), result.review
     for text in expected.review:
@@ -466,7 +445,7 @@ def test_each_submission_ends_graded_with_its_score_and_reason(batch, student):
         assert row[check.id] == pytest.approx(check.score)
     # Every graded cell shows the grader's verdict, never the student's kernel's.
     for check in result.checks:
-        shown = _shown(_cell(nb, check.id))
+        shown = gh.shown(gh.cell(nb, check.id))
         assert f"{check.score:g} / {check.points:g} points" in shown
 
 
@@ -500,7 +479,7 @@ def test_a_flag_reaches_the_gradebook_and_exports_but_not_the_student(batch, tmp
     # What the student reads (the autograded notebook, the feedback report) says nothing.
     for student in flagged:
         result = gh.result_of(course, LAB, student)
-        for text in (nbformat.writes(_autograded(course, student)), report_html(result)):
+        for text in (nbformat.writes(gh.autograded(course, LAB, student)), report_html(result)):
             assert "memorisation" not in text and "training record" not in text
 
 
@@ -527,7 +506,7 @@ def test_an_error_is_kept_shortened(batch):
     course, *_ = batch
     errors = [
         o
-        for o in _cell(_autograded(course, "huge-error-name"), "evaluate").outputs
+        for o in gh.cell(gh.autograded(course, LAB, "huge-error-name"), "evaluate").outputs
         if o.output_type == "error"
     ]
     assert len(errors) == 1
@@ -536,23 +515,23 @@ def test_an_error_is_kept_shortened(batch):
 
 def test_output_flood_is_cut_and_grading_goes_on(batch):
     course, *_ = batch
-    nb = _autograded(course, "output-flood")
-    kept = sum(len(_shown(c)) for c in nb.cells)
+    nb = gh.autograded(course, LAB, "output-flood")
+    kept = sum(len(gh.shown(c)) for c in nb.cells)
     assert kept < 5 * 2**20  # of 64 MiB printed
-    assert OUTPUT_CUT in _shown(_cell(nb, "train"))
-    assert "test_acc:" not in _shown(_cell(nb, "evaluate"))  # dropped too, with a note
-    assert OUTPUT_CUT in _shown(_cell(nb, "evaluate"))
+    assert OUTPUT_CUT in gh.shown(gh.cell(nb, "train"))
+    assert "test_acc:" not in gh.shown(gh.cell(nb, "evaluate"))  # dropped too, with a note
+    assert OUTPUT_CUT in gh.shown(gh.cell(nb, "evaluate"))
 
 
 def test_tampered_test_cells_are_restored_from_the_source(batch):
     course, *_ = batch
     edited = nbformat.read(example_path(LAB, "edited-test-cells"), 4)
-    assert _cell(edited, "check_accuracy").source == 'print("[pass] Held-out accuracy: 4/4")'
-    reference = _autograded(course, "correct")
+    assert gh.cell(edited, "check_accuracy").source == 'print("[pass] Held-out accuracy: 4/4")'
+    reference = gh.autograded(course, LAB, "correct")
     for student in ("cells-deleted", "edited-test-cells", "forged-test-outputs"):
-        nb = _autograded(course, student)
+        nb = gh.autograded(course, LAB, student)
         for check in CHECKS:  # the test cells as the instructor wrote them
-            assert _cell(nb, check).source.endswith(_cell(reference, check).source), check
+            assert gh.cell(nb, check).source.endswith(gh.cell(reference, check).source), check
         text = nbformat.writes(nb)
         assert "(FORGED)" not in text and "[pass] Held-out accuracy: 4/4" not in text
 
@@ -564,16 +543,16 @@ def test_monkeypatching_fools_only_the_students_kernel(batch):
         assert result.metrics["accuracy"] < 0.5  # what the model really does on held-out data
     # The patched self_check passed every visible test in the kernel; the grader's own
     # evaluation, in a clean process, was not patched.
-    nb = _autograded(course, "monkeypatched-grader")
-    assert "[partial] Network architecture: 1.5 / 3 points" in _shown(
-        _cell(nb, "check_architecture")
+    nb = gh.autograded(course, LAB, "monkeypatched-grader")
+    assert "[partial] Network architecture: 1.5 / 3 points" in gh.shown(
+        gh.cell(nb, "check_architecture")
     )
 
 
 def test_trained_on_test_split_gets_what_its_model_does_on_held_out_digits(batch):
     course, *_ = batch
     result = gh.result_of(course, LAB, "trained-on-test")
-    printed = _shown(_cell(_autograded(course, "trained-on-test"), "evaluate"))
+    printed = gh.shown(gh.cell(gh.autograded(course, LAB, "trained-on-test"), "evaluate"))
     own_test_acc = float(re.search(r"test_acc: ([0-9.]+)", printed).group(1))
     # Its own test accuracy is on what it was fitted to; the held-out split is new to it.
     assert own_test_acc > 0.94
@@ -583,7 +562,7 @@ def test_trained_on_test_split_gets_what_its_model_does_on_held_out_digits(batch
 
 def test_network_access_is_blocked(batch):
     course, *_ = batch
-    printed = _shown(_cell(_autograded(course, "network-access"), "build_network"))
+    printed = gh.shown(gh.cell(gh.autograded(course, LAB, "network-access"), "build_network"))
     if isolation_prefix() is None:
         pytest.skip("network namespaces are not available here")
     assert "network: no access" in printed and "Network is unreachable" in printed
@@ -591,7 +570,7 @@ def test_network_access_is_blocked(batch):
 
 def test_the_held_out_data_cannot_be_read_from_the_kernel(batch):
     course, *_ = batch
-    printed = _shown(_cell(_autograded(course, "reads-heldout"), "build_network"))
+    printed = gh.shown(gh.cell(gh.autograded(course, LAB, "reads-heldout"), "build_network"))
     assert "held-out data: no access to" in printed
     if not gh.separate_accounts():
         pytest.skip("kernels run as the grader's own user here: the held-out data is readable")
@@ -605,7 +584,7 @@ def test_the_held_out_data_cannot_be_rebuilt_from_the_kernel(batch):
     """The grader's staging code finds no raw source, and no raw source can be read: the
     kernel's mount namespace hides them all (the data sets hold the held-out examples)."""
     course, *_ = batch
-    printed = _shown(_cell(_autograded(course, "rebuilds-heldout"), "build_network"))
+    printed = gh.shown(gh.cell(gh.autograded(course, LAB, "rebuilds-heldout"), "build_network"))
     record = gh.sandbox_record()
     if not (record["separate_user"] and record["private_tmp"]):
         pytest.skip(f"no sandbox account or mount namespace for kernels here: {record}")
@@ -616,7 +595,9 @@ def test_the_held_out_data_cannot_be_rebuilt_from_the_kernel(batch):
 
 def test_other_submissions_cannot_be_read_from_the_kernel(batch):
     course, *_ = batch
-    printed = _shown(_cell(_autograded(course, "reads-other-submission"), "build_network"))
+    printed = gh.shown(
+        gh.cell(gh.autograded(course, LAB, "reads-other-submission"), "build_network")
+    )
     read = re.findall(r"other submissions: read (/\S+)", printed)
     if not gh.separate_accounts():
         pytest.skip("kernels run as the grader's own user here: the course is readable")

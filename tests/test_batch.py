@@ -16,9 +16,10 @@ import pytest
 from grading_helpers import QUICK, environment
 
 from autograder.authoring.examples import example_path
-from autograder.batch.grade import STATE_FILE, grade_batch
+from autograder.batch.scheduling import grade_batch
 from autograder.course import Course, create_course
 from autograder.errors import GradingError
+from autograder.grading.preprocessors import STATE_FILE
 from autograder.reports.gradebook import check_table
 
 pytestmark = pytest.mark.slow
@@ -74,7 +75,7 @@ def _left_by_dead_graders() -> list[Path]:
 
     import psutil
 
-    from autograder.sandbox.kernel import grader_work_dir
+    from autograder.sandbox.files import grader_work_dir
 
     return [
         p
@@ -131,27 +132,16 @@ def test_killed_batch_resumes_with_what_is_left(tmp_path, staged_data):
     assert len(summary_file["outcomes"]) == len(names)
 
 
-def test_unreadable_submission_is_marked_failed_and_the_rest_graded(tmp_path, staged_data):
-    course = _course(tmp_path / "course", ["untrained"])  # quick: never trains
-    broken = tmp_path / "broken.ipynb"
-    broken.write_text(example_path(LAB, "correct").read_text()[:5000])  # cut mid-JSON
-    course.submit("s1-broken", LAB, broken)
-    summary = grade_batch(course.root, workers=2, progress=False)
-    by_student = {o.student: o for o in summary.outcomes}
-    assert by_student["s0-untrained"].status == "graded"
-    assert by_student["s1-broken"].status == "failed"
-    assert "could not be read" in by_student["s1-broken"].reason
-    assert "FAILED lab3_mnist_dense s1-broken" in summary.format()
-    # Not marked done: the next run tries it again (and fails again, with the reason).
-    again = grade_batch(course.root, workers=2, progress=False)
-    assert [o.status for o in again.outcomes if o.student == "s1-broken"] == ["failed"]
+# An unreadable submission is failed with its reason, the rest graded, and it is not marked
+# done: test_adversarial.py::test_the_batch_grades_everything_but_the_unreadable_notebook
+# (the same assertions, on the batch that grades the whole corpus).
 
 
 def test_a_second_grader_on_the_same_course_is_refused(tmp_path, staged_data):
     course = _course(tmp_path / "course", ["correct"])
     hold = (
         "import sys, time; from pathlib import Path\n"
-        "from autograder.batch.grade import _exclusive\n"
+        "from autograder.batch.scheduling import _exclusive\n"
         "with _exclusive(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(60)"
     )
     holder = subprocess.Popen(

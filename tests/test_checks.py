@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from autograder.grading.checks import (
+from autograder.grading.checks import run_checks
+from autograder.grading.evidence import (
     ArraySummary,
     Evidence,
     LayerInfo,
     ModelSummary,
-    run_checks,
     summarize_array,
 )
 from autograder.rubric import load_rubric
@@ -306,7 +306,7 @@ def test_a_loss_that_does_not_match_the_output_costs_half():
 
 def test_channels_first_and_short_sequences_are_conceptual_errors():
     cnn = load_rubric("lab4_mnist_cnn").check("check_inputs")
-    from autograder.grading.checks import check_inputs
+    from autograder.grading.input_checks import check_inputs
 
     values = {
         "train_images": arr((3000, 1, 28, 28), "float32", 0.0, 1.0, True),
@@ -323,7 +323,7 @@ def test_channels_first_and_short_sequences_are_conceptual_errors():
 
 
 def test_normalisation_inside_the_model_counts_when_adapted_on_the_training_data():
-    from autograder.grading.checks import check_normalisation
+    from autograder.grading.input_checks import check_normalisation
 
     check = load_rubric("lab3_boston_regression").check("check_normalisation")
     rng = np.random.default_rng(0)

@@ -1,15 +1,33 @@
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 
+from autograder.authoring.examples import examples_dir
 from autograder.cli import main
 
 
 def test_release_check_passes_on_the_committed_tree(repo, monkeypatch, capsys):
     monkeypatch.chdir(repo)
     assert main(["release", "--check"]) == 0
-    assert "release/ matches source/" in capsys.readouterr().out
+    assert "release/ and the example notebooks match source/" in capsys.readouterr().out
+
+
+def test_release_check_fails_on_an_example_no_examples_file_declares(
+    repo, tmp_path, monkeypatch, capsys
+):
+    lab = "lab3_mnist_dense"
+    shutil.copytree(repo / "source" / lab, tmp_path / "source" / lab)
+    examples = tmp_path / "examples"
+    shutil.copytree(examples_dir(), examples)
+    shutil.copyfile(examples / lab / "correct.ipynb", examples / lab / "stray.ipynb")
+    monkeypatch.setattr("autograder.authoring.examples.examples_dir", lambda: examples)
+    argv = ["release", "--check", "--source", str(tmp_path / "source")]
+    assert main([*argv, "--release", str(repo / "release")]) == 1
+    out = capsys.readouterr().out
+    assert f"{lab}/stray.ipynb (not declared in {lab}.examples.toml)" in out
+    assert "correct.ipynb" not in out  # the declared ones match
 
 
 def test_user_errors_are_one_line_with_an_exit_code(capsys):

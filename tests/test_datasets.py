@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 import io
 import shutil
+import subprocess
+import sys
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,9 +17,11 @@ from unittest import mock
 import numpy as np
 import pytest
 
+from autograder.data import formats, mirrors, sources, split
 from autograder.data import loaders as ds
 from autograder.data import staging as st
 from autograder.errors import DataError
+from autograder.settings import IMDB_ARCHIVE_ENV
 
 # ../shared next to the checkout, wherever it was cloned (CI clones outside /work).
 REAL_ARCHIVE = (
@@ -69,7 +74,7 @@ def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     # Nothing may read a real keras cache or write into the repo or home.
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
     monkeypatch.setenv(ds.DATA_DIR_ENV, str(tmp_path / "unstaged"))
-    monkeypatch.delenv(st.IMDB_ARCHIVE_ENV, raising=False)
+    monkeypatch.delenv(IMDB_ARCHIVE_ENV, raising=False)
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +116,7 @@ def as_lists(x: np.ndarray) -> list[list[int]]:
 def rejoin(public: np.ndarray, held: np.ndarray, root: Path, name: str) -> np.ndarray:
     """keras' test split put back together from the two halves, by the folder's key."""
     n = len(public) + len(held)
-    pub_idx, held_idx = st.heldout_indices(st.split_key(root), name, n)
+    pub_idx, held_idx = split.heldout_indices(split.split_key(root), name, n)
     whole = np.empty((n, *public.shape[1:]), public.dtype)
     whole[pub_idx], whole[held_idx] = public, held
     return whole
@@ -134,14 +139,38 @@ def test_data_dir_env_and_default(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
 
 
 def test_default_imdb_archive(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv(st.IMDB_ARCHIVE_ENV, str(tmp_path / "a.tar.xz"))
-    assert st.default_imdb_archive() == tmp_path / "a.tar.xz"
-    monkeypatch.delenv(st.IMDB_ARCHIVE_ENV)
-    found = st.default_imdb_archive()
+    monkeypatch.setenv(IMDB_ARCHIVE_ENV, str(tmp_path / "a.tar.xz"))
+    assert sources.default_imdb_archive() == tmp_path / "a.tar.xz"
+    monkeypatch.delenv(IMDB_ARCHIVE_ENV)
+    found = sources.default_imdb_archive()
     # Wherever the checkout lives (CI clones elsewhere), the archive is the shared one, if any.
     if found is not None:
-        assert found.is_file() and found.name == st.IMDB_ARCHIVE_NAME
+        assert found.is_file() and found.name == sources.IMDB_ARCHIVE_NAME
         assert found.parent.parent.name == "shared"
+
+
+def test_grader_only_code_is_hidden_and_the_loaders_do_without_it() -> None:
+    """What a student's kernel gets as empty files (staging_code): every module that reads
+    the raw sources or chooses the held-out half; and none that its loaders import."""
+    hidden = set(st.staging_code())
+    assert all(path.is_file() for path in hidden)
+    grader_only = (
+        split.split_key,
+        split.heldout_indices,
+        sources.raw_sources,
+        sources.resolve_source,
+        mirrors.build_mirror,
+        st.stage,
+    )
+    for function in grader_only:
+        assert Path(inspect.getfile(function)).resolve() in hidden, function
+    code = "import sys, autograder.datasets; print(*(m for m in sys.modules if 'autograder' in m))"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    imported = run.stdout.split()
+    assert "autograder.data.loaders" in imported and "autograder.data.formats" in imported
+    for name in imported:
+        module_file = getattr(importlib.import_module(name), "__file__", None)
+        assert module_file is None or Path(module_file).resolve() not in hidden, name
 
 
 # ----------------------------------------------------------------------------- missing data
@@ -243,7 +272,7 @@ def test_heldout_half_is_chosen_by_the_folders_secret_key(tmp_path: Path) -> Non
 
     root = tmp_path / "data"
     st.stage(root, datasets=("boston_housing",))
-    key_file = root / st.SPLIT_KEY_FILE
+    key_file = root / split.SPLIT_KEY_FILE
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
     assert stat.S_IMODE(key_file.parent.stat().st_mode) == 0o700
     assert stat.S_IMODE((root / "heldout").stat().st_mode) == 0o700
@@ -292,7 +321,7 @@ def test_canonical_needs_the_canonical_hash(
     assert ds.data_source("boston_housing") == "offline"
 
     # With its hash in the table it is canonical: staged from the cache, no mirror built.
-    monkeypatch.setitem(st.CANONICAL_SHA256, "boston_housing.npz", st._digest(Path(fake)))
+    monkeypatch.setitem(sources.CANONICAL_SHA256, "boston_housing.npz", formats.digest(Path(fake)))
     monkeypatch.setenv(ds.DATA_DIR_ENV, str(tmp_path / "b"))
     report = st.stage(tmp_path / "b", datasets=("boston_housing",))
     assert report["boston_housing"].source == "canonical"
@@ -309,7 +338,7 @@ def test_cli_main(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
 
 # ----------------------------------------------------------------------------- fashion-mnist
 
-FASHION_MNIST = st.FASHION_MNIST_DIR.is_dir()
+FASHION_MNIST = sources.FASHION_MNIST_DIR.is_dir()
 
 
 @pytest.mark.skipif(not FASHION_MNIST, reason="apt-get install dataset-fashion-mnist")
@@ -333,7 +362,7 @@ def test_mnist_from_fashion_mnist(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 
     # Exactly keras' fashion_mnist.load_data() on the same files, its test split halved.
     module = importlib.import_module("keras.src.datasets.fashion_mnist")
-    with mock.patch.object(module, "get_file", lambda f, **k: str(st.FASHION_MNIST_DIR / f)):
+    with mock.patch.object(module, "get_file", lambda f, **k: str(sources.FASHION_MNIST_DIR / f)):
         (k_xtr, k_ytr), (k_xte, k_yte) = module.load_data()
     np.testing.assert_array_equal(x_train, k_xtr)
     np.testing.assert_array_equal(y_train, k_ytr)
@@ -352,7 +381,7 @@ def test_mnist_from_fashion_mnist(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 def test_fashion_mnist_missing_names_the_package(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(st, "FASHION_MNIST_DIR", tmp_path / "absent")
+    monkeypatch.setattr(sources, "FASHION_MNIST_DIR", tmp_path / "absent")
     with pytest.raises(DataError, match="apt-get install dataset-fashion-mnist"):
         st.stage(tmp_path / "data", datasets=("mnist",), mnist_from="fashion-mnist")
     assert not (tmp_path / "data" / "public" / "mnist.npz").exists()
@@ -380,7 +409,7 @@ def test_cli_mnist_from_option(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
     assert cli.main(["stage-data"]) == 0
     assert cli.main(["stage-data", "--mnist-from", "fashion-mnist"]) == 0
     assert [c["mnist_from"] for c in calls] == ["sample", "fashion-mnist"]
-    for choice in st.MNIST_FROM:  # the CLI offers what stage() accepts
+    for choice in sources.MNIST_FROM:  # the CLI offers what stage() accepts
         args = cli.build_parser().parse_args(["stage-data", "--mnist-from", choice])
         assert args.mnist_from == choice
 

@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from autograder.grading.artifacts import unsafe_layers
 from autograder.grading.capture import capture_source
-from autograder.grading.evaluate import evaluate_artifacts, unsafe_layers
+from autograder.grading.evaluate import evaluate_artifacts
 from autograder.grading.evaluation_server import grade_in_subprocess
 from autograder.rubric import load_rubric
 
@@ -38,6 +39,7 @@ def keras():
     return keras
 
 
+@pytest.mark.slow  # trains a model
 def test_trained_model_is_graded_from_artifacts(keras, tmp_path, staged_data):
     from autograder.data.loaders import load_mnist
 
@@ -109,7 +111,7 @@ def test_no_capture_means_the_notebook_did_not_finish(tmp_path, staged_data):
 def test_predict_gives_what_model_predict_gives():
     import keras
 
-    from autograder.grading.evaluate import predict
+    from autograder.grading.metrics import predict
 
     rng = np.random.default_rng(0)
     cnn = keras.Sequential(
@@ -163,7 +165,7 @@ def _bomb(path: Path, member_mb: int = 8) -> None:
 def test_what_the_kernel_wrote_is_checked_before_it_is_read(tmp_path, staged_data, case, expected):
     import os
 
-    from autograder.grading.evaluate import artifacts_problem
+    from autograder.grading.artifacts import artifacts_problem
 
     if case == "bomb":
         _bomb(tmp_path / "model.keras")
@@ -180,7 +182,7 @@ def test_what_the_kernel_wrote_is_checked_before_it_is_read(tmp_path, staged_dat
 
 
 def test_an_ordinary_model_archive_passes_the_checks(keras, tmp_path):
-    from autograder.grading.evaluate import artifacts_problem
+    from autograder.grading.artifacts import artifacts_problem
 
     model = keras.Sequential([keras.Input((784,)), keras.layers.Dense(512), keras.layers.Dense(10)])
     model.save(tmp_path / "model.keras")
@@ -188,6 +190,7 @@ def test_an_ordinary_model_archive_passes_the_checks(keras, tmp_path):
     assert artifacts_problem(tmp_path) is None
 
 
+@pytest.mark.slow  # trains a model
 def test_the_model_is_read_by_an_unprivileged_child(keras, tmp_path, staged_data):
     """As root, the evaluation child runs as the evaluator account, from a private copy of
     what the kernel wrote (here readable by root only), and leaves nothing behind."""
@@ -195,9 +198,10 @@ def test_the_model_is_read_by_an_unprivileged_child(keras, tmp_path, staged_data
     import pwd
 
     from autograder.data.loaders import load_mnist
-    from autograder.grading.evaluate import optimizer_iterations
+    from autograder.grading.artifacts import optimizer_iterations
     from autograder.grading.evaluation_server import Evaluator
-    from autograder.sandbox.kernel import EVALUATOR_ACCOUNT, evaluator_account, grader_work_dir
+    from autograder.sandbox.accounts import EVALUATOR_ACCOUNT, evaluator_account
+    from autograder.sandbox.files import grader_work_dir
 
     (x, y), _ = load_mnist()
     x = x.reshape((len(x), 784)).astype("float32") / 255
@@ -222,6 +226,7 @@ def test_the_model_is_read_by_an_unprivileged_child(keras, tmp_path, staged_data
     assert any(r.startswith("training record missing") for r in result.review), result.review
 
 
+@pytest.mark.slow  # trains a model
 def test_held_out_data_reaches_the_model_in_the_form_it_was_trained_in(
     keras, tmp_path, staged_data
 ):

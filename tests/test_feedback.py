@@ -16,8 +16,9 @@ from nbformat.v4 import new_code_cell, new_notebook
 from nbgrader.preprocessors import GetGrades
 from traitlets.config import Config
 
-from autograder.grading.evaluate import confusion_matrix, metric_value
-from autograder.grading.execute import RESULT_SUFFIX, configure
+from autograder.course import configure_grader
+from autograder.grading.metrics import confusion_matrix, metric_value
+from autograder.grading.preprocessors import RESULT_SUFFIX
 from autograder.reports.feedback import (
     ClearHiddenTestsFromGradedCells,
     GraderReport,
@@ -115,7 +116,7 @@ def test_report_escapes_messages_and_shows_gradebook_changes():
 
 def test_feedback_pipeline_keeps_nbgrader_defaults():
     c = Config()
-    configure(c)
+    configure_grader(c)
     steps = c.GenerateFeedback.preprocessors
     assert steps == feedback_preprocessors()
     names = [s.__name__ for s in steps]

@@ -26,14 +26,10 @@ from fixtures.adversarial.html_injection import MARKER, inject_html
 from html_safety import student_script_findings
 
 from autograder.authoring.examples import example_path
-from autograder.hub.launch import (
-    ensure_system_users,
-    load_settings,
-    start_hub,
-    stop_hub,
-    wait_until_up,
-)
-from autograder.sandbox.kernel import ACCOUNT_PREFIX
+from autograder.hub.accounts import ensure_system_users
+from autograder.hub.launch import start_hub, stop_hub, wait_until_up
+from autograder.hub.settings import load_settings
+from autograder.sandbox.accounts import ACCOUNT_PREFIX
 
 pytestmark = pytest.mark.slow
 LAB = "lab3_mnist_dense"

@@ -6,9 +6,9 @@ from traitlets.config import Config
 
 from autograder.course import configure_grader
 from autograder.errors import ConfigError
-from autograder.grading.execute import (
+from autograder.grading.execute import GraderExecute
+from autograder.grading.preprocessors import (
     GradeFromArtifacts,
-    GraderExecute,
     autograde_preprocessors,
     check_order,
 )
@@ -40,3 +40,33 @@ def test_configure_sets_pipeline_and_timeout():
     configure_grader(c)
     assert c.Autograde.autograde_preprocessors[0] is GraderExecute
     assert c.GraderExecute.timeout >= 600
+
+
+def test_an_execution_the_grader_aborts_leaves_no_capture_folder(monkeypatch):
+    """An error of the grader's own (not a limit, not the student's) propagates, and the
+    capture folder made for the notebook goes with it: a long-running grading service or
+    batch worker must not collect them."""
+    import os
+
+    import nbformat
+
+    from autograder.sandbox.files import grader_work_dir
+
+    def boom(self, nb, resources, limits, grants=None):
+        raise RuntimeError("the grader's own error")
+
+    monkeypatch.setattr(GraderExecute, "_execute", boom)
+    pattern = f"autograder-{os.getpid()}-lab3_mnist_dense-*"
+    before = set(_glob(grader_work_dir(), pattern))
+    resources = {"nbgrader": {"assignment": "lab3_mnist_dense", "notebook": "x", "student": ""}}
+    execute = GraderExecute(restore_missing_cells=False)
+    with pytest.raises(RuntimeError, match="own error"):
+        execute.preprocess(nbformat.v4.new_notebook(), resources)
+    assert set(_glob(grader_work_dir(), pattern)) == before
+    assert "artifacts" not in resources["autograder"]
+
+
+def _glob(folder, pattern):
+    from pathlib import Path
+
+    return [str(p) for p in Path(folder).glob(pattern)]

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import filecmp
 import shutil
 
 import nbformat
 
-from autograder.authoring.examples import EXAMPLES, build_examples, examples_dir
 from autograder.authoring.release import generate_release, release_drift
 
-# release/ matches source/: tests/test_cli.py::test_release_check_passes_on_the_committed_tree
-# (`autograder release --check`, which generates every lab once).
+# release/ and the example notebooks match source/, and no example is undeclared:
+# tests/test_cli.py::test_release_check_passes_on_the_committed_tree (`autograder release
+# --check`, which generates every lab and example once) and
+# ::test_release_check_fails_on_an_example_no_examples_file_declares.
 
 
 def test_release_is_a_student_version(repo, tmp_path):
@@ -31,14 +31,3 @@ def test_changed_source_is_reported_as_drift(repo, tmp_path):
     nb.cells[0].source += "\n\nA new sentence."
     nbformat.write(nb, path)
     assert release_drift(source, repo / "release") == ["lab3_mnist_dense/lab3_mnist_dense.ipynb"]
-
-
-def test_examples_match_their_spec(repo, tmp_path):
-    written = build_examples(repo / "source", repo / "release", out_root=tmp_path)
-    assert len(written) == sum(len(v) for v in EXAMPLES.values())
-    for path in written:
-        committed = examples_dir() / path.relative_to(tmp_path)
-        assert filecmp.cmp(path, committed, shallow=False), f"{committed} is out of date"
-    # and no notebook that no examples file declares (`autograder release` removes them)
-    committed_all = {p.relative_to(examples_dir()) for p in examples_dir().rglob("*.ipynb")}
-    assert committed_all == {p.relative_to(tmp_path) for p in written}

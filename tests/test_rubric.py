@@ -7,9 +7,8 @@ from pathlib import Path
 import pytest
 from grading_helpers import calibration_runs
 
-from autograder.authoring.release import check_notebook_against_rubric
 from autograder.errors import ConfigError
-from autograder.rubric import lab_ids, load_rubric, parse_rubric
+from autograder.rubric import check_notebook_against_rubric, lab_ids, load_rubric, parse_rubric
 
 LAB3 = Path(__file__).resolve().parents[1] / "autograder" / "labs" / "lab3_mnist_dense.toml"
 

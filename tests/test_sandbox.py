@@ -1,5 +1,5 @@
 """Limits on the student's kernel: time, memory, network, account, processes, files, output
-(autograder/sandbox.py).
+(autograder/sandbox/).
 
 One lab 3 submission that tests a limit goes through nbgrader autograde with small
 limits; the watchdog, the limits' configuration, the network namespace, the sandbox
@@ -33,17 +33,13 @@ from autograder.course import create_course
 from autograder.errors import ConfigError
 from autograder.grading.evaluate import evaluate_artifacts
 from autograder.grading.execute import GraderExecute
-from autograder.sandbox.kernel import (
-    ACCOUNT_PREFIX,
-    KernelSandbox,
-    Limits,
-    SandboxedKernelManager,
-    Watchdog,
-    close_to_others,
-    isolation_prefix,
-    read_limit,
-    write_limit,
-)
+from autograder.sandbox.accounts import ACCOUNT_PREFIX
+from autograder.sandbox.files import close_to_others
+from autograder.sandbox.isolation import isolation_prefix
+from autograder.sandbox.kernel import KernelSandbox, SandboxedKernelManager
+from autograder.sandbox.stops import read_stop, record_stop
+from autograder.sandbox.watchdog import Watchdog
+from autograder.settings import Limits
 
 LAB = "lab3_mnist_dense"
 # A limit through the serial path (nbgrader autograde, as the formgrader runs it); the whole
@@ -74,22 +70,6 @@ def graded(tmp_path_factory: pytest.TempPathFactory, staged_data: None):
     return course, outcomes, seconds
 
 
-def _autograded(course, student: str) -> nbformat.NotebookNode:
-    return nbformat.read(course.root / "autograded" / student / LAB / f"{LAB}.ipynb", 4)
-
-
-def _cell(nb: nbformat.NotebookNode, grade_id: str) -> nbformat.NotebookNode:
-    return next(c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") == grade_id)
-
-
-def _shown(cell: nbformat.NotebookNode) -> str:
-    """What the student reads in a cell's outputs."""
-    return "\n".join(
-        o.get("text", "") + o.get("evalue", "") + "".join(o.get("traceback", []))
-        for o in cell.outputs
-    )
-
-
 def test_adversarial_examples_are_declared():
     assert all(EXAMPLES[LAB][name].adversarial for name in ADVERSARIAL)
     assert not EXAMPLES[LAB]["correct"].adversarial
@@ -107,12 +87,12 @@ def test_stopped_notebook_is_graded_zero_with_the_reason(graded, student, reason
     assert result.error is not None and result.error.startswith(reason)
     assert result.score == 0
     assert all(c.score == 0 and c.messages[0].startswith(reason) for c in result.checks)
-    nb = _autograded(course, student)
+    nb = gh.autograded(course, LAB, student)
     # The graded cells carry the reason, and so does the cell where the kernel was stopped.
     for check in result.checks:
-        assert reason in _shown(_cell(nb, check.id))
-    train = _cell(nb, "train")
-    assert "KernelStopped" in _shown(train) and reason in _shown(train)
+        assert reason in gh.shown(gh.cell(nb, check.id))
+    train = gh.cell(nb, "train")
+    assert "KernelStopped" in gh.shown(train) and reason in gh.shown(train)
     # Only this notebook's time: the limit, starting the kernel, evaluating, nbgrader.
     assert seconds[student] < NOTEBOOK_TIMEOUT + 45
 
@@ -168,8 +148,8 @@ def test_grader_execute_refuses_a_bad_environment_when_built(monkeypatch):
 
 def test_evaluation_reports_the_limit_when_nothing_was_captured(tmp_path):
     reason = "memory limit exceeded: the notebook used more than 10 MiB"
-    write_limit(tmp_path, "memory", reason, Limits(memory_mb=10))
-    assert read_limit(tmp_path) == reason
+    record_stop(tmp_path, "memory", reason, Limits(memory_mb=10))
+    assert read_stop(tmp_path) == reason
     result = evaluate_artifacts(LAB, tmp_path)
     assert result.error is not None and result.error.startswith(reason)
     assert all(c.messages[0].startswith(reason) and c.score == 0 for c in result.checks)
@@ -264,10 +244,10 @@ def test_cell_timeout_interrupts_the_cell_and_says_so(tmp_path):
         "print('after')",
         cell_timeout=2,
     )
-    shown = _shown(nb.cells[1])
+    shown = gh.shown(nb.cells[1])
     assert "CellTimeoutError" in shown
     assert "time limit exceeded: this cell ran longer than 2 s" in shown
-    assert "after" in _shown(nb.cells[2])  # interrupted, not killed: the notebook goes on
+    assert "after" in gh.shown(nb.cells[2])  # interrupted, not killed: the notebook goes on
 
 
 @pytest.fixture
@@ -285,10 +265,10 @@ def test_kernel_stopped_for_memory_leaves_the_other_cells_with_the_reason(tmp_pa
     assert time.monotonic() - started < 30
     assert list(socket_dir.iterdir()) == []  # the killed kernel's socket folder is gone too
     reason = "memory limit exceeded: the notebook used more than 300 MiB"
-    assert "before" in _shown(nb.cells[0])
+    assert "before" in gh.shown(nb.cells[0])
     for cell in nb.cells[1:]:
-        assert "KernelStopped" in _shown(cell) and reason in _shown(cell)
-    assert "after" not in _shown(nb.cells[2])
+        assert "KernelStopped" in gh.shown(cell) and reason in gh.shown(cell)
+    assert "after" not in gh.shown(nb.cells[2])
 
 
 # --- the network namespace ------------------------------------------------------------------
@@ -523,23 +503,24 @@ def test_output_beyond_the_limit_is_dropped_with_a_note(tmp_path):
         "raise ValueError('still shown')",
     )
     note = "output limit exceeded: the notebook printed more than 4 MiB"
-    assert len(_shown(nb.cells[0])) < 4.5 * 2**20 and note in _shown(nb.cells[0])
-    assert "after" not in _shown(nb.cells[1]) and note in _shown(nb.cells[1])
-    assert "still shown" in _shown(nb.cells[2])  # errors are kept: nbgrader scores them
+    assert len(gh.shown(nb.cells[0])) < 4.5 * 2**20 and note in gh.shown(nb.cells[0])
+    assert "after" not in gh.shown(nb.cells[1]) and note in gh.shown(nb.cells[1])
+    assert "still shown" in gh.shown(nb.cells[2])  # errors are kept: nbgrader scores them
 
 
 def test_a_kernel_that_exits_says_so(tmp_path):
     nb = _run(tmp_path, "import os\nos._exit(3)", "print('after')")
     reason = "the kernel died (exit code 3): the notebook ended its own Python process"
     for cell in nb.cells:
-        assert "KernelStopped" in _shown(cell) and reason in _shown(cell)
+        assert "KernelStopped" in gh.shown(cell) and reason in gh.shown(cell)
 
 
 # --- the spare kernel of a batch worker -----------------------------------------------------
 
 
 def test_a_spare_kernel_runs_the_next_notebook_in_its_own_folder(tmp_path, socket_dir, monkeypatch):
-    from autograder.sandbox.kernel import kernel as sandbox
+    from autograder.sandbox import spare as spares
+    from autograder.sandbox.kernel import kernel_pid
 
     first, second = tmp_path / "first", tmp_path / "second"
     for folder, text in ((first, "one"), (second, "two")):
@@ -548,27 +529,27 @@ def test_a_spare_kernel_runs_the_next_notebook_in_its_own_folder(tmp_path, socke
     show = "import os\nprint(open('data.txt').read(), sorted(os.listdir('.')), os.getpid())"
     try:
         nb1 = _run(first, show, spare_kernel=True)
-        assert len(sandbox._SPARE) == 1  # started as the first one ended
-        spare_pid = sandbox.kernel_pid(sandbox._SPARE[0].km)
+        assert len(spares._SPARE) == 1  # started as the first one ended
+        spare_pid = kernel_pid(spares._SPARE[0].km)
         assert psutil.pid_exists(spare_pid)
         nb2 = _run(second, show, spare_kernel=True)
-        out1, out2 = _shown(nb1.cells[0]), _shown(nb2.cells[0])
+        out1, out2 = gh.shown(nb1.cells[0]), gh.shown(nb2.cells[0])
         assert out1.startswith("one ['data.txt']")
         assert out2.startswith("two ['data.txt']")  # its own files, none of the first's
         assert not psutil.pid_exists(spare_pid)  # used, then shut down like any kernel
         # A spare started under other limits is not used (its OS limits were set at its
         # start): stopped, and the notebook gets a kernel of its own.
         stopped = []
-        stop = sandbox._stop
-        monkeypatch.setattr(sandbox, "_stop", lambda km, box: (stopped.append(km), stop(km, box)))
-        spare = sandbox._SPARE[0]
+        stop = spares._stop
+        monkeypatch.setattr(spares, "_stop", lambda km, box: (stopped.append(km), stop(km, box)))
+        spare = spares._SPARE[0]
         nb3 = _run(second, show, spare_kernel=True, memory_limit_mb=700)
         assert stopped == [spare.km]
-        assert _shown(nb3.cells[0]).startswith("two ['data.txt']")
-        assert sandbox._SPARE[0].key[0].memory_mb == 700
+        assert gh.shown(nb3.cells[0]).startswith("two ['data.txt']")
+        assert spares._SPARE[0].key[0].memory_mb == 700
     finally:
-        sandbox.discard_spare_kernel()
-    assert sandbox._SPARE == []
+        spares.discard_spare_kernel()
+    assert spares._SPARE == []
     assert list(socket_dir.iterdir()) == []  # every kernel's folder is gone
 
 

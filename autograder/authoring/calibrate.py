@@ -29,8 +29,9 @@ import nbformat
 
 from autograder.authoring.examples import example_path
 from autograder.course import create_course
-from autograder.data.loaders import DATA_DIR_ENV, _read_manifest, data_dir
-from autograder.grading.execute import read_result
+from autograder.data.formats import read_manifest
+from autograder.data.loaders import DATA_DIR_ENV, data_dir
+from autograder.grading.preprocessors import read_result
 from autograder.rubric import load_rubric
 from autograder.settings import LABS_DIR
 
@@ -68,12 +69,14 @@ def suggest_threshold(values: list[float], higher_is_better: bool = True) -> flo
 def fresh_split(dataset: str, where: Path) -> Iterator[str]:
     """Grading reads a data folder at ``where``: the current one's data, staged again with
     a new secret key (another held-out half). Yields the new split's id."""
-    from autograder.data.staging import MnistFrom, split_id, split_key, stage
+    from autograder.data.sources import MnistFrom
+    from autograder.data.split import split_id, split_key
+    from autograder.data.staging import stage
 
     base = data_dir()
     if (base / "keras").is_dir():  # the mirrors: not rebuilt for every run
         shutil.copytree(base / "keras", where / "keras", dirs_exist_ok=True)
-    source = _read_manifest(base / "public")["datasets"].get(dataset, {}).get("source", "")
+    source = read_manifest(base / "public")["datasets"].get(dataset, {}).get("source", "")
     mnist_from: MnistFrom = "fashion-mnist" if source == "offline-fashion-mnist" else "sample"
     report = stage(where, datasets=[dataset], mnist_from=mnist_from)
     if report.results[0].status == "skipped":

@@ -11,9 +11,10 @@ from pathlib import Path
 
 from autograder._runtime import environment
 from autograder.authoring.examples import EXAMPLES, example_path
-from autograder.batch.grade import grade_batch
+from autograder.batch.scheduling import grade_batch
 from autograder.course import create_course
 from autograder.reports.gradebook import check_table, format_table
+from autograder.settings import TRAIN_LIMIT_ENV, limit_environment
 
 __all__ = ["run_demo"]
 
@@ -25,15 +26,12 @@ def _say(msg: str) -> None:
 # Full-size IMDB training takes minutes per notebook on a CPU; the demo trains on 4,000
 # reviews (graded against that data source's own calibrated thresholds) unless told otherwise.
 DEMO_TRAIN_LIMIT = "imdb=4000"
-DEMO_ADVERSARIAL_LIMITS = {
-    "AUTOGRADER_NOTEBOOK_TIMEOUT": "30",
-    "AUTOGRADER_CELL_TIMEOUT": "60",
-    "AUTOGRADER_MEMORY_MB": "1500",
-}
+DEMO_ADVERSARIAL_LIMITS = limit_environment(
+    notebook_timeout_s=30, cell_timeout_s=60, memory_mb=1500
+)
 
 
 def run_demo(workdir: Path, labs: list[str] | None = None) -> int:
-    from autograder.data.loaders import TRAIN_LIMIT_ENV
     from autograder.data.staging import stage
 
     os.environ.setdefault(TRAIN_LIMIT_ENV, DEMO_TRAIN_LIMIT)

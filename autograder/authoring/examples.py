@@ -12,6 +12,7 @@ they drift.
 from __future__ import annotations
 
 import re
+import tempfile
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +24,14 @@ from autograder.errors import ConfigError
 from autograder.rubric import load_rubric
 from autograder.settings import EXAMPLES_DIR, LABS_DIR
 
-__all__ = ["EXAMPLES", "Example", "build_examples", "example_path", "examples_dir"]
+__all__ = [
+    "EXAMPLES",
+    "Example",
+    "build_examples",
+    "example_path",
+    "examples_dir",
+    "examples_drift",
+]
 
 _SOLUTION = re.compile(r"^[ \t]*### (BEGIN|END) SOLUTION[ \t]*\n?", re.M)
 
@@ -33,7 +41,7 @@ class Example:
     description: str
     answers: dict[str, str] = field(default_factory=dict)  # grade_id -> cell source
     # Hangs, hoards memory or reaches for the network on purpose: grade it under tight
-    # limits (autograder.sandbox.kernel), or the production limits make it cost half an hour.
+    # limits (autograder.settings.Limits), or the production limits make it cost half an hour.
     adversarial: bool = False
     delete_cells: tuple[str, ...] = ()  # grade_ids of cells removed from the notebook
     edit_cells: dict[str, str] = field(default_factory=dict)  # grade_id -> new source
@@ -135,6 +143,35 @@ def build_examples(
             nbformat.write(nb, path)
             written.append(path)
     return written
+
+
+def examples_drift(
+    source_root: Path, release_root: Path, examples_root: Path | None = None
+) -> list[str]:
+    """Example notebooks that differ from a fresh build, are missing, or that no examples
+    file declares; empty when in sync. Only the labs ``source_root`` holds are built."""
+    examples_root = examples_root or examples_dir()
+    labs = [lab for lab in sorted(EXAMPLES) if (source_root / lab).is_dir()]
+    with tempfile.TemporaryDirectory(prefix="autograder-examples-") as tmp:
+        fresh = Path(tmp)
+        build_examples(source_root, release_root, out_root=fresh, labs=labs)
+        drift = []
+        for lab in labs:
+            built = {p.name: p for p in (fresh / lab).glob("*.ipynb")}
+            kept = {p.name: p for p in (examples_root / lab).glob("*.ipynb")}
+            drift += [
+                f"{lab}/{name} (not declared in {lab}.examples.toml)"
+                for name in kept.keys() - built.keys()
+            ]
+            drift += [f"{lab}/{name} (missing)" for name in built.keys() - kept.keys()]
+            drift += [
+                f"{lab}/{name}"
+                for name in built.keys() & kept.keys()
+                if built[name].read_bytes() != kept[name].read_bytes()
+            ]
+        undeclared = {p.name for p in examples_root.iterdir() if p.is_dir()} - set(EXAMPLES)
+        drift += [f"{lab}/ (no {lab}.examples.toml)" for lab in sorted(undeclared)]
+        return sorted(drift)
 
 
 def _tamper_check(

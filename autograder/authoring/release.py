@@ -7,47 +7,11 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import nbformat
-
 from autograder._runtime import ensure_tool_path
 from autograder.errors import ConfigError
-from autograder.rubric import Rubric, lab_ids, load_rubric
+from autograder.rubric import check_notebook_against_rubric, lab_ids, load_rubric
 
-__all__ = ["check_notebook_against_rubric", "generate_release", "release_drift"]
-
-
-def check_notebook_against_rubric(notebook: Path, rubric: Rubric) -> None:
-    """Every autograded test cell is a rubric check with the same points, every cell graded
-    by hand a ``manual`` entry of the rubric, and vice versa."""
-    nb = nbformat.read(notebook, as_version=4)
-    cells: dict[str, float] = {}
-    by_hand: dict[str, float] = {}
-    for cell in nb.cells:
-        meta = cell.metadata.get("nbgrader", {})
-        if meta.get("grade") and not meta.get("solution") and cell.cell_type == "code":
-            cells[meta["grade_id"]] = float(meta.get("points", 0))
-        elif meta.get("grade"):
-            by_hand[meta["grade_id"]] = float(meta.get("points", 0))
-    checks = {c.id: c.points for c in rubric.checks}
-    problems = []
-    manual = {m.id: m.points for m in rubric.manual}
-    if by_hand != manual:
-        problems.append(
-            f"cells graded by hand {by_hand or 'none'}, the rubric's manual {manual or 'none'}"
-        )
-    for gid in sorted(set(cells) - set(checks)):
-        problems.append(f"test cell {gid} has no check in the rubric")
-    for gid in sorted(set(checks) - set(cells)):
-        problems.append(f"rubric check {gid} has no test cell in the notebook")
-    for gid in sorted(set(cells) & set(checks)):
-        if cells[gid] != checks[gid]:
-            problems.append(
-                f"{gid}: the cell gives {cells[gid]:g} points, the rubric {checks[gid]:g}"
-            )
-    if problems:
-        raise ConfigError(
-            f"{notebook.name} disagrees with labs/{rubric.lab}.toml: " + "; ".join(problems)
-        )
+__all__ = ["generate_release", "release_drift"]
 
 
 def _generate(source_root: Path, lab: str, out_root: Path) -> None:

@@ -6,20 +6,29 @@ own ``load_data()`` output with half of the test split) and ``heldout/`` (the ot
 chosen with the data folder's secret key: grader only). The loaders here read only staged
 files: ``load_*`` read ``public/``; :func:`load_heldout` (grader only) reads ``heldout/``,
 which a student's kernel cannot reach. They never import keras (importing TensorFlow takes
-seconds) and never unpickle: IMDB sequences are stored as one flat int32 array plus offsets.
+seconds) and never unpickle: IMDB sequences are stored as one flat int32 array plus offsets
+(the format: :mod:`autograder.data.formats`).
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
 
 import numpy as np
 
+from autograder.data.formats import (
+    IMDB_INDEX_FROM,
+    IMDB_OOV,
+    IMDB_START,
+    Array,
+    object_array,
+    read_manifest,
+    unpack,
+)
 from autograder.errors import DataError
 from autograder.settings import DATA_DIR_ENV, TRAIN_LIMIT_ENV
 
@@ -45,16 +54,10 @@ __all__ = [
 DATASETS: Final[tuple[str, ...]] = ("mnist", "boston_housing", "imdb")
 STAGE_COMMAND: Final = "autograder stage-data"
 
-
-# keras.datasets.imdb.load_data() defaults; stored IMDB data is its output with these.
-_IMDB_START: Final = 1
-_IMDB_OOV: Final = 2
-_IMDB_INDEX_FROM: Final = 3
 _IMDB_KWARGS: Final = frozenset(
     {"num_words", "skip_top", "maxlen", "start_char", "oov_char", "index_from"}
 )
 
-Array = np.ndarray
 Split = tuple[tuple[Array, Array], tuple[Array, Array]]
 
 
@@ -79,37 +82,11 @@ def data_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".autograder" / "data"
 
 
-def _read_manifest(folder: Path) -> dict[str, Any]:
-    try:
-        manifest = json.loads((folder / "manifest.json").read_text())
-    except (OSError, ValueError):
-        return {"datasets": {}}
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("datasets"), dict):
-        return {"datasets": {}}
-    return manifest
-
-
-# --------------------------------------------------------------------------- stored format
-
-
-def _object_array(seqs: Sequence[list[int]]) -> Array:
-    # Element by element: np.array(seqs, dtype=object) turns equal-length lists into a 2-D array.
-    out = np.empty(len(seqs), dtype=object)
-    for i, seq in enumerate(seqs):
-        out[i] = seq
-    return out
-
-
 def grader_only_dirs() -> list[Path]:
     """The staged folders that hold held-out examples or choose them, closed to students:
     ``heldout/``, ``keras/`` (the keras-format mirror, whose test split contains the held-out
     one) and ``private/`` (the key that chose the held-out half)."""
     return [data_dir() / "heldout", data_dir() / "keras", data_dir() / "private"]
-
-
-def _unpack(values: Array, offsets: Array) -> list[list[int]]:
-    flat, bounds = values.tolist(), offsets.tolist()
-    return [flat[a:b] for a, b in itertools.pairwise(bounds)]
 
 
 # --------------------------------------------------------------------------- loaders
@@ -212,7 +189,7 @@ def data_source(name: str) -> str:
             raise DatasetMissing(name, data_dir(), "It was not loaded before the evaluation.")
         return _SOURCES[name] + suffix
     _staged_file(name, "public")
-    entry = _read_manifest(data_dir() / "public")["datasets"].get(name)
+    entry = read_manifest(data_dir() / "public")["datasets"].get(name)
     if not isinstance(entry, dict) or "source" not in entry:
         raise DatasetMissing(name, data_dir(), "Its manifest entry is missing.")
     _SOURCES[name] = str(entry["source"])
@@ -307,14 +284,14 @@ def _imdb_view(
     ``[skip_top, num_words)``.
     """
     defaults = (num_words, skip_top, maxlen, start_char, oov_char, index_from)
-    if defaults == (None, 0, None, _IMDB_START, _IMDB_OOV, _IMDB_INDEX_FROM):
-        return _object_array(_unpack(values, offsets)), labels
+    if defaults == (None, 0, None, IMDB_START, IMDB_OOV, IMDB_INDEX_FROM):
+        return object_array(unpack(values, offsets)), labels
 
     raw_max = int(meta["raw_max"])
     first = np.zeros(len(values), dtype=bool)
     first[offsets[:-1][np.diff(offsets) > 0]] = True  # every stored sequence starts with 1
     raw = values[~first].astype(np.int64)
-    raw = np.where(raw == _IMDB_OOV, raw_max, raw - _IMDB_INDEX_FROM)
+    raw = np.where(raw == IMDB_OOV, raw_max, raw - IMDB_INDEX_FROM)
     lengths = np.diff(offsets) - 1
     has_start = start_char is not None
 
@@ -355,4 +332,4 @@ def _imdb_view(
         lengths = np.bincount(owner[in_range], minlength=len(lengths))
     bounds = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths, out=bounds[1:])
-    return _object_array(_unpack(words, bounds)), np.asarray(labels)
+    return object_array(unpack(words, bounds)), np.asarray(labels)

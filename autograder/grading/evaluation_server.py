@@ -170,9 +170,10 @@ def _private_copy(artifacts: Path, account: Any) -> Path:
     """The capture's files, copied into a new folder that only ``account`` (or, without
     one, the grader) can enter. Files over their cap are cut one byte past it, so the
     evaluation still sees that they were too large."""
+    from autograder.grading.artifacts import MAX_BYTES
     from autograder.grading.capture import CAPTURE_FILE, MODEL_FILE
-    from autograder.grading.evaluate import MAX_BYTES
-    from autograder.sandbox.kernel import LIMIT_FILE, grader_temp
+    from autograder.sandbox.files import grader_temp
+    from autograder.sandbox.stops import LIMIT_FILE
 
     work = grader_temp("evaluation")
     caps = {**{n: c + 1 for n, c in MAX_BYTES.items()}, LIMIT_FILE: _MAX_LIMIT_RECORD}
@@ -229,7 +230,8 @@ def _child(request: dict[str, Any], work: Path, account: Any, cgroup: Any) -> in
 
 def _evaluate(request: dict[str, Any], account: Any, serial: int) -> dict[str, Any]:
     """Fork, wait and store one evaluation; the reply for the client."""
-    from autograder.grading.evaluate import failed_result, files_problem
+    from autograder.grading.artifacts import files_problem
+    from autograder.grading.evaluate import failed_result
     from autograder.rubric import load_rubric
     from autograder.sandbox.cgroup import KernelCgroup
     from autograder.settings import Limits
@@ -291,9 +293,9 @@ def serve(labs: list[str], requests: IO[str], replies: IO[str]) -> None:
 
     from autograder.data.loaders import DATA_DIR_ENV, data_dir, keep_loaded, load_heldout
     from autograder.grading import evaluate  # noqa: F401
-    from autograder.grading.evaluate import _student_view, _train_stats
+    from autograder.grading.metrics import student_view, train_stats
     from autograder.rubric import load_rubric
-    from autograder.sandbox.kernel import evaluator_account
+    from autograder.sandbox.accounts import evaluator_account
 
     # Pinned before any child switches accounts: without $HOME, "~" would become the
     # evaluator account's home there, not the grader's.
@@ -312,9 +314,9 @@ def serve(labs: list[str], requests: IO[str], replies: IO[str]) -> None:
         with contextlib.suppress(Exception):  # a missing data set is reported per submission
             _source(lab)
             load_heldout(rubric.dataset, **rubric.preprocess.load)
-            _student_view(rubric)
+            student_view(rubric)
             if rubric.preprocess.normalize:
-                _train_stats(rubric)
+                train_stats(rubric)
 
     for lab in labs:
         preload(lab)

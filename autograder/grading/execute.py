@@ -1,13 +1,13 @@
-"""nbgrader's autograde pipeline with the grader's two steps added.
+"""The grader's execution of a student's notebook: nbgrader's Execute in a sandbox.
 
-``autograde_preprocessors()`` is the ordered, declarative list handed to
-``c.Autograde.autograde_preprocessors``. Our steps declare what they must run after and
-before, and :func:`check_order` enforces it, so a reordering fails at configuration time.
+:class:`GraderExecute` runs the notebook's kernel under the limits of
+:mod:`autograder.sandbox` and appends the grader's capture cell, which saves the trained
+model and summaries of the arrays for the evaluation. Its place in nbgrader's pipeline,
+and the steps that grade what it captured, are :mod:`autograder.grading.preprocessors`.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -18,62 +18,34 @@ from jupyter_client.kernelspec import NATIVE_KERNEL_NAME
 from jupyter_core.utils import ensure_async, run_sync
 from nbclient.exceptions import DeadKernelError
 from nbclient.util import run_hook
-from nbconvert.preprocessors import ClearMetadataPreprocessor
 from nbformat import NotebookNode
 from nbformat.v4 import new_code_cell, new_output
 from nbgrader import utils
-from nbgrader.preprocessors import (
-    AssignLatePenalties,
-    CheckCellMetadata,
-    Execute,
-    IgnorePattern,
-    LimitOutput,
-    NbGraderPreprocessor,
-    SaveAutoGrades,
-)
+from nbgrader.preprocessors import Execute
 from traitlets import Bool, Integer
 
-from autograder.errors import ConfigError
 from autograder.fstree import remove_tree
 from autograder.grading.capture import FIT_RECORDER_SOURCE, capture_source
-from autograder.grading.evaluation_server import grade_in_subprocess
-from autograder.grading.sanitize import NeutraliseStudentContent
-from autograder.results import CheckResult, GradingResult
+from autograder.grading.output_budget import NOT_OUTPUT, OutputBudget, shorten_error
 from autograder.rubric import lab_ids, load_rubric
+from autograder.sandbox.files import close_to_others, grader_temp
 from autograder.sandbox.kernel import (
     KernelSandbox,
-    Limits,
     SandboxedKernelManager,
-    Watchdog,
-    cell_timeout_message,
-    close_to_others,
-    death_reason,
-    grader_temp,
     kernel_exit_status,
     kernel_pid,
-    memory_limit_message,
-    output_limit_message,
-    start_spare_kernel,
-    take_spare_kernel,
-    write_limit,
 )
-from autograder.settings import QUIET_TENSORFLOW
+from autograder.sandbox.spare import start_spare_kernel, take_spare_kernel
+from autograder.sandbox.stops import (
+    cell_timeout_message,
+    death_reason,
+    memory_limit_message,
+    record_stop,
+)
+from autograder.sandbox.watchdog import Watchdog
+from autograder.settings import QUIET_TENSORFLOW, Limits
 
-__all__ = [
-    "FlagForReview",
-    "GradeFromArtifacts",
-    "GraderExecute",
-    "autograde_preprocessors",
-    "check_order",
-]
-
-RESULT_SUFFIX = ".grading.json"
-# The batch's record of a graded submission, beside the autograded notebook.
-STATE_FILE = ".autograder-batch.json"
-# What the grader writes beside an autograded notebook: never taken from a submission
-# (nbgrader copies a submission's other files there), so nothing a student submits can
-# stand where the grader writes.
-GRADER_OUTPUTS = (f"*{RESULT_SUFFIX}", STATE_FILE)
+__all__ = ["GraderExecute"]
 
 
 # A lab notebook's kernel: TensorFlow quiet, on the CPU.
@@ -107,7 +79,7 @@ async def _wait_for_ready(kc: Any, timeout: float) -> None:
 class GraderExecute(Execute):
     """nbgrader's Execute, then one grader-owned cell that saves the model and array summaries.
 
-    The kernel runs in an :mod:`autograder.sandbox.kernel` sandbox: an unprivileged account of its
+    The kernel runs in an :mod:`autograder.sandbox` sandbox: an unprivileged account of its
     own when the grader is root, no network and a PID namespace where the OS allows it,
     process and file-size limits, a watchdog on memory and on the whole notebook's time,
     nbclient's per-cell timeout, and a cap on the output kept. A kernel stopped by a limit,
@@ -157,8 +129,14 @@ class GraderExecute(Execute):
         # Widget state comes from the student's kernel, unbounded, and grading needs none.
         kwargs.setdefault("store_widget_state", False)
         super().__init__(*args, **kwargs)
+        self._kernel_setup = ""  # the grader's code run in the kernel before the first cell
         # A bad setting fails when the pipeline is built, not once per notebook.
-        self._limits = self.limits()
+        self._reset_for_notebook(self.limits())
+
+    def _reset_for_notebook(self, limits: Limits) -> None:
+        """The state of one notebook's execution, as it is before its kernel starts: set
+        up when the preprocessor is built, and again by each notebook's :meth:`_execute`."""
+        self._limits = limits
         self._watchdog: Watchdog | None = None
         self._stopped: str | None = None  # why the kernel is gone, once it is
         self._next_cell = 0
@@ -166,10 +144,7 @@ class GraderExecute(Execute):
         self._isolated = False
         self._sandbox: KernelSandbox | None = None
         self._last_sandbox: KernelSandbox | None = None  # released, kept for its record
-        self._output_bytes = 0
-        self._output_cut: set[int] = set()  # cells where output was dropped
-        self._error_kept: set[int] = set()  # cells given their one error past the cap
-        self._kernel_setup = ""  # the grader's code run in the kernel before the first cell
+        self._output = OutputBudget(limits)
 
     def limits(self) -> Limits:
         """This run's limits: traits set here, else environment, else ``timeout``/defaults."""
@@ -195,9 +170,11 @@ class GraderExecute(Execute):
         state["artifacts"] = str(artifacts)
         cell = new_code_cell(capture_source(load_rubric(lab), artifacts))
         nb.cells.append(cell)
+        aborted = True
         try:
             with utils.setenv(**QUIET_TENSORFLOW):
                 nb, resources = self._execute(nb, resources, limits, grants=[artifacts])
+            aborted = False
         finally:
             # The grader's cell never reaches the autograded notebook or the feedback.
             if nb.cells and nb.cells[-1] is cell:
@@ -215,8 +192,12 @@ class GraderExecute(Execute):
                     if dog is not None
                     else None
                 )
-                write_limit(artifacts, *hit, limits, details)
+                record_stop(artifacts, *hit, limits, details)
                 state["limit"] = hit[1]
+            if aborted:
+                # An error of the grader's own: nobody will read what was captured.
+                remove_tree(artifacts)
+                state.pop("artifacts", None)
         return nb, resources
 
     def _restore_deleted_cells(self, nb: NotebookNode, resources: Any) -> NotebookNode:
@@ -251,16 +232,7 @@ class GraderExecute(Execute):
         limits: Limits,
         grants: list[Path] | None = None,
     ) -> tuple[NotebookNode, Any]:
-        self._limits = limits
-        self._watchdog = None
-        self._last_sandbox = None
-        self._stopped = None
-        self._next_cell = 0
-        self._cell_timeouts = 0
-        self._isolated = False
-        self._output_bytes = 0
-        self._output_cut = set()
-        self._error_kept = set()
+        self._reset_for_notebook(limits)
         spare = None
         if self._spares:
             spare = take_spare_kernel(limits, self._kernel_name(nb), self._kernel_arguments())
@@ -273,7 +245,7 @@ class GraderExecute(Execute):
             "traceback": [f"\x1b[0;31mCellTimeoutError\x1b[0m: {message}"],
         }
         try:
-            if box.shared:
+            if box.separate_account:
                 # Another account runs the kernel: the rest of the course is out of its reach.
                 root = self._course_root()
                 close_to_others([root] if root is not None else [])
@@ -318,8 +290,8 @@ class GraderExecute(Execute):
         if "autograder" in resources:
             resources["autograder"]["network_isolated"] = self._isolated
             resources["autograder"]["sandbox"] = box.describe()
-            if self._output_cut:
-                resources["autograder"]["output_dropped"] = sorted(self._output_cut)
+            if self._output.cut_cells:
+                resources["autograder"]["output_dropped"] = self._output.cut_cells
         return nb, resources
 
     def create_kernel_manager(self) -> Any:
@@ -444,56 +416,28 @@ class GraderExecute(Execute):
     def process_message(
         self, msg: dict[str, Any], cell: NotebookNode, cell_index: int
     ) -> NotebookNode | None:
-        """nbclient's message handling, keeping at most ``output_mb`` of the notebook's
-        output, weighed as it would be stored: each message's whole content serialized
-        (text, data, display metadata, error names) plus a fixed cost per output, display
-        updates included. Past the cap nothing more is kept but one note per cell and, per
-        cell, one shortened error (nbgrader scores a cell by whether it failed)."""
+        """nbclient's message handling, keeping what the notebook's output budget admits."""
         kind = msg.get("msg_type", "")
-        if kind in _NOT_OUTPUT or kind.startswith("comm"):
+        if kind in NOT_OUTPUT or kind.startswith("comm"):
             return super().process_message(msg, cell, cell_index)
         content = msg.get("content")
-        if not isinstance(content, dict):
+        if not isinstance(content, dict) or not self._output.admit(kind, content, cell, cell_index):
             return None
-        if kind == "error":
-            _shorten_error(content)
-        try:
-            size = _OUTPUT_OVERHEAD + len(json.dumps(content, default=str))
-        except (TypeError, ValueError):
-            return None
-        self._output_bytes += size
-        if self._output_bytes <= self._limits.output_mb * 2**20:
-            return super().process_message(msg, cell, cell_index)
-        if cell_index not in self._output_cut:
-            self._output_cut.add(cell_index)
-            note = f"\n[autograder] {output_limit_message(self._limits)}\n"
-            cell.setdefault("outputs", []).append(new_output("stream", name="stderr", text=note))
-        if kind == "error" and cell_index not in self._error_kept:
-            self._error_kept.add(cell_index)
-            evalue = str(content["evalue"])[:_NAME_CHARS]
-            cell.outputs.append(
-                new_output("error", ename=content["ename"], evalue=evalue, traceback=[])
-            )
-        return None
+        return super().process_message(msg, cell, cell_index)
 
     def on_cell_executed(self, **kwargs: Any) -> None:
         """nbgrader's: adds the execute reply's error when no output of the cell has its
         name. The reply comes from the kernel too: shortened the way outputs are, and
-        weighed against the cap if it is added."""
+        weighed against the budget if it is added."""
         reply = kwargs.get("execute_reply") or {}
         content = reply.get("content") if isinstance(reply, dict) else None
         if isinstance(content, dict) and content.get("status") == "error":
-            _shorten_error(content)
+            shorten_error(content)
         cell = kwargs.get("cell")
         before = len(cell.get("outputs", [])) if cell is not None else 0
         super().on_cell_executed(**kwargs)
-        if cell is None or len(cell.get("outputs", [])) == before:
-            return
-        added = cell.outputs[-1]
-        self._output_bytes += _OUTPUT_OVERHEAD + len(json.dumps(added, default=str))
-        if self._output_bytes > self._limits.output_mb * 2**20:
-            added.evalue = str(added.get("evalue", ""))[:_NAME_CHARS]
-            added.traceback = []
+        if cell is not None and len(cell.get("outputs", [])) != before:
+            self._output.weigh_added(cell.outputs[-1])
 
     def _mark_stopped(self, cell: NotebookNode) -> None:
         if cell.cell_type != "code" or not cell.source.strip():
@@ -521,155 +465,3 @@ class GraderExecute(Execute):
         if self._cell_timeouts:
             return "cell_time", cell_timeout_message(limits)
         return None
-
-
-_ERROR_CHARS = 10_000
-_NAME_CHARS = 200
-
-
-def _shorten_error(content: dict[str, Any]) -> None:
-    """An error as kept: name, message and at most 200 traceback lines, each cut short."""
-    content["ename"] = str(content.get("ename", ""))[:_NAME_CHARS]
-    content["evalue"] = str(content.get("evalue", ""))[:_ERROR_CHARS]
-    content["traceback"] = [
-        str(line)[:_ERROR_CHARS] for line in list(content.get("traceback") or [])[:200]
-    ]
-
-
-# What each kept output costs beyond its content (its JSON keys): many empty outputs add up.
-_OUTPUT_OVERHEAD = 100
-# Messages that never become an output (comm messages are not kept: store_widget_state off).
-_NOT_OUTPUT = {"status", "execute_input", "clear_output", "execute_reply", "shutdown_reply"}
-
-
-def _outputs_for(result: CheckResult) -> list[NotebookNode]:
-    lines = [f"[{result.status}] {result.title}: {result.score:g} / {result.points:g} points"]
-    lines += [f"  - {m}" for m in result.messages]
-    text = "\n".join(lines) + "\n"
-    if result.score <= 0:
-        # An error output is what nbgrader scores as zero and the formgrader shows in red.
-        return [
-            new_output(
-                "error",
-                ename="AutograderCheckFailed",
-                evalue=result.messages[0] if result.messages else result.status,
-                traceback=[text],
-            )
-        ]
-    return [
-        new_output("stream", name="stdout", text=text),
-        new_output("execute_result", data={"text/plain": repr(result.score)}, execution_count=0),
-    ]
-
-
-class GradeFromArtifacts(NbGraderPreprocessor):
-    """Score the captured model in a clean process and write the scores into the graded cells.
-
-    Whatever the student's kernel printed in a graded cell is replaced, so forged outputs,
-    a monkeypatched ``evaluate`` or a printed accuracy carry no weight.
-    """
-
-    runs_after: ClassVar[tuple[type, ...]] = (GraderExecute, LimitOutput)
-    runs_before: ClassVar[tuple[type, ...]] = (SaveAutoGrades,)
-
-    evaluation_timeout = Integer(600, help="Seconds allowed to the clean evaluation process").tag(
-        config=True
-    )
-
-    def preprocess(self, nb: NotebookNode, resources: Any) -> tuple[NotebookNode, Any]:
-        lab = resources["nbgrader"]["assignment"]
-        state = resources.get("autograder", {})
-        # A batch run evaluates in its workers and hands the result in; a serial run
-        # evaluates here.
-        result = state.get("result")
-        if result is None:
-            artifacts = state.get("artifacts")
-            if artifacts is None:
-                return nb, resources
-            try:
-                result = grade_in_subprocess(lab, Path(artifacts), timeout=self.evaluation_timeout)
-            finally:
-                remove_tree(artifacts)
-        by_id = {c.id: c for c in result.checks}
-        seen = set()
-        for cell in nb.cells:
-            if not utils.is_grade(cell) or cell.cell_type != "code" or utils.is_solution(cell):
-                continue
-            check = by_id.get(cell.metadata["nbgrader"]["grade_id"])
-            if check is not None:
-                cell.outputs = _outputs_for(check)
-                seen.add(check.id)
-        missing = sorted(set(by_id) - seen)
-        if missing:
-            self.log.warning("graded cells missing from the notebook: %s", ", ".join(missing))
-        notebook = resources["nbgrader"]["notebook"]
-        resources.setdefault("outputs", {})[notebook + RESULT_SUFFIX] = result.to_json().encode()
-        resources["autograder"]["result"] = result
-        self.log.info("%s: %s/%s points", notebook, result.score, result.max_score)
-        return nb, resources
-
-
-class FlagForReview(NbGraderPreprocessor):
-    """Flag the notebook in nbgrader's gradebook when the grade needs a person's look
-    (:mod:`autograder.grading.review`): the formgrader's own flag, so it shows where TAs look.
-
-    Only ever sets the flag: one a TA set by hand is theirs to clear.
-    """
-
-    runs_after: ClassVar[tuple[type, ...]] = (GradeFromArtifacts, SaveAutoGrades)
-
-    def preprocess(self, nb: NotebookNode, resources: Any) -> tuple[NotebookNode, Any]:
-        result = resources.get("autograder", {}).get("result")
-        if result is None or not result.review:
-            return nb, resources
-        from nbgrader.api import Gradebook
-
-        info = resources["nbgrader"]
-        with Gradebook(info["db_url"]) as gb:
-            submitted = gb.find_submission_notebook(
-                info["notebook"], info["assignment"], info["student"]
-            )
-            submitted.flagged = True
-            gb.db.commit()
-        self.log.warning("%s flagged for review: %s", info["notebook"], "; ".join(result.review))
-        return nb, resources
-
-
-def check_order(pipeline: list[type]) -> None:
-    """Raise :class:`ConfigError` when a step's declared order constraints are broken."""
-
-    def where(wanted: type) -> int | None:
-        # A subclass stands in for its base (the batch run's replaying Execute, say).
-        return next((i for i, step in enumerate(pipeline) if issubclass(step, wanted)), None)
-
-    for i, step in enumerate(pipeline):
-        for other in getattr(step, "runs_after", ()):
-            at = where(other)
-            if at is None or at > i:
-                raise ConfigError(f"{step.__name__} must run after {other.__name__}")
-        for other in getattr(step, "runs_before", ()):
-            at = where(other)
-            if at is None or at < i:
-                raise ConfigError(f"{step.__name__} must run before {other.__name__}")
-
-
-def autograde_preprocessors() -> list[type]:
-    pipeline: list[type] = [
-        GraderExecute,
-        IgnorePattern,
-        ClearMetadataPreprocessor,
-        LimitOutput,
-        GradeFromArtifacts,
-        SaveAutoGrades,
-        FlagForReview,
-        AssignLatePenalties,
-        NeutraliseStudentContent,
-        CheckCellMetadata,
-    ]
-    check_order(pipeline)
-    return pipeline
-
-
-def read_result(autograded_notebook_dir: Path, notebook: str) -> GradingResult | None:
-    path = autograded_notebook_dir / (notebook + RESULT_SUFFIX)
-    return GradingResult.from_json(path.read_text()) if path.is_file() else None

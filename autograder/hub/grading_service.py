@@ -233,7 +233,7 @@ def execute_request(settings: HelperSettings, data: bytes) -> dict[str, Any]:
     from autograder.course import configure_grader
     from autograder.grading.evaluation_server import grade_in_subprocess
     from autograder.rubric import load_rubric
-    from autograder.sandbox.kernel import grader_temp
+    from autograder.sandbox.files import grader_temp
 
     request = json.loads(data)
     refused = _refusal(settings, request)

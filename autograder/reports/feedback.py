@@ -27,7 +27,7 @@ from nbformat.v4 import new_markdown_cell
 from nbgrader import utils
 from nbgrader.preprocessors import ClearHiddenTests, GetGrades, NbGraderPreprocessor
 
-from autograder.grading.execute import check_order, read_result
+from autograder.grading.preprocessors import check_order, read_result
 from autograder.grading.sanitize import NeutraliseStudentContent
 from autograder.results import CheckResult, GradingResult
 from autograder.rubric import lab_ids, load_rubric

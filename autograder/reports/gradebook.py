@@ -147,7 +147,7 @@ def read_gradebook(
 
 
 def _review(course: Path, sub: Any) -> tuple[str, ...]:
-    from autograder.grading.execute import read_result
+    from autograder.grading.preprocessors import read_result
 
     reasons: list[str] = []
     for nb in sub.notebooks:

@@ -1,0 +1,253 @@
+"""Grade a whole class at once: submissions run in parallel workers, the gradebook is
+written by one process.
+
+:func:`grade_batch` finds the submissions (:mod:`autograder.batch.submissions`), hands the
+changed ones to workers (:mod:`autograder.batch.worker`), local processes or the workers of a
+Dask cluster (``dask.distributed``), and records each as it finishes: nbgrader's real
+``autograde`` for that submission, replaying the worker's stored execution
+(:mod:`autograder.batch.replay`), then the submission's state, so that a later run skips it
+while the submission and the grader's inputs are unchanged and a killed batch resumes where it
+stopped. One batch per course at a time (:func:`_exclusive`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+import warnings
+from collections.abc import Iterator
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, as_completed
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from autograder.batch.replay import cache_dir, replay_api
+from autograder.batch.submissions import (
+    BatchSummary,
+    Submission,
+    SubmissionOutcome,
+    already_graded,
+    find_submissions,
+    state_path,
+)
+from autograder.batch.worker import execute_submission, warm_worker
+from autograder.errors import ConfigError, GradingError
+from autograder.fstree import write_fresh
+from autograder.sandbox.files import remove_stale_temps
+
+__all__ = ["grade_batch"]
+
+
+@contextlib.contextmanager
+def _executor(
+    workers: int, scheduler: str | None, warm: tuple[Any, ...]
+) -> Iterator[tuple[Executor, str, int]]:
+    """Worker processes, each warmed up (``warm_worker(*warm)``) before its first task."""
+    if scheduler is None:
+        with ProcessPoolExecutor(
+            max_workers=workers, initializer=warm_worker, initargs=warm
+        ) as pool:
+            yield pool, "local", workers
+        return
+    from dask.distributed import Client, LocalCluster
+
+    if scheduler == "local":
+        cluster = LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+        )
+        with cluster, Client(cluster) as client:
+            _warm_dask(client, warm)
+            yield client.get_executor(pure=False), "dask", workers
+        return
+    with Client(scheduler) as client:
+        n = len(client.scheduler_info().get("workers", {})) or workers
+        _warm_dask(client, warm)
+        yield client.get_executor(pure=False), "dask", n
+
+
+def _warm_dask(client: Any, warm: tuple[Any, ...]) -> None:
+    """``warm_worker`` once on each worker of the cluster (a worker that joins later warms
+    up with its first submission)."""
+    addresses = list(client.scheduler_info().get("workers", {}))
+    futures = [
+        client.submit(warm_worker, *warm, workers=[a], allow_other_workers=False, pure=False)
+        for a in addresses
+    ]
+    client.gather(futures)
+
+
+def _reason(log: str) -> str:
+    lines = [ln for ln in log.strip().splitlines() if "ERROR" in ln or "Error" in ln]
+    return (lines[-1] if lines else (log.strip().splitlines() or ["no log"])[-1])[:300]
+
+
+def grade_batch(
+    course_root: Path,
+    *,
+    labs: list[str] | None = None,
+    students: list[str] | None = None,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    force: bool = False,
+    progress: bool = True,
+) -> BatchSummary:
+    """Autograde every submission of ``labs`` in parallel; see the module's docstring.
+
+    ``scheduler``: None for local worker processes, ``"local"`` for a Dask LocalCluster, or a
+    Dask scheduler address. ``force`` regrades unchanged, already graded submissions.
+    """
+    start = time.monotonic()
+    course_root = course_root.resolve()
+    if not (course_root / "gradebook.db").exists() and not (course_root / "source").is_dir():
+        raise ConfigError(f"{course_root} is not a course directory (no source/, no gradebook)")
+    # What batches killed mid-run left behind; once more at the end, for the processes of
+    # a killed batch that were still dying when this one started.
+    remove_stale_temps()
+    try:
+        with _exclusive(course_root), warnings.catch_warnings():
+            # nbgrader's gradebook code trips SQLAlchemy's autoflush warnings on every
+            # submission (harmless, and not the instructor's to act on): kept off the terminal.
+            from sqlalchemy.exc import SAWarning
+
+            warnings.filterwarnings("ignore", category=SAWarning, module=r"nbgrader\.")
+            return _grade(course_root, labs, students, workers, scheduler, force, progress, start)
+    finally:
+        remove_stale_temps()
+
+
+@contextlib.contextmanager
+def _exclusive(course_root: Path) -> Iterator[None]:
+    """One batch per course at a time: a second one is refused, naming the first."""
+    import fcntl
+
+    path = course_root / ".autograder" / "grade.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a+") as lock:
+        # A batch that was just killed holds the lock until its last worker is gone (tens
+        # of milliseconds): wait a moment before calling it a second grader.
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() < deadline:
+                    time.sleep(0.1)
+                    continue
+                lock.seek(0)
+                holder = lock.read().strip() or "unknown"
+                raise GradingError(
+                    f"another `autograder grade` (pid {holder}) is grading {course_root}: "
+                    "wait for it to finish or stop it"
+                ) from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(str(os.getpid()))
+        lock.flush()
+        yield  # the kernel drops the lock when this process ends, however it ends
+
+
+def _grade(
+    course_root: Path,
+    labs: list[str] | None,
+    students: list[str] | None,
+    workers: int | None,
+    scheduler: str | None,
+    force: bool,
+    progress: bool,
+    start: float,
+) -> BatchSummary:
+    from tqdm import tqdm
+
+    from autograder.course import Course
+    from autograder.grading.preprocessors import read_result
+
+    course = Course(course_root)
+    labs = labs or sorted(p.name for p in (course_root / "source").iterdir() if p.is_dir())
+    submissions = find_submissions(course_root, labs, students or [])
+    outcomes: list[SubmissionOutcome] = []
+    todo = []
+    for s in submissions:
+        if not force and already_graded(course_root, s):
+            outcomes.append(SubmissionOutcome(s.lab, s.student, "skipped"))
+        else:
+            todo.append(s)
+    cores = os.cpu_count() or 1
+    workers = max(1, min(workers or cores, len(todo) or 1))
+    threads = max(1, cores // workers)
+    api = replay_api(course, cache_dir(course_root))
+    bar = tqdm(
+        total=len(submissions),
+        initial=len(outcomes),
+        unit="nb",
+        desc="grading",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
+    warm = (str(course_root), course.course_id, tuple(sorted({s.lab for s in todo})), threads)
+    engine = "local" if scheduler is None else "dask"
+    with contextlib.ExitStack() as stack:
+        if not todo:  # nothing to grade: no worker started, nothing warmed up
+            pool: Executor | None = None
+        else:
+            pool, engine, workers = stack.enter_context(_executor(workers, scheduler, warm))
+        futures: dict[Future[dict[str, Any]], Submission] = {
+            pool.submit(  # type: ignore[union-attr]
+                execute_submission,
+                str(course_root),
+                course.course_id,
+                s.lab,
+                s.student,
+                s.digest,
+                threads,
+            ): s
+            for s in todo
+        }
+        for future in as_completed(futures):
+            s = futures[future]
+            try:
+                done = future.result()
+            except Exception as exc:
+                done = {"key": None, "worker_s": 0.0, "cells_s": 0.0}
+                done["error"] = f"the worker running it failed: {type(exc).__name__}: {exc}"
+            outcome = _record(course_root, api, s, done, read_result)
+            outcomes.append(outcome)
+            bar.update(1)
+            bar.set_postfix(failed=sum(o.status == "failed" for o in outcomes), refresh=False)
+    bar.close()
+    summary = BatchSummary(tuple(outcomes), time.monotonic() - start, workers, engine)
+    (course_root / "batch_summary.json").write_text(summary.to_json())
+    return summary
+
+
+def _record(
+    course_root: Path, api: Any, s: Submission, done: dict[str, Any], read_result: Any
+) -> SubmissionOutcome:
+    """nbgrader's autograde for one submission (replaying its execution), and the state."""
+    begin = time.monotonic()
+    api.config.ReplayExecute.submission_digest = s.digest  # read by this autograde's app
+    result = api.autograde(s.lab, s.student, force=True, create=True)
+    replay_s = time.monotonic() - begin
+    timing = {k: round(v, 3) for k, v in done.items() if k.endswith("_s") or k == "kernel_ahead"}
+    timing["replay_s"] = round(replay_s, 3)
+    graded = read_result(course_root / "autograded" / s.student / s.lab, s.notebook.stem)
+    if not result["success"] or graded is None:
+        reason = done.get("error") or _reason(result.get("log", "") + result.get("error", ""))
+        return SubmissionOutcome(s.lab, s.student, "failed", reason, timing=timing)
+    state = {"digest": s.digest, "graded_at": datetime.now(UTC).isoformat(), "timing": timing}
+    write_fresh(state_path(course_root, s), json.dumps(state))
+    return SubmissionOutcome(
+        s.lab,
+        s.student,
+        "graded",
+        graded.error or "",
+        graded.score,
+        graded.max_score,
+        timing,
+        graded.review,
+    )

@@ -1,0 +1,187 @@
+"""What runs on a batch worker (a local process or a Dask worker): its warm-up and the
+execution of one submission at a time.
+
+:func:`warm_worker` (once per worker) and :func:`execute_submission` (per submission) are
+top-level functions so that a ``ProcessPoolExecutor`` or a Dask cluster can ship them by
+name. A submission is sanitized with nbgrader's own sanitizing preprocessors, executed
+(``GraderExecute``, under the sandbox's limits) and its saved model evaluated in the worker's
+warm evaluator; the execution is stored for the coordinator to replay
+(:mod:`autograder.batch.replay`).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from nbformat import NotebookNode, reads
+
+from autograder.batch.replay import cache_dir, execution_key, store_execution
+from autograder.fstree import copy_files, remove_tree
+from autograder.grading.execute import GraderExecute
+from autograder.rubric import load_rubric
+from autograder.sandbox.files import grader_temp
+
+__all__ = ["execute_submission", "warm_worker"]
+
+
+_EVALUATOR: Any = None
+
+
+def _evaluator(labs: tuple[str, ...]) -> Any:
+    """This worker process's warm evaluator (started on first use, kept for the batch)."""
+    global _EVALUATOR
+    from autograder.grading.evaluation_server import Evaluator
+
+    if _EVALUATOR is None:
+        from autograder._runtime import at_exit
+
+        _EVALUATOR = Evaluator(labs)
+        at_exit(_EVALUATOR.close)  # waited for, never orphaned, when the worker ends
+    return _EVALUATOR
+
+
+def _sanitize(nb: NotebookNode, resources: dict[str, Any], config: Any) -> NotebookNode:
+    from nbgrader.converters import Autograde
+
+    for step in Autograde(config=config).sanitize_preprocessors:
+        nb, resources = step(config=config).preprocess(nb, resources)
+    return nb
+
+
+def _threads_env(threads: int) -> dict[str, str]:
+    # Sized by the coordinator so that workers x threads matches the cores.
+    return {
+        "TF_NUM_INTRAOP_THREADS": str(threads),
+        "TF_NUM_INTEROP_THREADS": "1",
+        "OMP_NUM_THREADS": str(threads),
+    }
+
+
+_STARTUP: dict[str, float] = {}  # this worker's start-up seconds, reported with its first
+
+
+def _worker_config(course_root: Path, course_id: str) -> Any:
+    """The course's nbgrader config as a worker grades with it: one notebook after another,
+    so the next kernel starts while a submission is evaluated and recorded."""
+    from autograder.course import Course
+
+    config = Course(course_root, course_id).config()
+    config.GraderExecute.spare_kernel = True
+    return config
+
+
+def warm_worker(course_root: str, course_id: str, labs: tuple[str, ...], threads: int) -> float:
+    """In a worker, before its first submission: the evaluator's TensorFlow and data, the
+    grader's imports, the sandbox's set-up and the first kernel, done once and waited
+    for, so that no submission carries them. Returns the seconds it took."""
+    start = time.monotonic()
+    os.environ.update(_threads_env(threads))
+    try:
+        evaluator = _evaluator(labs)
+        evaluator.warm()  # TensorFlow imports in its own process meanwhile
+        from nbgrader.converters import Autograde  # noqa: F401
+
+        GraderExecute(config=_worker_config(Path(course_root), course_id)).start_kernel_ahead()
+        evaluator.wait_ready()
+    except Exception as exc:  # the submissions then pay for what is missing, nothing worse
+        import logging
+
+        logging.getLogger(__name__).warning("warming the worker up failed: %s", exc)
+    _STARTUP["s"] = time.monotonic() - start
+    return _STARTUP["s"]
+
+
+def execute_submission(
+    course_root: str, course_id: str, lab: str, student: str, digest: str, threads: int
+) -> dict[str, Any]:
+    """In a worker: sanitize, execute and evaluate one submission; store the execution.
+
+    Returns a plain dict (it crosses process and cluster boundaries):
+    ``{"key", "worker_s", "cells_s", "error"}``.
+    """
+    from autograder.course import Course
+
+    start = time.monotonic()
+    os.environ.update(_threads_env(threads))
+    # Started by warm_worker; else its imports and data loading overlap this execution.
+    _evaluator((lab,)).warm()
+    root = Path(course_root)
+    course = Course(root, course_id)
+    rubric = load_rubric(lab)
+    source = root / "submitted" / student / lab / f"{rubric.notebook}.ipynb"
+    out: dict[str, Any] = {"key": None, "worker_s": 0.0, "cells_s": 0.0, "error": None}
+    if "s" in _STARTUP:  # reported once per worker, with its first submission
+        out["startup_s"] = _STARTUP.pop("s")
+    try:
+        nb = reads(source.read_text(), as_version=4)
+    except Exception as exc:
+        out["error"] = f"the notebook could not be read: {type(exc).__name__}: {exc}"[:300]
+        return out
+    config = _worker_config(root, course_id)
+    resources: dict[str, Any] = {
+        "nbgrader": {
+            "student": student,
+            "assignment": lab,
+            "notebook": rubric.notebook,
+            "db_url": course.db_url,
+            "course_id": course_id,
+        }
+    }
+    try:
+        nb = _sanitize(nb, resources, config)
+    except Exception as exc:
+        out["error"] = f"sanitizing failed: {type(exc).__name__}: {exc}"[:300]
+        return out
+    out["sanitize_s"] = time.monotonic() - start
+    key = execution_key(nb, digest)
+    cache = cache_dir(root)
+    cache.mkdir(parents=True, exist_ok=True)
+    out["key"] = key
+    if (cache / key).is_dir():
+        out["worker_s"] = time.monotonic() - start
+        return out
+    work = grader_temp(lab)
+    try:
+        # The student's other submitted files sit next to the notebook, as in nbgrader:
+        # regular files only (no folders or links a student could shape against the grader).
+        copy_files(source.parent, work)
+        resources["metadata"] = {"path": str(work)}
+        execute = GraderExecute(config=config)
+        begin = time.monotonic()
+        nb, resources = execute.preprocess(nb, resources)
+        out["execute_s"] = time.monotonic() - begin
+        out["cells_s"] = _cell_seconds(nb.cells)
+        out["capture_s"] = _seconds(resources["autograder"].get("capture_timing", {}))
+        out["kernel_ahead"] = float(bool(resources["autograder"].get("kernel_started_ahead")))
+        artifacts = Path(resources["autograder"]["artifacts"])
+        begin = time.monotonic()
+        try:
+            result = _evaluator((lab,)).evaluate(lab, artifacts, timeout=600)
+        finally:
+            remove_tree(artifacts)
+        out["evaluate_s"] = time.monotonic() - begin
+    finally:
+        remove_tree(work)
+    store_execution(cache / key, nb, resources, result)
+    out["worker_s"] = time.monotonic() - start
+    return out
+
+
+def _cell_seconds(cells: list[NotebookNode]) -> float:
+    return sum(_seconds(cell.get("metadata", {}).get("execution", {})) for cell in cells)
+
+
+def _seconds(timing: dict[str, str]) -> float:
+    """A cell's run time from nbclient's execution timestamps (0 when it did not run)."""
+    start, end = timing.get("iopub.execute_input"), timing.get("shell.execute_reply")
+    if not (start and end):
+        return 0.0
+    return (_parse_time(end) - _parse_time(start)).total_seconds()
+
+
+def _parse_time(stamp: str) -> datetime:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00"))

@@ -1,0 +1,287 @@
+"""The unprivileged accounts that student kernels and model evaluations run as.
+
+When the grader runs as root (:func:`autograder.sandbox.isolation.accounts_wanted`), each
+kernel runs as an account of its own, ``autograder-sandbox-<n>`` (created on first use, no
+home, no login shell, one per kernel running at the same time), with no supplementary
+groups and ``no_new_privs``; the evaluation of a saved model runs as
+``autograder-evaluator``. Slot ``n`` (a lock file in the grader's own folder) is held for as
+long as a kernel uses account ``n``, so two kernels never share one. Before a slot is used
+and after its kernel ends, everything of the account's is killed and removed: a notebook's
+processes, its files in the shared temporary folders and its cgroups; an account whose
+clean-up fails is retired, never used again. ``RLIMIT_NPROC`` is enforced only for such an
+unprivileged account. Without root the kernel runs as the grader's own user (a warning
+says so).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import functools
+import logging
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import IO
+
+import psutil
+
+from autograder.errors import ConfigError
+from autograder.fstree import remove_tree
+from autograder.sandbox.cgroup import KernelCgroup
+from autograder.sandbox.files import KERNELS_DIR, SLOT_DIR, WORK_DIR, sandbox_dirs
+from autograder.sandbox.isolation import accounts_wanted, give_up_accounts, warn_once
+
+__all__ = [
+    "ACCOUNT_PREFIX",
+    "EVALUATOR_ACCOUNT",
+    "Account",
+    "acquire_slot",
+    "clean_account",
+    "evaluator_account",
+    "kill_account_processes",
+    "retire",
+    "slot_cgroup",
+    "tasks_of",
+]
+
+log = logging.getLogger(__name__)
+
+ACCOUNT_PREFIX = "autograder-sandbox-"
+
+
+@dataclass(frozen=True)
+class Account:
+    name: str
+    uid: int
+    gid: int
+
+
+class _Slot:
+    """Sandbox account ``number``, held by this process until :meth:`release`."""
+
+    def __init__(self, account: Account, lock: IO[str], number: int) -> None:
+        self.account = account
+        self.number = number
+        self._lock: IO[str] | None = lock
+
+    def release(self) -> None:
+        if self._lock is not None:
+            self._lock.close()  # drops the flock
+            self._lock = None
+
+
+def _ensure_account(name: str) -> Account:
+    """The system account ``name`` (no home, no login shell), created when missing."""
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        useradd = shutil.which("useradd") or "/usr/sbin/useradd"
+        cmd = [useradd, "--system", "--no-create-home", "--home-dir", "/nonexistent"]
+        proc = subprocess.run(
+            [*cmd, "--shell", "/usr/sbin/nologin", "--user-group", name],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        try:
+            entry = pwd.getpwnam(name)  # also when another grader created it meanwhile
+        except KeyError:
+            raise ConfigError(
+                f"cannot create the sandbox account {name}: "
+                f"{proc.stderr.strip() or f'useradd exit {proc.returncode}'}"
+            ) from None
+    if entry.pw_uid == 0 or entry.pw_gid == 0:
+        raise ConfigError(f"the sandbox account {name} must not be root")
+    return Account(name, entry.pw_uid, entry.pw_gid)
+
+
+@functools.cache
+def _account_can_run_python(uid: int, gid: int) -> str | None:
+    """None when the account can start this Python and import the kernel and the grader's
+    package (a venv or checkout under /root, mode 0700, would stop it), else why not."""
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", "import ipykernel, autograder.data.loaders"],
+            user=uid,
+            group=gid,
+            extra_groups=[],
+            cwd="/",
+            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": "/"},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    if proc.returncode != 0:
+        lines = proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"]
+        return lines[-1][:300]
+    return None
+
+
+EVALUATOR_ACCOUNT = "autograder-evaluator"
+
+
+def evaluator_account() -> Account | None:
+    """The account the evaluation of a saved model runs as (``grading.evaluation_server``), or
+    None where the grader does not switch accounts (not root, accounts turned off, or
+    this Python cannot be used by other accounts: then it evaluates as itself)."""
+    if not accounts_wanted():
+        return None
+    try:
+        account = _ensure_account(EVALUATOR_ACCOUNT)
+    except ConfigError as exc:
+        warn_once("evaluator", f"evaluations run as the grader: {exc}")
+        return None
+    why = _account_can_run_python(account.uid, account.gid)
+    if why is not None:
+        warn_once("evaluator", f"evaluations run as the grader: {account.name} cannot: {why}")
+        return None
+    return account
+
+
+def retire(n: int, why: str) -> None:
+    """Never use slot ``n`` again (its account could not be cleaned: ``why``)."""
+    log.warning("sandbox slot %d retired, never used again: %s", n, why)
+    with contextlib.suppress(OSError):
+        (SLOT_DIR / f"slot-{n}.retired").write_text(why + "\n")
+
+
+def slot_cgroup(n: int) -> str:
+    """The start of the names of slot ``n``'s kernel cgroups."""
+    return f"slot{n}-"
+
+
+def clean_account(account: Account, slot: int) -> str | None:
+    """Kill the account's processes and remove its files and its slot's cgroups (all of
+    them left by a grader that was killed); why not, if something stays."""
+    kill_account_processes(account)
+    if not KernelCgroup.remove_stale(slot_cgroup(slot)):
+        return f"cgroups of slot {slot} could not be removed"
+    if not _remove_account_files(account):
+        return f"files of {account.name} could not be removed"
+    deadline = time.monotonic() + 5
+    while _running(account.uid):
+        if time.monotonic() > deadline:
+            return f"processes of {account.name} are still running"
+        time.sleep(0.05)
+    return None
+
+
+def acquire_slot() -> _Slot | None:
+    """A sandbox account of our own (locked until released), or None where there is none."""
+    if not accounts_wanted():
+        return None
+    try:
+        sandbox_dirs()
+        for n in range(4096):
+            if (SLOT_DIR / f"slot-{n}.retired").exists():
+                continue
+            lock = (SLOT_DIR / f"slot-{n}.lock").open("a+")
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                lock.close()
+                continue
+            try:
+                account = _ensure_account(f"{ACCOUNT_PREFIX}{n}")
+            except Exception:
+                lock.close()
+                raise
+            why = _account_can_run_python(account.uid, account.gid)
+            if why is not None:
+                lock.close()
+                raise ConfigError(
+                    f"the sandbox account {account.name} cannot run {sys.executable} with "
+                    f"the grader's packages ({why}); install the venv where other accounts "
+                    "can read it (e.g. on Debian's /usr/bin/python3.11, outside /root)"
+                )
+            # Anything a grader killed mid-run left behind: processes, and files (a copy of
+            # a submission, say) that the next kernel on this account could read.
+            left = clean_account(account, n)
+            if left is not None:
+                retire(n, left)
+                lock.close()
+                continue
+            return _Slot(account, lock, n)
+        raise ConfigError(f"no free sandbox slot in {SLOT_DIR}")
+    except (OSError, ConfigError) as exc:
+        give_up_accounts(str(exc))
+        log.warning(
+            "student kernels run as the grader's own user (root): %s. Without a separate "
+            "account the kernel can read whatever the grader can, and the process limit "
+            "is not enforced",
+            exc,
+        )
+        return None
+
+
+_KILL_ALL = (
+    "import os, signal\ntry:\n    os.kill(-1, signal.SIGKILL)\nexcept ProcessLookupError:\n    pass"
+)
+
+
+def kill_account_processes(account: Account) -> None:
+    """SIGKILL every process of the account: ``kill(-1)`` sent as the account itself reaches
+    all of them at once, so a fork bomb cannot outrun it."""
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        subprocess.run(
+            [sys.executable, "-I", "-S", "-c", _KILL_ALL],
+            user=account.uid,
+            group=account.gid,
+            extra_groups=[],
+            cwd="/",
+            env={},
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )
+
+
+def _remove_account_files(account: Account) -> bool:
+    """Remove what the account owns in the shared temporary folders: the next kernel to
+    get the account must not find it. Whatever shape a notebook gave it (a tree deeper than
+    the recursion limit, links, fifos) is removed without following links; False if
+    anything of the account's is left."""
+    ok = True
+    shared = {"/tmp", "/var/tmp", "/dev/shm", "/run/lock", tempfile.gettempdir()}
+    for base in shared | {str(KERNELS_DIR), str(WORK_DIR)}:
+        try:
+            entries = list(os.scandir(base))
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                if entry.stat(follow_symlinks=False).st_uid != account.uid:
+                    continue
+            except OSError:
+                continue
+            ok = remove_tree(entry.path) and ok
+    return ok
+
+
+def _running(uid: int) -> int:
+    """Processes of ``uid`` that are not zombies."""
+    count = 0
+    for p in psutil.process_iter(["uids", "status"]):
+        with contextlib.suppress(psutil.Error, TypeError, AttributeError):
+            if p.info["uids"].real == uid and p.info["status"] != psutil.STATUS_ZOMBIE:
+                count += 1
+    return count
+
+
+def tasks_of(uid: int) -> int:
+    """Processes and threads of ``uid`` (what ``RLIMIT_NPROC`` counts)."""
+    total = 0
+    for p in psutil.process_iter(["uids", "num_threads"]):
+        with contextlib.suppress(psutil.Error, TypeError):
+            if p.info["uids"].real == uid:
+                total += int(p.info["num_threads"] or 1)
+    return total

@@ -1,0 +1,157 @@
+"""The package's shape: no import cycles, each stage imports only the stages below it, and
+every module says what it exports. Imports inside functions count: they defer a cycle to
+run time, they do not remove it."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from autograder.settings import PACKAGE_DIR
+
+# Folder (or top-level module) -> what it may import besides itself and the foundation
+# (errors, settings, results, rubric, fstree, _runtime), which imports only itself. In
+# pipeline order: data < sandbox < grading < reports < course < batch < authoring < hub < cli.
+FOUNDATION = {"errors", "settings", "results", "rubric", "fstree", "_runtime"}
+MAY_IMPORT: dict[str, set[str]] = {
+    "data": set(),
+    "sandbox": {"data"},
+    "grading": {"data", "sandbox"},
+    "reports": {"grading"},
+    "course": {"grading", "reports"},
+    "batch": {"data", "sandbox", "grading", "course"},
+    "authoring": {"data", "grading", "reports", "course", "batch"},
+    "hub": {"data", "sandbox", "grading", "reports", "course"},
+    "cli": {"data", "grading", "reports", "course", "batch", "authoring", "hub"},
+    "checks": {"grading"},  # the student-side self_check
+    "datasets": {"data"},  # the student-side loaders
+    "__main__": {"cli"},
+    "__init__": set(),
+}
+
+
+def _modules() -> dict[str, Path]:
+    found = {}
+    for path in PACKAGE_DIR.rglob("*.py"):
+        rel = path.relative_to(PACKAGE_DIR)
+        if rel.parts[0] == "examples":
+            continue
+        parts = ["autograder", *rel.with_suffix("").parts]
+        if parts[-1] == "__init__":
+            parts.pop()
+        found[".".join(parts)] = path
+    return found
+
+
+def _imports(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
+    """The package's modules that ``name`` imports, at any depth of its code."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                module = ".".join([*base, *([node.module] if node.module else [])])
+            else:
+                module = node.module or ""
+            # `from package import module` imports the module; `from module import name` the module
+            targets = [
+                f"{module}.{a.name}" if f"{module}.{a.name}" in modules else module
+                for a in node.names
+            ]
+        else:
+            continue
+        out |= {t for t in targets if t in modules and t != name}
+    return out
+
+
+def _graph() -> dict[str, set[str]]:
+    modules = _modules()
+    return {name: _imports(name, path, modules) for name, path in modules.items()}
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def _stage(module: str) -> str:
+    parts = module.split(".")
+    return "__init__" if len(parts) == 1 else parts[1]
+
+
+def test_the_graph_sees_imports_inside_functions():
+    graph = _graph()
+    # cli imports every command's module inside the command's function
+    assert "autograder.batch.scheduling" in graph["autograder.cli"]
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_no_import_cycles():
+    assert _cycles(_graph()) == []
+
+
+def test_each_stage_imports_only_the_stages_below_it():
+    wrong = []
+    for module, imported in sorted(_graph().items()):
+        stage = _stage(module)
+        allowed = FOUNDATION if stage in FOUNDATION else {stage} | FOUNDATION | MAY_IMPORT[stage]
+        wrong += [f"{module} -> {dep}" for dep in sorted(imported) if _stage(dep) not in allowed]
+    assert wrong == []
+
+
+def _exporting() -> list[str]:
+    """Every module but the entry point and the folders' docstring-only markers."""
+    return sorted(
+        name
+        for name, path in _modules().items()
+        if path.name != "__main__.py"
+        and not (path.name == "__init__.py" and "import" not in path.read_text())
+    )
+
+
+@pytest.mark.parametrize("module", _exporting())
+def test_every_module_declares_its_public_names(module):
+    path = _modules()[module]
+    names = {
+        t.id
+        for node in ast.parse(path.read_text()).body
+        if isinstance(node, ast.Assign | ast.AnnAssign)
+        for t in (node.targets if isinstance(node, ast.Assign) else [node.target])
+        if isinstance(t, ast.Name)
+    }
+    assert "__all__" in names, f"{path} has no __all__"
