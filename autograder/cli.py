@@ -74,23 +74,88 @@ def _grade(args: argparse.Namespace) -> int:
     )
     labs = sorted({o.lab for o in summary.outcomes})
     if labs:
-        db_url = f"sqlite:///{args.course.resolve() / 'gradebook.db'}"
+        db_url = _db_url(args.course, None)
         print(format_table(check_table(db_url, labs, course=args.course.resolve())))
     print(summary.format())
     return 1 if summary.count("failed") else 0
 
 
 def _export(args: argparse.Namespace) -> int:
+    from autograder.course import Course
     from autograder.reports.export import export_gradebook
+    from autograder.schedule import canvas_ids
 
     result = export_gradebook(
         args.course,
         args.format or ["all"],
         args.out,
-        db_url=args.db_url,
+        db_url=args.db_url or Course.open(args.course).database or None,
         refresh_penalties=args.refresh_late_penalties,
+        canvas_ids=canvas_ids(args.course),
     )
     print(result.format())
+    return 0
+
+
+def _db_url(course: Path, given: str | None) -> str:
+    """``--db-url``, else what the course's own nbgrader_config.py sets (read as data)."""
+    from autograder.course import Course
+
+    return given or Course.open(course).db_url
+
+
+def _course_init(args: argparse.Namespace) -> int:
+    from autograder.course import create_course
+    from autograder.roster import apply_roster, read_roster
+
+    people = read_roster(args.roster) if args.roster else []  # a bad roster stops it first
+    course = create_course(
+        args.dir, course_id=args.course_id, labs=args.lab or None, db_url=args.db_url or ""
+    )
+    print(f"course {course.course_id} in {course.root}: " + ", ".join(_labs_of(course.root)))
+    if people:
+        print("roster: " + apply_roster(course.db_url, people).format())
+    return 0
+
+
+def _labs_of(root: Path) -> list[str]:
+    return sorted(p.name for p in (root / "release").iterdir() if p.is_dir())
+
+
+def _roster(args: argparse.Namespace) -> int:
+    from autograder.roster import Person, apply_roster, drop_student, read_roster
+
+    db_url = _db_url(args.course, args.db_url)
+    if args.action == "import":
+        print(apply_roster(db_url, read_roster(args.file)).format())
+    elif args.action == "add":
+        person = Person(args.id, args.first_name, args.last_name, args.email, args.lms_id)
+        print(apply_roster(db_url, [person]).format())
+    elif args.action == "drop":
+        drop_student(db_url, args.id)
+        print(f"dropped {args.id}")
+    return 0
+
+
+def _schedule(args: argparse.Namespace) -> int:
+    from autograder.schedule import apply_due_dates
+
+    due = apply_due_dates(args.course, _db_url(args.course, args.db_url))
+    if not due:
+        print(f"no {args.course / 'schedule.toml'}: no due dates set")
+    for lab, when in sorted(due.items()):
+        print(f"{lab}: due {when:%Y-%m-%d %H:%M} UTC" if when else f"{lab}: no due date")
+    return 0
+
+
+def _extend(args: argparse.Namespace) -> int:
+    from autograder.schedule import grant_extension
+
+    grant_extension(args.course, args.student, args.lab, args.hours)
+    if args.hours:
+        print(f"{args.student} has {args.hours:g} h more for {args.lab} (applied at autograde)")
+    else:
+        print(f"{args.student}'s extension for {args.lab} is taken back")
     return 0
 
 
@@ -197,13 +262,57 @@ def build_parser() -> argparse.ArgumentParser:
         help="repeatable; default: all",
     )
     p.add_argument("--out", type=Path, default=None, help="default: COURSE/exports")
-    p.add_argument("--db-url", default=None, help="default: COURSE/gradebook.db")
+    p.add_argument("--db-url", default=None, help="default: the course's nbgrader_config.py")
     p.add_argument(
         "--refresh-late-penalties",
         action="store_true",
         help="re-apply late_policy.toml to the stored penalties first (after manual grading)",
     )
     p.set_defaults(func=_export)
+
+    p = sub.add_parser("course", help="create a course directory")
+    course_sub = p.add_subparsers(dest="action", required=True)
+    q = course_sub.add_parser("init", help="a new course: labs released, roster imported")
+    q.add_argument("dir", type=Path)
+    q.add_argument("--roster", type=Path, help="CSV: nbgrader's columns, or a Canvas/Moodle export")
+    q.add_argument("--course-id", default="day2-dl")
+    q.add_argument("--lab", action="append", default=[], help="repeatable; default: every lab")
+    q.add_argument(
+        "--db-url", default=None, help="the gradebook, e.g. postgresql+psycopg2://user@host/db"
+    )
+    q.set_defaults(func=_course_init)
+
+    p = sub.add_parser("roster", help="the course's students, in its gradebook")
+    roster_sub = p.add_subparsers(dest="action", required=True)
+    q = roster_sub.add_parser("import", help="add or update the students of a CSV file")
+    q.add_argument("course", type=Path)
+    q.add_argument("file", type=Path)
+    q.add_argument("--db-url", default=None, help="default: the course's nbgrader_config.py")
+    q.set_defaults(func=_roster)
+    q = roster_sub.add_parser("add", help="add or update one student")
+    q.add_argument("course", type=Path)
+    q.add_argument("id")
+    for flag in ("--first-name", "--last-name", "--email", "--lms-id"):
+        q.add_argument(flag, default="")
+    q.add_argument("--db-url", default=None, help="default: the course's nbgrader_config.py")
+    q.set_defaults(func=_roster)
+    q = roster_sub.add_parser("drop", help="remove a student who has submitted nothing")
+    q.add_argument("course", type=Path)
+    q.add_argument("id")
+    q.add_argument("--db-url", default=None, help="default: the course's nbgrader_config.py")
+    q.set_defaults(func=_roster)
+
+    p = sub.add_parser("schedule", help="the due dates of COURSE/schedule.toml, into the gradebook")
+    p.add_argument("course", type=Path)
+    p.add_argument("--db-url", default=None, help="default: the course's nbgrader_config.py")
+    p.set_defaults(func=_schedule)
+
+    p = sub.add_parser("extend", help="more time for one student on one lab")
+    p.add_argument("course", type=Path)
+    p.add_argument("student")
+    p.add_argument("lab")
+    p.add_argument("--hours", type=float, required=True, help="0 takes an extension back")
+    p.set_defaults(func=_extend)
 
     p = sub.add_parser("calibrate", help="measure the reference solution to set thresholds")
     p.add_argument("lab")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import shutil
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -21,12 +22,13 @@ __all__ = [
     "configure_grader",
     "create_course",
     "default_source_root",
+    "read_course_config",
 ]
 
 DEFAULT_COURSE_ID = "day2-dl"
 
 _CONFIG_FILE = """\
-# nbgrader configuration for this course, written when the course was created.
+# nbgrader configuration for this course, written by `autograder course init`.
 # The grading pipeline (clean-process evaluation of the saved model) is set up by
 # autograder.course.apply_course_config; edit the course id or database here.
 import os
@@ -36,6 +38,8 @@ from autograder.course import apply_course_config
 c = get_config()  # noqa: F821
 apply_course_config(c, root=os.path.dirname(os.path.abspath(__file__)), course_id={course_id!r})
 """
+# Read as data by the grader (read_course_config): plain strings only.
+_DB_LINE = "c.CourseDirectory.db_url = {db_url!r}\n"
 
 
 def default_source_root() -> Path:
@@ -72,20 +76,77 @@ def configure_grader(c: Any) -> None:
     c.GenerateFeedback.preprocessors = feedback_preprocessors()
 
 
+_SETTINGS = {"course_id", "db_url"}
+
+
+def read_course_config(root: Path) -> dict[str, str]:
+    """The course id and gradebook URL a course's ``nbgrader_config.py`` sets, read as data:
+    the file is parsed, never run (an account that can write it must not run code as
+    whoever reads it). Found as ``apply_course_config(..., course_id=..., db_url=...)``
+    keywords or ``c.CourseDirectory.<name> = ...``, later ones winning; each must be a
+    plain string, else the course is refused with the line to fix."""
+    path = root / "nbgrader_config.py"
+    if not path.is_file():
+        return {}
+    try:
+        tree = ast.parse(path.read_text(), str(path))
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+    found: list[tuple[int, int, str, ast.expr]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and _called(node.func) == "apply_course_config":
+            found += [(k.lineno, k.col_offset, k.arg, k.value) for k in node.keywords if k.arg]
+        elif isinstance(node, ast.Assign | ast.AnnAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            for t in targets:
+                if (
+                    isinstance(t, ast.Attribute)
+                    and isinstance(t.value, ast.Attribute)
+                    and t.value.attr == "CourseDirectory"
+                    and node.value is not None
+                ):
+                    found.append((node.lineno, node.col_offset, t.attr, node.value))
+    settings: dict[str, str] = {}
+    for line, _, name, value in sorted(found, key=lambda f: (f[0], f[1])):
+        if name not in _SETTINGS:
+            continue
+        if not (isinstance(value, ast.Constant) and isinstance(value.value, str)):
+            raise ConfigError(
+                f"{path.name} line {line}: {name} must be a plain string here (the grader "
+                "reads this file as data, without running it)"
+            )
+        settings[name] = value.value
+    return settings
+
+
+def _called(func: ast.expr) -> str:
+    return func.id if isinstance(func, ast.Name) else getattr(func, "attr", "")
+
+
 @dataclass(frozen=True)
 class Course:
     root: Path
     course_id: str = DEFAULT_COURSE_ID
+    database: str = ""  # the gradebook's URL; empty: gradebook.db in the course directory
+
+    @classmethod
+    def open(cls, root: Path) -> Course:
+        """The course as its own ``nbgrader_config.py`` sets it (id, gradebook)."""
+        settings = read_course_config(root)
+        course_id = settings.get("course_id", DEFAULT_COURSE_ID)
+        return cls(root.resolve(), course_id, settings.get("db_url", ""))
 
     @property
     def db_url(self) -> str:
-        return f"sqlite:///{self.root / 'gradebook.db'}"
+        return self.database or f"sqlite:///{self.root / 'gradebook.db'}"
 
     def config(self) -> Any:
         from traitlets.config import Config
 
         c = Config()
-        apply_course_config(c, root=self.root, course_id=self.course_id)
+        apply_course_config(
+            c, root=self.root, course_id=self.course_id, db_url=self.database or None
+        )
         return c
 
     def api(self) -> Any:
@@ -99,9 +160,26 @@ class Course:
         (nbgrader's generate_assignment; the hub then releases it to students)."""
         nb = self.root / "source" / lab / f"{load_rubric(lab).notebook}.ipynb"
         check_notebook_against_rubric(nb, load_rubric(lab))
+        self._refuse_another_courses(lab)
         result = self.api().generate_assignment(lab, force=True, create=True)
         if not result["success"]:
             raise GradingError(f"generate_assignment {lab} failed; see {self.root}")
+
+    def _refuse_another_courses(self, lab: str) -> None:
+        """One database per course: nbgrader names an assignment once per database whatever
+        its course, and keeps one table of students for all, so a second course there
+        would take the first one's labs over (grades and due dates with them) and mix
+        both classes in every export."""
+        from nbgrader.api import Gradebook
+
+        ensure_tool_path()
+        with Gradebook(self.db_url, self.course_id) as gb:
+            others = sorted({a.course_id for a in gb.assignments} - {self.course_id})
+        if others:
+            raise ConfigError(
+                f"this gradebook holds course {others[0]!r}: give course {self.course_id!r} "
+                f"a database of its own (db_url in its nbgrader_config.py) before {lab}"
+            )
 
     def submit(
         self, student: str, lab: str, notebook: Path, timestamp: datetime | None = None
@@ -129,15 +207,19 @@ def create_course(
     course_id: str = DEFAULT_COURSE_ID,
     labs: list[str] | None = None,
     source_root: Path | None = None,
+    db_url: str = "",
 ) -> Course:
-    """A fresh course directory with the labs' sources, config file and released labs."""
+    """A fresh course directory with the labs' sources, config file and released labs;
+    its gradebook ``db_url`` (default: SQLite in the directory)."""
     source_root = source_root or default_source_root()
     labs = labs or [lab for lab in lab_ids() if (source_root / lab).is_dir()]
     if not labs:
         raise ConfigError(f"no lab sources found under {source_root}")
     root.mkdir(parents=True, exist_ok=True)
-    (root / "nbgrader_config.py").write_text(_CONFIG_FILE.format(course_id=course_id))
-    course = Course(root.resolve(), course_id)
+    config = _CONFIG_FILE.format(course_id=course_id)
+    config += _DB_LINE.format(db_url=db_url) if db_url else ""
+    (root / "nbgrader_config.py").write_text(config)
+    course = Course(root.resolve(), course_id, db_url)
     for lab in labs:
         dest = root / "source" / lab
         if dest.exists():

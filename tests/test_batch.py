@@ -132,6 +132,28 @@ def test_killed_batch_resumes_with_what_is_left(tmp_path, staged_data):
     assert len(summary_file["outcomes"]) == len(names)
 
 
+def test_the_batch_grades_into_the_gradebook_the_course_config_names(tmp_path, staged_data):
+    """`autograder grade` takes the course id and gradebook from the course's own
+    nbgrader_config.py (read as data), as the formgrader does: one gradebook, not two."""
+    from nbgrader.api import Gradebook
+
+    course = _course(tmp_path / "course", ["untrained"])  # quick: never trains
+    shared = tmp_path / "shared" / "gradebook.db"
+    shared.parent.mkdir()
+    with (course.root / "nbgrader_config.py").open("a") as f:
+        f.write("c.CourseDirectory.course_id = 'dl-fall'\n")
+        f.write(f"c.CourseDirectory.db_url = 'sqlite:///{shared}'\n")
+    configured = Course.open(course.root)
+    assert configured.course_id == "dl-fall"
+    configured.generate_assignment(LAB)  # the lab, in the configured gradebook
+    summary = grade_batch(course.root, workers=1, progress=False)
+    assert summary.count("graded") == 1, summary.format()
+    with Gradebook(configured.db_url) as gb:
+        assert gb.find_submission(LAB, "s0-untrained").score > 0
+    with Gradebook(course.db_url) as gb:  # the course folder's own: untouched
+        assert not gb.students
+
+
 # An unreadable submission is failed with its reason, the rest graded, and it is not marked
 # done: test_adversarial.py::test_the_batch_grades_everything_but_the_unreadable_notebook
 # (the same assertions, on the batch that grades the whole corpus).

@@ -24,7 +24,19 @@ MAY_IMPORT: dict[str, set[str]] = {
     "batch": {"data", "sandbox", "grading", "course"},
     "authoring": {"data", "grading", "reports", "course", "batch"},
     "hub": {"data", "sandbox", "grading", "reports", "course"},
-    "cli": {"data", "grading", "reports", "course", "batch", "authoring", "hub"},
+    "roster": set(),  # the class list, into the gradebook
+    "schedule": {"grading", "roster"},  # the course's dates and extensions
+    "cli": {
+        "data",
+        "grading",
+        "reports",
+        "course",
+        "roster",
+        "schedule",
+        "batch",
+        "authoring",
+        "hub",
+    },
     "checks": {"grading"},  # the student-side self_check
     "datasets": {"data"},  # the student-side loaders
     "__main__": {"cli"},

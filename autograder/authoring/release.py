@@ -14,38 +14,38 @@ from autograder.rubric import check_notebook_against_rubric, lab_ids, load_rubri
 __all__ = ["generate_release", "release_drift"]
 
 
-def _generate(source_root: Path, lab: str, out_root: Path) -> None:
-    from nbgrader.apps import NbGraderAPI
-    from traitlets.config import Config
-
-    ensure_tool_path()
-    rubric = load_rubric(lab)
-    check_notebook_against_rubric(source_root / lab / f"{rubric.notebook}.ipynb", rubric)
-    with tempfile.TemporaryDirectory(prefix="autograder-release-") as tmp:
-        course = Path(tmp)
-        shutil.copytree(source_root / lab, course / "source" / lab)
-        config = Config()
-        config.CourseDirectory.root = str(course)
-        config.CourseDirectory.db_url = f"sqlite:///{course / 'gradebook.db'}"
-        api = NbGraderAPI(config=config)
-        result = api.generate_assignment(lab, force=True, create=True)
-        if not result["success"]:
-            raise ConfigError(f"nbgrader generate_assignment {lab} failed: {_last_error(result)}")
-        target = out_root / lab
-        if target.exists():
-            shutil.rmtree(target)
-        shutil.copytree(course / "release" / lab, target)
-
-
 def generate_release(
     source_root: Path, release_root: Path, labs: list[str] | None = None
 ) -> list[str]:
-    """Regenerate the student versions of ``labs`` (default: every lab with a source folder)."""
+    """Regenerate the student versions of ``labs`` (default: every lab with a source folder),
+    all in one scratch course: one gradebook and one nbgrader, not one per lab."""
+    from nbgrader.apps import NbGraderAPI
+    from traitlets.config import Config
+
     chosen = labs or [lab for lab in lab_ids() if (source_root / lab).is_dir()]
     for lab in chosen:
         if not (source_root / lab).is_dir():
             raise ConfigError(f"no source folder {source_root / lab}")
-        _generate(source_root, lab, release_root)
+        rubric = load_rubric(lab)
+        check_notebook_against_rubric(source_root / lab / f"{rubric.notebook}.ipynb", rubric)
+    ensure_tool_path()
+    with tempfile.TemporaryDirectory(prefix="autograder-release-") as tmp:
+        course = Path(tmp)
+        config = Config()
+        config.CourseDirectory.root = str(course)
+        config.CourseDirectory.db_url = f"sqlite:///{course / 'gradebook.db'}"
+        api = NbGraderAPI(config=config)
+        for lab in chosen:
+            shutil.copytree(source_root / lab, course / "source" / lab)
+            result = api.generate_assignment(lab, force=True, create=True)
+            if not result["success"]:
+                raise ConfigError(
+                    f"nbgrader generate_assignment {lab} failed: {_last_error(result)}"
+                )
+            target = release_root / lab
+            if target.exists():
+                shutil.rmtree(target)
+            shutil.copytree(course / "release" / lab, target)
     return chosen
 
 

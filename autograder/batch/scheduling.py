@@ -167,7 +167,7 @@ def _grade(
     from autograder.course import Course
     from autograder.grading.preprocessors import read_result
 
-    course = Course(course_root)
+    course = Course.open(course_root)
     labs = labs or sorted(p.name for p in (course_root / "source").iterdir() if p.is_dir())
     submissions = find_submissions(course_root, labs, students or [])
     outcomes: list[SubmissionOutcome] = []
@@ -189,7 +189,7 @@ def _grade(
         disable=not progress,
         dynamic_ncols=True,
     )
-    warm = (str(course_root), course.course_id, tuple(sorted({s.lab for s in todo})), threads)
+    warm = (str(course_root), tuple(sorted({s.lab for s in todo})), threads)
     engine = "local" if scheduler is None else "dask"
     with contextlib.ExitStack() as stack:
         if not todo:  # nothing to grade: no worker started, nothing warmed up
@@ -200,7 +200,6 @@ def _grade(
             pool.submit(  # type: ignore[union-attr]
                 execute_submission,
                 str(course_root),
-                course.course_id,
                 s.lab,
                 s.student,
                 s.digest,

@@ -20,6 +20,7 @@ from typing import Any
 from nbformat import NotebookNode, reads
 
 from autograder.batch.replay import cache_dir, execution_key, store_execution
+from autograder.course import Course
 from autograder.fstree import copy_files, remove_tree
 from autograder.grading.execute import GraderExecute
 from autograder.rubric import load_rubric
@@ -64,17 +65,15 @@ def _threads_env(threads: int) -> dict[str, str]:
 _STARTUP: dict[str, float] = {}  # this worker's start-up seconds, reported with its first
 
 
-def _worker_config(course_root: Path, course_id: str) -> Any:
+def _worker_config(course: Course) -> Any:
     """The course's nbgrader config as a worker grades with it: one notebook after another,
     so the next kernel starts while a submission is evaluated and recorded."""
-    from autograder.course import Course
-
-    config = Course(course_root, course_id).config()
+    config = course.config()
     config.GraderExecute.spare_kernel = True
     return config
 
 
-def warm_worker(course_root: str, course_id: str, labs: tuple[str, ...], threads: int) -> float:
+def warm_worker(course_root: str, labs: tuple[str, ...], threads: int) -> float:
     """In a worker, before its first submission: the evaluator's TensorFlow and data, the
     grader's imports, the sandbox's set-up and the first kernel, done once and waited
     for, so that no submission carries them. Returns the seconds it took."""
@@ -85,7 +84,8 @@ def warm_worker(course_root: str, course_id: str, labs: tuple[str, ...], threads
         evaluator.warm()  # TensorFlow imports in its own process meanwhile
         from nbgrader.converters import Autograde  # noqa: F401
 
-        GraderExecute(config=_worker_config(Path(course_root), course_id)).start_kernel_ahead()
+        config = _worker_config(Course.open(Path(course_root)))
+        GraderExecute(config=config).start_kernel_ahead()
         evaluator.wait_ready()
     except Exception as exc:  # the submissions then pay for what is missing, nothing worse
         import logging
@@ -96,21 +96,19 @@ def warm_worker(course_root: str, course_id: str, labs: tuple[str, ...], threads
 
 
 def execute_submission(
-    course_root: str, course_id: str, lab: str, student: str, digest: str, threads: int
+    course_root: str, lab: str, student: str, digest: str, threads: int
 ) -> dict[str, Any]:
     """In a worker: sanitize, execute and evaluate one submission; store the execution.
 
     Returns a plain dict (it crosses process and cluster boundaries):
     ``{"key", "worker_s", "cells_s", "error"}``.
     """
-    from autograder.course import Course
-
     start = time.monotonic()
     os.environ.update(_threads_env(threads))
     # Started by warm_worker; else its imports and data loading overlap this execution.
     _evaluator((lab,)).warm()
     root = Path(course_root)
-    course = Course(root, course_id)
+    course = Course.open(root)  # its own nbgrader_config.py, read as data
     rubric = load_rubric(lab)
     source = root / "submitted" / student / lab / f"{rubric.notebook}.ipynb"
     out: dict[str, Any] = {"key": None, "worker_s": 0.0, "cells_s": 0.0, "error": None}
@@ -121,14 +119,14 @@ def execute_submission(
     except Exception as exc:
         out["error"] = f"the notebook could not be read: {type(exc).__name__}: {exc}"[:300]
         return out
-    config = _worker_config(root, course_id)
+    config = _worker_config(course)
     resources: dict[str, Any] = {
         "nbgrader": {
             "student": student,
             "assignment": lab,
             "notebook": rubric.notebook,
             "db_url": course.db_url,
-            "course_id": course_id,
+            "course_id": course.course_id,
         }
     }
     try:

@@ -17,21 +17,27 @@ manual grading has changed the scores.
 
 from __future__ import annotations
 
+import json
 import math
 import tomllib
 from dataclasses import dataclass, fields
+from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from nbgrader.plugins import LateSubmissionPlugin
+from nbgrader.preprocessors import AssignLatePenalties, NbGraderPreprocessor
 
 from autograder.errors import ConfigError
 
 __all__ = [
+    "EXTENSIONS_FILE",
     "POLICY_FILE",
+    "GrantExtension",
     "LatePolicy",
     "PolicyPenalty",
     "load_late_policy",
+    "read_extensions",
     "refresh_late_penalties",
 ]
 
@@ -148,3 +154,53 @@ def _penalty_of(policy: LatePolicy, notebook: Any, seconds_late: float) -> float
     if seconds_late <= 0:
         return None
     return policy.penalty(float(notebook.score or 0.0), seconds_late) or None
+
+
+# --- extensions --------------------------------------------------------------------------------
+
+EXTENSIONS_FILE = "extensions.json"  # written by `autograder extend`, never by hand
+
+
+def read_extensions(course_root: str | Path) -> dict[str, dict[str, float]]:
+    """Hours of extension per lab and student (``{lab: {student: hours}}``); none: empty."""
+    path = Path(course_root) / EXTENSIONS_FILE
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+    if not isinstance(data, dict) or not all(
+        isinstance(per, dict)
+        and all(isinstance(h, int | float) and not isinstance(h, bool) for h in per.values())
+        for per in data.values()
+    ):
+        raise ConfigError(f"{path}: not {{lab: {{student: hours}}}}")
+    return {str(lab): {str(s): float(h) for s, h in per.items()} for lab, per in data.items()}
+
+
+class GrantExtension(NbGraderPreprocessor):
+    """Put the student's extension for this lab on the submission, in nbgrader's own
+    ``extension`` field, before the late penalty is computed from it: the submission's
+    due date becomes the lab's plus the extension (``total_seconds_late`` counts from it),
+    in the formgrader, ``nbgrader export`` and this grader's exports alike."""
+
+    runs_after: ClassVar[tuple[type, ...]] = ()
+    runs_before: ClassVar[tuple[type, ...]] = (AssignLatePenalties,)
+
+    def preprocess(self, nb: Any, resources: Any) -> tuple[Any, Any]:
+        from nbgrader.api import Gradebook
+        from nbgrader.coursedir import CourseDirectory
+
+        info = resources["nbgrader"]
+        hours = read_extensions(CourseDirectory(parent=self).root)
+        granted = hours.get(info["assignment"], {}).get(info["student"])
+        with Gradebook(info["db_url"]) as gb:
+            submission = gb.find_submission(info["assignment"], info["student"])
+            extension = timedelta(hours=granted) if granted else None
+            if submission.extension != extension:
+                submission.extension = extension
+                gb.db.commit()
+        if granted:
+            self.log.info("%s has an extension of %g h", info["student"], granted)
+        return nb, resources

@@ -34,6 +34,7 @@ from autograder.errors import ConfigError
 from autograder.fstree import remove_tree
 from autograder.grading.evaluation_server import grade_in_subprocess
 from autograder.grading.execute import GraderExecute
+from autograder.grading.late import GrantExtension
 from autograder.grading.sanitize import NeutraliseStudentContent
 from autograder.results import CheckResult, GradingResult
 
@@ -177,6 +178,7 @@ def autograde_preprocessors() -> list[type]:
         GradeFromArtifacts,
         SaveAutoGrades,
         FlagForReview,
+        GrantExtension,
         AssignLatePenalties,
         NeutraliseStudentContent,
         CheckCellMetadata,

@@ -81,8 +81,19 @@ def prepare_course(s: HubSettings) -> None:
     (etc / "nbgrader_config.py").write_text(
         _STUDENT_CONFIG.format(exchange=str(s.exchange), course=s.course_id)
     )
-    if not (s.course_dir / "gradebook.db").exists():
-        create_course(s.course_dir, course_id=s.course_id, labs=list(s.labs) or None)
+    if not (s.course_dir / "nbgrader_config.py").exists():
+        create_course(
+            s.course_dir, course_id=s.course_id, labs=list(s.labs) or None, db_url=s.gradebook_url
+        )
+    # What `autograder grade` will read must be what the formgrader is given: one gradebook.
+    course = Course.open(s.course_dir)
+    wanted = Course(course.root, s.course_id, s.gradebook_url)
+    if (course.course_id, course.db_url) != (wanted.course_id, wanted.db_url):
+        raise ConfigError(
+            f"{s.course_dir / 'nbgrader_config.py'} names course {course.course_id!r} with "
+            f"gradebook {course.db_url}; the hub's settings say {s.course_id!r} with "
+            f"{s.gradebook_url or 'the default'}: make them agree"
+        )
     # The formgrader service starts in the grader's home: nbgrader reads its config there.
     (s.home(s.grader) / "nbgrader_config.py").write_text(
         _GRADER_CONFIG.format(
@@ -96,7 +107,7 @@ def prepare_course(s: HubSettings) -> None:
     )
     from nbgrader.apps import NbGraderAPI
 
-    config = Course(s.course_dir, s.course_id).config()
+    config = course.config()
     config.Exchange.root = str(s.exchange)
     api = NbGraderAPI(config=config)
     outbound = s.exchange / s.course_id / "outbound"

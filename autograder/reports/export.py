@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -52,6 +52,7 @@ __all__ = [
     "CANVAS_ID_COLUMNS",
     "FORMATS",
     "MOODLE_ID_COLUMNS",
+    "ExportContext",
     "ExportFormat",
     "ExportResult",
     "canvas_frame",
@@ -263,11 +264,18 @@ def plot_distribution(snap: GradebookSnapshot, path: Path) -> None:
     fig.savefig(path, format="png", dpi=100)
 
 
-def _write_csv(snap: GradebookSnapshot, path: Path) -> None:
+@dataclass(frozen=True)
+class ExportContext:
+    """What a writer may need beyond the gradebook: the course's LMS ids."""
+
+    canvas_ids: Mapping[str, str] = field(default_factory=dict)  # lab -> Canvas assignment
+
+
+def _write_csv(snap: GradebookSnapshot, path: Path, ctx: ExportContext) -> None:
     grades_frame(snap).to_csv(path, index=False)
 
 
-def _write_xlsx(snap: GradebookSnapshot, path: Path) -> None:
+def _write_xlsx(snap: GradebookSnapshot, path: Path, ctx: ExportContext) -> None:
     import pandas as pd
 
     with pd.ExcelWriter(path, engine="openpyxl") as book:
@@ -276,11 +284,11 @@ def _write_xlsx(snap: GradebookSnapshot, path: Path) -> None:
         points_frame(snap).to_excel(book, sheet_name="points possible", index=False)
 
 
-def _write_canvas(snap: GradebookSnapshot, path: Path) -> None:
-    canvas_frame(snap).to_csv(path, index=False)
+def _write_canvas(snap: GradebookSnapshot, path: Path, ctx: ExportContext) -> None:
+    canvas_frame(snap, ctx.canvas_ids).to_csv(path, index=False)
 
 
-def _write_moodle(snap: GradebookSnapshot, path: Path) -> None:
+def _write_moodle(snap: GradebookSnapshot, path: Path, ctx: ExportContext) -> None:
     moodle_frame(snap).to_csv(path, index=False)
 
 
@@ -289,7 +297,7 @@ class ExportFormat:
     name: str
     filename: str
     description: str
-    write: Callable[[GradebookSnapshot, Path], None]
+    write: Callable[[GradebookSnapshot, Path, ExportContext], None]
     lms: bool = False  # an import file: pending manual grades are left empty
 
 
@@ -376,12 +384,15 @@ def export_gradebook(
     db_url: str | None = None,
     labs: list[str] | None = None,
     refresh_penalties: bool = False,
+    canvas_ids: Mapping[str, str] | None = None,
 ) -> ExportResult:
     """Write the chosen formats, ``summary.csv`` and ``distribution.png`` to ``out_dir``.
 
     ``out_dir`` defaults to ``COURSE/exports`` (``COURSE/grades.csv`` is nbgrader's own
     export). ``refresh_penalties`` first re-applies the course's late policy to the stored
-    penalties (:func:`autograder.grading.late.refresh_late_penalties`).
+    penalties (:func:`autograder.grading.late.refresh_late_penalties`). ``canvas_ids``
+    (lab -> Canvas assignment id) names Canvas' columns so that the import fills those
+    assignments instead of creating new ones.
     """
     root = Path(course).resolve()
     if not root.is_dir():
@@ -406,8 +417,9 @@ def export_gradebook(
     out = Path(out_dir) if out_dir is not None else root / "exports"
     out.mkdir(parents=True, exist_ok=True)
     files = []
+    ctx = ExportContext(dict(canvas_ids or {}))
     for fmt in chosen:
-        fmt.write(snap, out / fmt.filename)
+        fmt.write(snap, out / fmt.filename, ctx)
         files.append(out / fmt.filename)
     summary_frame(snap).to_csv(out / SUMMARY_FILE, index=False)
     plot_distribution(snap, out / PLOT_FILE)
