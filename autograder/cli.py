@@ -6,8 +6,9 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
-from autograder.errors import AutograderError
+from autograder.errors import AutograderError, ConfigError
 from autograder.settings import QUIET_TENSORFLOW, limit_environment
 
 __all__ = ["main"]
@@ -85,13 +86,14 @@ def _export(args: argparse.Namespace) -> int:
     from autograder.reports.export import export_gradebook
     from autograder.schedule import canvas_ids
 
+    course = _course_dir(args.course)
     result = export_gradebook(
-        args.course,
+        course,
         args.format or ["all"],
         args.out,
-        db_url=args.db_url or Course.open(args.course).database or None,
+        db_url=args.db_url or Course.open(course).database or None,
         refresh_penalties=args.refresh_late_penalties,
-        canvas_ids=canvas_ids(args.course),
+        canvas_ids=canvas_ids(course),
     )
     print(result.format())
     return 0
@@ -104,14 +106,35 @@ def _db_url(course: Path, given: str | None) -> str:
     return given or Course.open(course).db_url
 
 
+def _hub_of(path: Path) -> Any:
+    """The hub settings when COURSE names a hub's ``course.toml``, else None."""
+    if path.suffix != ".toml":
+        return None
+    from autograder.hub.settings import load_settings
+
+    return load_settings(path)
+
+
+def _course_dir(path: Path) -> Path:
+    """COURSE: a course directory, or a hub's ``course.toml`` (its course directory)."""
+    hub = _hub_of(path)
+    return path if hub is None else hub.course_dir
+
+
 def _course_init(args: argparse.Namespace) -> int:
     from autograder.course import create_course
     from autograder.roster import apply_roster, read_roster
 
     people = read_roster(args.roster) if args.roster else []  # a bad roster stops it first
-    course = create_course(
-        args.dir, course_id=args.course_id, labs=args.lab or None, db_url=args.db_url or ""
-    )
+    hub = _hub_of(args.dir)
+    if hub is not None:  # the hub's course: its directory, id, labs and gradebook
+        course = create_course(
+            hub.course_dir, course_id=hub.course_id, labs=list(hub.labs), db_url=hub.gradebook_url
+        )
+    else:
+        course = create_course(
+            args.dir, course_id=args.course_id, labs=args.lab or None, db_url=args.db_url or ""
+        )
     print(f"course {course.course_id} in {course.root}: " + ", ".join(_labs_of(course.root)))
     if people:
         print("roster: " + apply_roster(course.db_url, people).format())
@@ -125,33 +148,52 @@ def _labs_of(root: Path) -> list[str]:
 def _roster(args: argparse.Namespace) -> int:
     from autograder.roster import Person, apply_roster, drop_student, read_roster
 
-    db_url = _db_url(args.course, args.db_url)
+    course = _course_dir(args.course)
+    db_url = _db_url(course, args.db_url)
     if args.action == "import":
-        print(apply_roster(db_url, read_roster(args.file)).format())
+        change = apply_roster(db_url, read_roster(args.file))
     elif args.action == "add":
         person = Person(args.id, args.first_name, args.last_name, args.email, args.lms_id)
-        print(apply_roster(db_url, [person]).format())
-    elif args.action == "drop":
+        change = apply_roster(db_url, [person])
+    else:
         drop_student(db_url, args.id)
-        print(f"dropped {args.id}")
+        change = None
+    print(change.format() if change else f"dropped {args.id}")
+    hub = _hub_of(args.course)
+    if hub is not None:
+        from autograder.hub.enrol import HubDown, enrol, unenrol
+
+        try:
+            if change is None:
+                unenrol(hub, args.id)
+            else:
+                enrol(hub, [*change.added, *change.updated, *change.unchanged])
+            print(f"hub: {'left' if change is None else 'enrolled in'} nbgrader-{hub.course_id}")
+        except HubDown as exc:
+            print(f"hub: {exc}; it enrols the gradebook's students when it starts")
     return 0
 
 
 def _schedule(args: argparse.Namespace) -> int:
     from autograder.schedule import apply_due_dates
 
-    due = apply_due_dates(args.course, _db_url(args.course, args.db_url))
+    course = _course_dir(args.course)
+    due = apply_due_dates(course, _db_url(course, args.db_url))
     if not due:
-        print(f"no {args.course / 'schedule.toml'}: no due dates set")
+        print(f"no {course / 'schedule.toml'}: no due dates set")
     for lab, when in sorted(due.items()):
         print(f"{lab}: due {when:%Y-%m-%d %H:%M} UTC" if when else f"{lab}: no due date")
     return 0
 
 
 def _extend(args: argparse.Namespace) -> int:
+    from autograder.roster import student_ids
     from autograder.schedule import grant_extension
 
-    grant_extension(args.course, args.student, args.lab, args.hours)
+    course = _course_dir(args.course)
+    if args.student not in student_ids(_db_url(course, None)):
+        raise ConfigError(f"{args.student} is not on the course's roster (autograder roster add)")
+    grant_extension(course, args.student, args.lab, args.hours)
     if args.hours:
         print(f"{args.student} has {args.hours:g} h more for {args.lab} (applied at autograde)")
     else:
@@ -254,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_grade)
 
     p = sub.add_parser("export", help="gradebook exports (CSV, Excel, Canvas, Moodle), stats, plot")
-    p.add_argument("course", type=Path)
+    p.add_argument("course", type=Path, help="a course directory, or the hub's course.toml")
     p.add_argument(
         "--format",
         action="append",
@@ -273,7 +315,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("course", help="create a course directory")
     course_sub = p.add_subparsers(dest="action", required=True)
     q = course_sub.add_parser("init", help="a new course: labs released, roster imported")
-    q.add_argument("dir", type=Path)
+    q.add_argument(
+        "dir", type=Path, help="the new course's directory, or the hub's course.toml (its course)"
+    )
     q.add_argument("--roster", type=Path, help="CSV: nbgrader's columns, or a Canvas/Moodle export")
     q.add_argument("--course-id", default="day2-dl")
     q.add_argument("--lab", action="append", default=[], help="repeatable; default: every lab")
@@ -282,33 +326,39 @@ def build_parser() -> argparse.ArgumentParser:
     )
     q.set_defaults(func=_course_init)
 
-    p = sub.add_parser("roster", help="the course's students, in its gradebook")
+    # COURSE, for the commands an instructor runs through the semester.
+    course_arg = argparse.ArgumentParser(add_help=False)
+    course_arg.add_argument(
+        "course",
+        type=Path,
+        help="a course directory, or the hub's course.toml (then the running hub too)",
+    )
+    db_arg = argparse.ArgumentParser(add_help=False)
+    db_arg.add_argument("--db-url", default=None, help="default: the course's nbgrader_config.py")
+
+    p = sub.add_parser("roster", help="the course's students, in its gradebook and its hub")
     roster_sub = p.add_subparsers(dest="action", required=True)
-    q = roster_sub.add_parser("import", help="add or update the students of a CSV file")
-    q.add_argument("course", type=Path)
+    both = [course_arg, db_arg]
+    q = roster_sub.add_parser("import", parents=both, help="add or update a CSV's students")
     q.add_argument("file", type=Path)
-    q.add_argument("--db-url", default=None, help="default: the course's nbgrader_config.py")
     q.set_defaults(func=_roster)
-    q = roster_sub.add_parser("add", help="add or update one student")
-    q.add_argument("course", type=Path)
+    q = roster_sub.add_parser("add", parents=both, help="add or update one student")
     q.add_argument("id")
     for flag in ("--first-name", "--last-name", "--email", "--lms-id"):
         q.add_argument(flag, default="")
-    q.add_argument("--db-url", default=None, help="default: the course's nbgrader_config.py")
     q.set_defaults(func=_roster)
-    q = roster_sub.add_parser("drop", help="remove a student who has submitted nothing")
-    q.add_argument("course", type=Path)
+    q = roster_sub.add_parser(
+        "drop", parents=both, help="remove a student who has submitted nothing"
+    )
     q.add_argument("id")
-    q.add_argument("--db-url", default=None, help="default: the course's nbgrader_config.py")
     q.set_defaults(func=_roster)
 
-    p = sub.add_parser("schedule", help="the due dates of COURSE/schedule.toml, into the gradebook")
-    p.add_argument("course", type=Path)
-    p.add_argument("--db-url", default=None, help="default: the course's nbgrader_config.py")
+    p = sub.add_parser(
+        "schedule", parents=both, help="the due dates of COURSE/schedule.toml, into the gradebook"
+    )
     p.set_defaults(func=_schedule)
 
-    p = sub.add_parser("extend", help="more time for one student on one lab")
-    p.add_argument("course", type=Path)
+    p = sub.add_parser("extend", parents=[course_arg], help="more time for one student on one lab")
     p.add_argument("student")
     p.add_argument("lab")
     p.add_argument("--hours", type=float, required=True, help="0 takes an extension back")

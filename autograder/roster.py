@@ -35,6 +35,7 @@ __all__ = [
     "check_student_id",
     "drop_student",
     "read_roster",
+    "student_ids",
 ]
 
 _ID: Final = re.compile(r"[a-z][a-z0-9_-]{0,31}")
@@ -217,3 +218,12 @@ def drop_student(db_url: str, student: str) -> None:
                 f"{student} has submissions ({labs}); their grades stay in the gradebook"
             )
         gb.remove_student(student)
+
+
+def student_ids(db_url: str) -> frozenset[str]:
+    """Every student in the gradebook."""
+    from nbgrader.api import Gradebook
+
+    ensure_tool_path()
+    with Gradebook(db_url) as gb:
+        return frozenset(student.id for student in gb.students)

@@ -6,6 +6,9 @@
     opens = 2026-12-01T09:00:00+01:00   # with an offset: a date without one is refused
     due = 2026-12-08T23:59:00+01:00
     canvas_id = 1234                     # the Canvas assignment the export's column fills
+    grade_on_submit = false              # exams: no grade until staff grade (default: true)
+
+The hub releases a lab when its ``opens`` time comes (a lab without one at the hub's start).
 
 ``autograder schedule COURSE_DIR`` puts the due dates into nbgrader's gradebook (its own
 ``duedate``: the formgrader, collect and the late penalty read it there).
@@ -37,11 +40,12 @@ __all__ = [
     "apply_due_dates",
     "canvas_ids",
     "grant_extension",
+    "is_open",
     "load_schedule",
 ]
 
 SCHEDULE_FILE: Final = "schedule.toml"
-_KEYS: Final = frozenset({"opens", "due", "canvas_id"})
+_KEYS: Final = frozenset({"opens", "due", "canvas_id", "grade_on_submit"})
 _CANVAS_ID: Final = re.compile(r"[0-9]{1,20}")
 
 
@@ -51,6 +55,7 @@ class LabDates:
     opens: datetime | None = None  # aware
     due: datetime | None = None  # aware
     canvas_id: str = ""
+    grade_on_submit: bool = True
 
     @property
     def due_utc(self) -> datetime | None:
@@ -93,8 +98,18 @@ def load_schedule(course_root: Path) -> dict[str, LabDates]:
         canvas_id = str(table.get("canvas_id", ""))
         if canvas_id and not _CANVAS_ID.fullmatch(canvas_id):
             raise ConfigError(f"{path.name}: [{lab}] canvas_id must be a number")
-        schedule[lab] = LabDates(lab, opens, due, canvas_id)
+        on_submit = table.get("grade_on_submit", True)
+        if not isinstance(on_submit, bool):
+            raise ConfigError(f"{path.name}: [{lab}] grade_on_submit must be true or false")
+        schedule[lab] = LabDates(lab, opens, due, canvas_id, on_submit)
     return schedule
+
+
+def is_open(schedule: dict[str, LabDates], lab: str, now: datetime | None = None) -> bool:
+    """Whether students may fetch ``lab``: it has no ``opens`` time, or that time has come."""
+    dates = schedule.get(lab)
+    opens = dates.opens if dates is not None else None
+    return opens is None or opens <= (now or datetime.now(UTC))
 
 
 def canvas_ids(course_root: Path) -> dict[str, str]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import dataclasses
 import datetime
@@ -11,21 +10,26 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
-import time
-import uuid
 from pathlib import Path
 
 import nbformat
 import pytest
-import requests
 from fixtures.adversarial.html_injection import MARKER, inject_html
 from html_safety import student_script_findings
+from hub_helpers import (
+    PASSWORD,
+    Client,
+    free_ports,
+    hub_root,
+    listening,
+    processes_of,
+    submit_as_os_user,
+)
 
 from autograder.authoring.examples import example_path
+from autograder.course import create_course
 from autograder.hub.accounts import ensure_system_users
 from autograder.hub.launch import start_hub, stop_hub, wait_until_up
 from autograder.hub.settings import load_settings
@@ -33,22 +37,11 @@ from autograder.sandbox.accounts import ACCOUNT_PREFIX
 
 pytestmark = pytest.mark.slow
 LAB = "lab3_mnist_dense"
-PASSWORD = "day2-dl-demo"
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def _hub_settings(path: Path, root: Path, *, course: str, roster: str) -> list[int]:
     """A course file for a hub under ``root`` on free loopback ports; the ports."""
-    port, hub_port, api_port, service_port = ports = _free_ports(4)
+    port, hub_port, api_port, service_port, submit_port = ports = free_ports(5)
     path.write_text(f"""
 course_id = "{course}"
 labs = ["{LAB}"]
@@ -58,6 +51,7 @@ port = {port}
 hub_port = {hub_port}
 proxy_api_port = {api_port}
 service_port = {service_port}
+submit_port = {submit_port}
 root = "{root / "state"}"
 [roster]
 {roster}
@@ -70,151 +64,29 @@ class = "localprocess"
     return ports
 
 
-def _hub_root() -> Path:
-    # Students' servers run as their own OS accounts, so the hub's folder must be one they
-    # can enter: pytest's own temporary folders are 0700.
-    root = Path(tempfile.mkdtemp(prefix="autograder-hub-", dir="/tmp"))
-    root.chmod(0o755)
-    return root
-
-
-def _processes_of(root: Path, users: tuple[str, ...]) -> list[str]:
-    """Every process that belongs to a hub under ``root``: run by one of its users, working
-    in its folder, or naming it on its command line. Found from /proc, not from the hub's
-    own bookkeeping, so a process it lost track of is found too."""
-    uids = set()
-    for user in users:
-        with contextlib.suppress(KeyError):
-            uids.add(pwd.getpwnam(user).pw_uid)
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            uid = entry.stat().st_uid
-            cwd = os.readlink(entry / "cwd")
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue  # gone, or a kernel thread
-        if state == "Z":
-            continue
-        if uid in uids or cwd.startswith(str(root)) or str(root) in cmdline:
-            found.append(f"{entry.name} uid={uid} {cmdline[:150]}")
-    return found
-
-
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory, staged_data):
-    root = _hub_root()
+    root = hub_root()
     settings = tmp_path_factory.mktemp("hub") / "course.toml"
     roster = 'instructors = ["instructor"]\ntas = ["ta"]\nstudents = ["student1", "student2"]'
     ports = _hub_settings(settings, root, course="day2-dl", roster=roster)
+    loaded = load_settings(settings)
+    # These tests are the staff's path (collect, autograde, feedback from the formgrader):
+    # grading on submit, which would race them for the same submission, is off for the lab.
+    create_course(loaded.course_dir, course_id="day2-dl", labs=[LAB])
+    (loaded.course_dir / "schedule.toml").write_text(f"[{LAB}]\ngrade_on_submit = false\n")
     proc = start_hub(settings, log=settings.parent / "hub.log")
     base = f"http://127.0.0.1:{ports[0]}"
-    loaded = load_settings(settings)
     try:
         wait_until_up(base + "/hub/login", timeout=90)
         yield base, loaded
     finally:
         stop_hub(proc)
-        left = _processes_of(root, loaded.users)
+        left = processes_of(root, loaded.users)
         shutil.rmtree(root, ignore_errors=True)
-    open_ports = [p for p in ports if _listening(p)]
+    open_ports = [p for p in ports if listening(p)]
     assert not open_ports, f"ports still open after shutdown: {open_ports}"
     assert not left, f"processes left after shutdown: {left}"
-
-
-def _listening(port: int, wait: float = 10) -> bool:
-    start = time.monotonic()
-    while time.monotonic() - start < wait:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) != 0:
-                return False
-        time.sleep(0.3)
-    return True
-
-
-class Client:
-    """One person's browser session: hub login cookie, then each server's own cookies."""
-
-    def __init__(self, base: str, user: str) -> None:
-        self.base, self.user, self.s = base, user, requests.Session()
-        self.s.get(base + "/hub/login")
-        r = self.s.post(
-            base + "/hub/login",
-            data={"username": user, "password": PASSWORD, "_xsrf": self._xsrf("/hub/")},
-        )
-        assert r.status_code == 200, r.status_code
-
-    def _xsrf(self, prefix: str) -> str:
-        values = [
-            c.value or ""
-            for c in self.s.cookies
-            if c.name == "_xsrf" and prefix.startswith(c.path or "/")
-        ]
-        return values[-1] if values else ""
-
-    def get(self, path: str, **kw) -> requests.Response:
-        return self.s.get(self.base + path, **kw)
-
-    def post(self, path: str, **kw) -> requests.Response:
-        return self.s.post(self.base + path, headers={"X-XSRFToken": self._xsrf(path)}, **kw)
-
-    def put(self, path: str, **kw) -> requests.Response:
-        return self.s.put(self.base + path, headers={"X-XSRFToken": self._xsrf(path)}, **kw)
-
-    def run_code(self, code: str, timeout: float = 60) -> str:
-        """Run ``code`` in a new kernel of this user's server; its stdout."""
-        import websocket
-
-        prefix = f"/user/{self.user}/api/kernels"
-        kernel = self.post(prefix, json={"name": "python3"}).json()["id"]
-        cookies = "; ".join(f"{c.name}={c.value}" for c in self.s.cookies)
-        url = self.base.replace("http", "ws", 1) + f"{prefix}/{kernel}/channels"
-        ws = websocket.create_connection(url, cookie=cookies, timeout=timeout)
-        try:
-            msg_id = uuid.uuid4().hex
-            header = {"msg_id": msg_id, "username": self.user, "session": uuid.uuid4().hex}
-            content = {"code": code, "silent": False, "allow_stdin": False, "stop_on_error": True}
-            ws.send(
-                json.dumps(
-                    {
-                        "header": {**header, "msg_type": "execute_request", "version": "5.3"},
-                        "parent_header": {},
-                        "metadata": {},
-                        "content": content,
-                        "channel": "shell",
-                        "buffers": [],
-                    }
-                )
-            )
-            out: list[str] = []
-            while True:
-                msg = json.loads(ws.recv())
-                if msg.get("parent_header", {}).get("msg_id") != msg_id:
-                    continue
-                kind, body = msg["msg_type"], msg["content"]
-                if kind == "stream":
-                    out.append(body["text"])
-                elif kind == "error":
-                    raise AssertionError("\n".join(body["traceback"]))
-                elif kind == "status" and body["execution_state"] == "idle":
-                    return "".join(out)
-        finally:
-            ws.close()
-            self.s.delete(
-                self.base + f"{prefix}/{kernel}", headers={"X-XSRFToken": self._xsrf(prefix)}
-            )
-
-    def start_server(self, timeout: float = 60) -> None:
-        start = time.monotonic()
-        while time.monotonic() - start < timeout:
-            self.get(f"/user/{self.user}/lab")  # spawns, then picks up the server's cookie
-            if self.get(f"/user/{self.user}/api/status").status_code == 200:
-                return
-            time.sleep(0.5)
-        raise TimeoutError(f"server of {self.user} did not start")
 
 
 SANDBOX_PROBE = """import os, pwd
@@ -548,50 +420,6 @@ def test_student_kernel_is_confined_by_the_os(hub):
     assert pwd.getpwnam("student2").pw_uid != pwd.getpwnam("student1").pw_uid != 0
 
 
-SUBMIT = """
-import json, sys
-from pathlib import Path
-from nbgrader.auth import Authenticator
-from nbgrader.coursedir import CourseDirectory
-from nbgrader.exchange.default import ExchangeFetchAssignment, ExchangeSubmit
-from traitlets.config import Config
-
-exchange, home, student, lab, submit_as = sys.argv[1:]
-c = Config()
-c.Exchange.root = exchange
-c.Exchange.assignment_dir = home
-c.CourseDirectory.course_id = "day2-dl"
-c.CourseDirectory.assignment_id = lab
-c.CourseDirectory.root = home
-for step in (ExchangeFetchAssignment, ExchangeSubmit):
-    if step is ExchangeSubmit and submit_as != student:
-        nb = Path(home, lab, lab + ".ipynb")
-        data = json.loads(nb.read_text())
-        data["cells"].append({"cell_type": "markdown", "metadata": {}, "source": "FORGED"})
-        nb.write_text(json.dumps(data))
-    c.CourseDirectory.student_id = submit_as
-    coursedir = CourseDirectory(config=c)
-    step(coursedir=coursedir, authenticator=Authenticator(config=c), config=c).start()
-"""
-
-
-def _submit_as_os_user(settings, student: str, submit_as: str) -> subprocess.Popen:
-    """What a student's server does on fetch and submit, as the student's own OS account."""
-    home = settings.home(student)
-    args = [str(settings.exchange), str(home), student, LAB, submit_as]
-    return subprocess.Popen(
-        [sys.executable, "-c", SUBMIT, *args],
-        user=student,
-        group=student,
-        extra_groups=[],
-        cwd=home,
-        env={**os.environ, "HOME": str(home)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-
-
 def test_thirty_students_submit_at_once(hub):
     base, settings = hub
     students = [f"sim{i:02d}" for i in range(30)]
@@ -601,12 +429,12 @@ def test_thirty_students_submit_at_once(hub):
         sims.home(user).mkdir(parents=True, exist_ok=True)
     ensure_system_users(sims)
     try:
-        procs = [_submit_as_os_user(settings, s, s) for s in students]  # all at once
+        procs = [submit_as_os_user(settings, s, s, LAB) for s in students]  # all at once
         for proc in procs:
             out, _ = proc.communicate(timeout=300)
             assert proc.returncode == 0, out[-2000:]
         # Then one student files a later submission under another student's name.
-        proc = _submit_as_os_user(settings, forger, students[0])
+        proc = submit_as_os_user(settings, forger, students[0], LAB)
         out, _ = proc.communicate(timeout=120)
         assert proc.returncode == 0, out[-2000:]
         inbound = settings.exchange / "day2-dl" / "inbound"
@@ -671,7 +499,7 @@ def test_stopping_autograder_hub_leaves_nothing(signame, tmp_path, staged_data):
     the hub, its proxy, the formgrader service, a user's server and that user's kernel are
     all gone afterwards, and so are the ports they listened on."""
     course, student = f"stop-{signame.lower()}", f"stop{signame.lower()}"
-    root = _hub_root()
+    root = hub_root()
     settings = tmp_path / "course.toml"
     ports = _hub_settings(settings, root, course=course, roster=f'students = ["{student}"]')
     users = load_settings(settings).users
@@ -690,7 +518,7 @@ def test_stopping_autograder_hub_leaves_nothing(signame, tmp_path, staged_data):
         client.start_server()
         kernels = f"/user/{student}/api/kernels"
         assert client.post(kernels, json={"name": "python3"}).status_code == 201
-        running = _processes_of(root, users)
+        running = processes_of(root, users)
         for part in (
             "jupyterhub -f",
             "configurable-http-proxy",
@@ -705,9 +533,9 @@ def test_stopping_autograder_hub_leaves_nothing(signame, tmp_path, staged_data):
         out, _ = proc.communicate(timeout=300)
         assert proc.returncode == 0, out[-2000:]
         assert "stopping the hub" in out
-        left = _processes_of(root, users)
+        left = processes_of(root, users)
         assert not left, f"left after {signame}: {left}"
-        assert not [p for p in ports if _listening(p)]
+        assert not [p for p in ports if listening(p)]
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)

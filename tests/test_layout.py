@@ -23,7 +23,7 @@ MAY_IMPORT: dict[str, set[str]] = {
     "course": {"grading", "reports"},
     "batch": {"data", "sandbox", "grading", "course"},
     "authoring": {"data", "grading", "reports", "course", "batch"},
-    "hub": {"data", "sandbox", "grading", "reports", "course"},
+    "hub": {"data", "sandbox", "grading", "reports", "course", "roster", "schedule"},
     "roster": set(),  # the class list, into the gradebook
     "schedule": {"grading", "roster"},  # the course's dates and extensions
     "cli": {

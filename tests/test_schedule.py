@@ -86,6 +86,7 @@ def test_due_dates_reach_the_gradebook_and_an_extension_its_submission(course, c
     # penalty is checked through its recorded lateness and the extension.
     late = DUE_UTC + timedelta(hours=30)
     _autograde_penalty(course, "ada", late)
+    assert main(["roster", "add", str(course.root), "grace"]) == 0
     assert main(["extend", str(course.root), "grace", LAB, "--hours", "48"]) == 0
     _autograde_penalty(course, "grace", late)
     with Gradebook(course.db_url) as gb:
@@ -102,6 +103,10 @@ def test_due_dates_reach_the_gradebook_and_an_extension_its_submission(course, c
 
 
 def test_extend_refuses_what_is_not_a_student_or_a_lab(course, capsys):
+    assert main(["extend", str(course.root), "nobody", LAB, "--hours", "1"]) == 2
+    assert "not on the course's roster" in capsys.readouterr().err
+    assert main(["roster", "add", str(course.root), "ada"]) == 0
+    capsys.readouterr()
     assert main(["extend", str(course.root), "Not A Name", LAB, "--hours", "1"]) == 2
     assert main(["extend", str(course.root), "ada", "lab9", "--hours", "1"]) == 2
     assert main(["extend", str(course.root), "ada", LAB, "--hours", "-3"]) == 2

@@ -87,6 +87,7 @@ def configure_hub(c: Any, s: HubSettings, *, proxy_command: str | None = None) -
             "groups": [f"formgrade-{course}"],
             "scopes": [
                 f"access:services!service={course}",
+                f"access:services!service={s.submit_service}",
                 "list:services",
                 f"read:services!service={course}",
             ],
@@ -94,7 +95,11 @@ def configure_hub(c: Any, s: HubSettings, *, proxy_command: str | None = None) -
         {
             "name": f"student-{course}",
             "groups": [f"nbgrader-{course}"],
-            "scopes": ["list:services", f"read:services!service={course}"],
+            "scopes": [
+                "list:services",
+                f"read:services!service={course}",
+                f"access:services!service={s.submit_service}",
+            ],
         },
         {
             # Instructors run the course; they are not hub admins either.
@@ -147,8 +152,55 @@ def configure_hub(c: Any, s: HubSettings, *, proxy_command: str | None = None) -
                 "cwd": str(s.state),
             }
         )
+        c.JupyterHub.services.append(_grade_on_submit(s))
+        _roster_token(c, s)
     elif os.geteuid() == 0:
         formgrader["command"].insert(1, "--allow-root")
+
+
+def _grade_on_submit(s: HubSettings) -> dict[str, Any]:
+    """The grade-on-submit service (:mod:`.on_submit`): web-facing, so the grader account;
+    notebooks reach the sandbox only through the grading service."""
+    return {
+        "name": s.submit_service,
+        "url": f"http://127.0.0.1:{s.submit_port}",
+        "user": s.grader,
+        "command": [
+            sys.executable,
+            "-m",
+            "autograder.hub.on_submit",
+            "serve",
+            "--course-dir",
+            str(s.course_dir),
+            "--exchange",
+            str(s.exchange),
+            "--course-id",
+            s.course_id,
+            "--state",
+            str(s.submit_state),
+            *(f"--lab={lab}" for lab in s.labs),
+            *(f"--staff={user}" for user in (*s.instructors, *s.tas)),
+            *(["--check-owner"] if s.system_users else []),
+        ],
+        "cwd": str(s.home(s.grader)),
+        "oauth_no_confirm": True,
+    }
+
+
+def _roster_token(c: Any, s: HubSettings) -> None:
+    """A token, root's, with which ``autograder roster ... --hub`` enrols students in the
+    running hub: it may create users and change the course's student group, nothing else."""
+    if not s.roster_token.is_file():
+        return
+    name = f"{s.course_id}-roster"
+    c.JupyterHub.services.append({"name": name, "api_token": s.roster_token.read_text().strip()})
+    c.JupyterHub.load_roles.append(
+        {
+            "name": name,
+            "services": [name],
+            "scopes": ["admin:users", f"groups!group=nbgrader-{s.course_id}"],
+        }
+    )
 
 
 # The formgrader's server: the formgrader and nothing a grader does not need (no JupyterLab,

@@ -10,10 +10,12 @@ files to the grader account, the part that changes owners, is :mod:`.accounts`'.
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 from pathlib import Path
 
 from autograder.errors import ConfigError
+from autograder.fstree import write_fresh
 from autograder.hub.accounts import ensure_system_users, hand_to_grader
 from autograder.hub.settings import HubSettings
 from autograder.settings import DATA_DIR_ENV, HUB_SETTINGS_ENV, PROXY_COMMAND_ENV
@@ -65,6 +67,7 @@ if {socket!r}:
 def prepare_course(s: HubSettings) -> None:
     """Homes, the exchange, nbgrader configs, and the course released to the exchange."""
     from autograder.course import Course, create_course
+    from autograder.schedule import is_open, load_schedule
 
     s.state.mkdir(parents=True, exist_ok=True)
     s.state.chmod(0o700)
@@ -111,18 +114,31 @@ def prepare_course(s: HubSettings) -> None:
     config.Exchange.root = str(s.exchange)
     api = NbGraderAPI(config=config)
     outbound = s.exchange / s.course_id / "outbound"
+    schedule = load_schedule(s.course_dir)
     for lab in s.labs:
         if (outbound / lab).is_dir():
             continue  # released at an earlier start (and the folders are the grader's now)
+        if not is_open(schedule, lab):
+            continue  # the grade-on-submit service releases it when it opens
         result = api.release_assignment(lab)
         if not result["success"]:
             raise ConfigError(f"nbgrader release_assignment {lab} failed")
+    # The course's exchange folders as nbgrader's release makes them, for a hub started
+    # before any lab opens: students may submit into inbound, not list it.
+    for folder, mode in (("", 0o755), ("outbound", 0o755), ("inbound", 0o733)):
+        path = s.exchange / s.course_id / folder
+        if not path.is_dir():
+            path.mkdir()
+            path.chmod(mode)
     for student in s.students:
-        api.gradebook.update_or_create_student(student)
+        api.gradebook.update_or_create_student(student)  # the settings' own list
+    (s.submit_state).mkdir(parents=True, exist_ok=True)
     publish_public_data(s.course_data)
     if s.privileged_step:
         hand_to_grader(s)
         write_grading_service(s)
+        if not s.roster_token.is_file():
+            write_fresh(s.roster_token, secrets.token_hex(32))
 
 
 def write_grading_service(s: HubSettings) -> None:

@@ -1,26 +1,28 @@
 """The course's hub settings: ``hub_config/course.toml`` read and validated into
 :class:`HubSettings`, with the paths and accounts derived from it.
 
-One validated object that the hub's configuration (:mod:`.config`), the course's preparation
-(:mod:`.prepare`, :mod:`.accounts`) and the launcher (:mod:`.launch`) all read. It imports
-nothing heavy: ``hub_config/jupyterhub_config.py`` loads it in the hub's own process.
+One validated object that the hub's configuration (:mod:`.config`), the course's
+preparation (:mod:`.prepare`, :mod:`.accounts`) and the launcher (:mod:`.launch`) all read.
+The students are those the settings list and those enrolled in the course's gradebook (read
+as data). ``hub_config/jupyterhub_config.py`` loads it in the hub's own process: nbgrader
+is imported only when a course exists.
 """
 
 from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from autograder.errors import ConfigError
 
-__all__ = ["HubSettings", "load_settings"]
+__all__ = ["HubSettings", "enrolled", "load_settings"]
 
 _KEYS = {
     "": {"course_id", "labs", "hub", "roster", "auth", "spawner", "gradebook"},
-    "hub": {"ip", "port", "hub_port", "proxy_api_port", "service_port", "root"},
+    "hub": {"ip", "port", "hub_port", "proxy_api_port", "service_port", "submit_port", "root"},
     "roster": {"instructors", "tas", "students"},
     "auth": {"class", "config"},
     "spawner": {"class", "config"},
@@ -38,6 +40,7 @@ class HubSettings:
     hub_port: int = 8081
     proxy_api_port: int = 8001
     service_port: int = 9999
+    submit_port: int = 9998
     instructors: tuple[str, ...] = ()
     tas: tuple[str, ...] = ()
     students: tuple[str, ...] = ()
@@ -80,6 +83,27 @@ class HubSettings:
         return self.root / "run" / "grading.sock"
 
     @property
+    def submit_service(self) -> str:
+        """The grade-on-submit service's name (:mod:`.on_submit`): its pages are under
+        ``/services/<name>/``."""
+        return f"{self.course_id}-submit"
+
+    @property
+    def submit_state(self) -> Path:
+        """The grade-on-submit service's queue and statuses: the grader account's."""
+        return self.home(self.grader) / ".grade-on-submit"
+
+    @property
+    def roster_token(self) -> Path:
+        """The hub API token with which ``autograder roster ... --hub`` enrols students in
+        the running hub: root's, in the state folder."""
+        return self.state / "roster-token"
+
+    @property
+    def hub_api(self) -> str:
+        return f"http://127.0.0.1:{self.hub_port}/hub/api"
+
+    @property
     def privileged_step(self) -> bool:
         """The formgrader runs as the grader account and hands execution to the root-owned
         grading service: with an OS account per person and a launcher run as root."""
@@ -115,7 +139,7 @@ def load_settings(path: Path) -> HubSettings:
     root = Path(hub.get("root", "var/hub"))
     if not root.is_absolute():
         root = (path.parent.parent / root).resolve()
-    return HubSettings(
+    settings = HubSettings(
         course_id=data["course_id"],
         labs=tuple(data.get("labs", ())),
         root=root,
@@ -124,6 +148,7 @@ def load_settings(path: Path) -> HubSettings:
         hub_port=int(hub.get("hub_port", 8081)),
         proxy_api_port=int(hub.get("proxy_api_port", 8001)),
         service_port=int(hub.get("service_port", 9999)),
+        submit_port=int(hub.get("submit_port", 9998)),
         instructors=tuple(roster.get("instructors", ())),
         tas=tuple(roster.get("tas", ())),
         students=tuple(roster.get("students", ())),
@@ -133,3 +158,20 @@ def load_settings(path: Path) -> HubSettings:
         spawner_config=dict(spawner.get("config", {})),
         gradebook_url=data.get("gradebook", {}).get("db_url", ""),
     )
+    return replace(settings, students=_unique((*settings.students, *enrolled(settings))))
+
+
+def _unique(names: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(names))
+
+
+def enrolled(s: HubSettings) -> tuple[str, ...]:
+    """The students in the course's gradebook (``autograder course init --roster``,
+    ``autograder roster``); none before the course exists. The hub enrols them with those
+    the settings list."""
+    if not (s.course_dir / "nbgrader_config.py").is_file():
+        return ()
+    from autograder.course import Course
+    from autograder.roster import student_ids
+
+    return tuple(sorted(student_ids(Course.open(s.course_dir).db_url)))
