@@ -72,6 +72,7 @@ def _grade(args: argparse.Namespace) -> int:
         scheduler=args.scheduler,
         force=args.force,
         progress=not args.no_progress,
+        evaluate_only=args.evaluate_only,
     )
     labs = sorted({o.lab for o in summary.outcomes})
     if labs:
@@ -290,6 +291,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="Dask: 'local' for a LocalCluster of worker processes, or a scheduler address",
     )
     p.add_argument("--force", action="store_true", help="regrade unchanged, graded submissions")
+    p.add_argument(
+        "--evaluate-only",
+        action="store_true",
+        help="run no notebook: re-score stored models with the current rubric",
+    )
     p.add_argument("--time-limit", type=int, default=None, help="seconds per notebook")
     p.add_argument("--memory-mb", type=int, default=None, help="memory per notebook")
     p.add_argument("--no-progress", action="store_true")

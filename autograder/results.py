@@ -58,6 +58,8 @@ class GradingResult:
     review: tuple[str, ...] = ()
     # How the held-out inputs were prepared for the model (autograder.grading.preparation).
     preparation: str = ""
+    # The rubric that scored it (autograder.rubric.rubric_version): stated in the gradebook.
+    rubric: str = ""
 
     @property
     def score(self) -> float:

@@ -6,6 +6,7 @@ relaxing a check.
 
 from __future__ import annotations
 
+import hashlib
 import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
@@ -16,7 +17,7 @@ from typing import Any
 import nbformat
 
 from autograder.errors import ConfigError
-from autograder.settings import LABS_DIR
+from autograder.settings import rubric_dir
 
 __all__ = [
     "ASPECTS",
@@ -34,6 +35,7 @@ __all__ = [
     "lab_ids",
     "load_rubric",
     "rubric_file",
+    "rubric_version",
 ]
 
 # kind -> keys allowed in that check's table (beyond id/kind/points/title)
@@ -248,6 +250,8 @@ class Rubric:
     preprocess: Preprocess
     checks: tuple[Check, ...]
     manual: tuple[ManualPart, ...] = ()
+    # ``lab@<digest of the rubric file>`` (:func:`rubric_version`); empty when not from a file.
+    version: str = ""
 
     @property
     def total_points(self) -> float:
@@ -260,7 +264,6 @@ class Rubric:
         raise ConfigError(f"lab {self.lab}: no check '{check_id}'")
 
 
-_LABS_DIR = LABS_DIR
 _TOP_KEYS = frozenset(
     {"lab", "title", "dataset", "notebook", "model", "preprocess", "checks", "manual"}
 )
@@ -437,23 +440,38 @@ def parse_rubric(data: dict[str, Any], where: str = "rubric") -> Rubric:
 
 def lab_ids() -> list[str]:
     """The labs that have a rubric, in course order."""
-    return sorted(p.stem for p in _LABS_DIR.glob("*.toml") if "." not in p.stem)
+    return sorted(p.stem for p in rubric_dir().glob("*.toml") if "." not in p.stem)
 
 
 def rubric_file(lab: str) -> Path:
-    """Where ``lab``'s rubric lives (``autograder/labs/<lab>.toml``)."""
-    return _LABS_DIR / f"{lab}.toml"
+    """Where ``lab``'s rubric lives (``autograder/labs/<lab>.toml``, or the folder
+    ``AUTOGRADER_RUBRIC_DIR`` names)."""
+    return rubric_dir() / f"{lab}.toml"
+
+
+def rubric_version(lab: str) -> str:
+    """Which rubric scored a result: ``lab@<digest of its rubric file>``. A change of
+    threshold or points is a new version; the execution stays."""
+    return load_rubric(lab).version
+
+
+def load_rubric(lab: str) -> Rubric:
+    """``lab``'s rubric, validated; read again when its file changes (a long-running
+    service sees a new threshold)."""
+    path = rubric_file(lab)
+    if not path.is_file():
+        raise ConfigError(f"no rubric for lab '{lab}' (known: {', '.join(lab_ids())})")
+    st = path.stat()
+    return _load_rubric(lab, str(path), st.st_mtime_ns, st.st_size)
 
 
 @cache
-def load_rubric(lab: str) -> Rubric:
-    path = _LABS_DIR / f"{lab}.toml"
-    if not path.is_file():
-        raise ConfigError(f"no rubric for lab '{lab}' (known: {', '.join(lab_ids())})")
-    rubric = parse_rubric(tomllib.loads(path.read_text()), where=f"labs/{lab}.toml")
+def _load_rubric(lab: str, path: str, _mtime_ns: int, _size: int) -> Rubric:
+    raw = Path(path).read_bytes()
+    rubric = parse_rubric(tomllib.loads(raw.decode()), where=f"labs/{lab}.toml")
     if rubric.lab != lab:
         raise ConfigError(f"labs/{lab}.toml declares lab '{rubric.lab}'")
-    return rubric
+    return replace(rubric, version=f"{lab}@{hashlib.sha256(raw).hexdigest()[:12]}")
 
 
 def check_notebook_against_rubric(notebook: Path, rubric: Rubric) -> None:

@@ -26,11 +26,13 @@ __all__ = [
     "PROJECT_DIR",
     "PROXY_COMMAND_ENV",
     "QUIET_TENSORFLOW",
+    "RUBRIC_DIR_ENV",
     "SANDBOX_USER_ENV",
     "TRAIN_LIMIT_ENV",
     "Limits",
     "execution_settings",
     "limit_environment",
+    "rubric_dir",
 ]
 
 # --- paths -----------------------------------------------------------------------------------
@@ -48,12 +50,23 @@ IMDB_ARCHIVE_ENV: Final = "AUTOGRADER_IMDB_ARCHIVE"  # the aclImdb archive to st
 SANDBOX_USER_ENV: Final = "AUTOGRADER_SANDBOX_USER"  # "off": kernels as the grader's user
 HUB_SETTINGS_ENV: Final = "AUTOGRADER_HUB_SETTINGS"  # the hub's course.toml
 PROXY_COMMAND_ENV: Final = "AUTOGRADER_PROXY_COMMAND"  # the hub's configurable-http-proxy
+RUBRIC_DIR_ENV: Final = "AUTOGRADER_RUBRIC_DIR"  # the course's own rubrics (default: LABS_DIR)
 
-# Every process that imports TensorFlow for the grader: no start-up chatter, no GPU probing
-# (grades must not depend on which machine has one).
+
+def rubric_dir() -> Path:
+    """Where the rubrics are read: ``AUTOGRADER_RUBRIC_DIR`` (a course's own copies, with its
+    thresholds) or the package's ``labs/``."""
+    return Path(os.environ.get(RUBRIC_DIR_ENV) or LABS_DIR)
+
+
+# Every process that imports TensorFlow for the grader: no start-up chatter, no GPU probing,
+# and TensorFlow's own CPU kernels, not oneDNN's (which it turns on only on some CPUs, and
+# which run what the others refuse: a channels-first convolution). Grades must not depend
+# on which machine graded them.
 QUIET_TENSORFLOW: Final[Mapping[str, str]] = {
     "TF_CPP_MIN_LOG_LEVEL": "3",
     "CUDA_VISIBLE_DEVICES": "",
+    "TF_ENABLE_ONEDNN_OPTS": "0",
 }
 
 # --- limits ----------------------------------------------------------------------------------

@@ -1,9 +1,11 @@
-"""Batch grading: same grades as serial nbgrader, resumable, on a Dask LocalCluster too."""
+"""Batch grading: same grades as serial nbgrader, on a real Dask cluster too; resumable;
+re-scored from stored models after a rubric change."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -13,14 +15,20 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from dask_cluster import tcp_cluster
 from grading_helpers import QUICK, environment
 
 from autograder.authoring.examples import example_path
+from autograder.batch.replay import cache_dir
 from autograder.batch.scheduling import grade_batch
+from autograder.cli import main
 from autograder.course import Course, create_course
 from autograder.errors import GradingError
-from autograder.grading.preprocessors import STATE_FILE
+from autograder.grading.preprocessors import STATE_FILE, read_result
+from autograder.grading.rubric_record import read_rubric_versions
 from autograder.reports.gradebook import check_table
+from autograder.rubric import load_rubric, rubric_version
+from autograder.settings import RUBRIC_DIR_ENV, rubric_dir
 
 pytestmark = pytest.mark.slow
 LAB = "lab3_mnist_dense"
@@ -48,15 +56,26 @@ def _integrity(course: Course) -> str:
         return str(db.execute("PRAGMA integrity_check").fetchone()[0])
 
 
-def test_dask_batch_gives_the_grades_of_serial_nbgrader(tmp_path, staged_data):
-    serial = _course(tmp_path / "serial", STABLE)
-    batch = _course(tmp_path / "batch", STABLE)
+@pytest.fixture(scope="module")
+def cluster_graded(tmp_path_factory, staged_data):
+    """The same class graded by serial ``nbgrader autograde`` and by ``autograder grade``
+    against a real Dask cluster: a scheduler and two workers started as processes of their
+    own, over TCP on loopback, sharing the course folder."""
+    root = tmp_path_factory.mktemp("cluster")
+    serial = _course(root / "serial", STABLE)
+    batch = _course(root / "batch", STABLE)
     nbgrader = Path(sys.executable).parent / "nbgrader"
     proc = subprocess.run(
         [str(nbgrader), "autograde", LAB], cwd=serial.root, capture_output=True, text=True
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    summary = grade_batch(batch.root, scheduler="local", workers=2, progress=False)
+    with tcp_cluster(2, QUICK, root / "dask.log") as address:
+        summary = grade_batch(batch.root, scheduler=address, progress=False)
+    return serial, batch, summary
+
+
+def test_a_dask_cluster_gives_the_grades_of_serial_nbgrader(cluster_graded):
+    serial, batch, summary = cluster_graded
     assert summary.engine == "dask" and summary.workers == 2
     assert summary.count("graded") == len(STABLE), summary.format()
     expected = _gradebook(serial)
@@ -68,6 +87,62 @@ def test_dask_batch_gives_the_grades_of_serial_nbgrader(tmp_path, staged_data):
     # The autograded notebooks carry the grader's outputs, not the student's.
     nb = batch.root / "autograded" / f"s2-{STABLE[2]}" / LAB / f"{LAB}.ipynb"
     assert "AutograderCheckFailed" in nb.read_text() or "[pass]" in nb.read_text()
+    # The workers executed them (the coordinator stores nothing): each execution is kept,
+    # with the model it saved.
+    stored = list(cache_dir(batch.root).glob("*/artifacts/model.keras"))
+    assert len(stored) == len(STABLE)
+    assert not _left_by_dead_graders()
+
+
+def test_a_threshold_change_rescores_stored_models_without_running_them(
+    cluster_graded, tmp_path, monkeypatch
+):
+    """``--evaluate-only`` after the accuracy thresholds changed: no notebook runs, the
+    checks that do not measure the model keep their points, the accuracy check takes the
+    new thresholds, and the gradebook names the rubric that scored each submission."""
+    _, graded, _ = cluster_graded
+    course = Course.open(shutil.copytree(graded.root, tmp_path / "course", symlinks=True))
+    before = _gradebook(course).set_index("student")
+    old_version = rubric_version(LAB)
+    rubrics = tmp_path / "rubrics"
+    shutil.copytree(rubric_dir(), rubrics)
+    text = (rubrics / f"{LAB}.toml").read_text()
+    # Full marks only at 0.935 (review still starts beyond, at 0.94), none at 0.90.
+    strict = text.replace("full = 0.85\nzero = 0.50", "full = 0.935\nzero = 0.90")
+    assert strict != text
+    (rubrics / f"{LAB}.toml").write_text(strict)
+    monkeypatch.setenv(RUBRIC_DIR_ENV, str(rubrics))
+    new_version = rubric_version(LAB)
+    assert new_version != old_version
+
+    summary = grade_batch(course.root, workers=2, evaluate_only=True, progress=False)
+    assert summary.count("graded") == len(STABLE), summary.format()
+    assert all("execute_s" not in o.timing for o in summary.outcomes)  # nothing ran
+    after = _gradebook(course).set_index("student")
+    kept = [c for c in before.columns if c not in ("check_accuracy", "total")]
+    pd.testing.assert_frame_equal(after[kept], before[kept])
+    # Each accuracy score is what the new thresholds give the stored model's accuracy.
+    check = load_rubric(LAB).check("check_accuracy")
+    for student in after.index:
+        result = read_result(course.root / "autograded" / student / LAB, LAB)
+        assert result is not None and result.rubric == new_version
+        accuracy = result.metrics.get("accuracy")
+        fraction = check.threshold(result.data_source).fraction(accuracy) if accuracy else 0.0
+        expected = round(check.points * min(1.0, max(0.0, fraction)), 2)
+        assert after.loc[student, "check_accuracy"] == expected, (student, accuracy)
+    assert (after["check_accuracy"] != before["check_accuracy"]).any()
+    versions = read_rubric_versions(course.db_url)
+    assert set(versions.values()) == {new_version}
+    export = tmp_path / "exports"
+    assert main(["export", str(course.root), "--format", "csv", "--out", str(export)]) == 0
+    grades = pd.read_csv(export / "grades.csv")
+    assert set(grades[f"{LAB}/rubric"]) == {new_version}
+
+    # A submission with no stored execution is failed, with why, never run.
+    course.submit("late-comer", LAB, example_path(LAB, "correct"))
+    summary = grade_batch(course.root, workers=1, evaluate_only=True, progress=False)
+    (failed,) = [o for o in summary.outcomes if o.status == "failed"]
+    assert failed.student == "late-comer" and "without --evaluate-only" in failed.reason
 
 
 def _left_by_dead_graders() -> list[Path]:

@@ -275,18 +275,7 @@ def test_a_model_that_runs_on_no_form_is_explained_not_dumped(keras, tmp_path, s
     images[:] = raw[:200, None] / 255
     _capture({"network": network, "train_images": images}, tmp_path)
     result = evaluate_artifacts(LAB, tmp_path)
-    messages = result.check("check_accuracy").messages
-    try:
-        network.predict(images[:2], verbose=0)
-    except Exception:
-        pass  # TensorFlow's own CPU kernel: channels-first convolution is not implemented
-    else:
-        # oneDNN, which TensorFlow enables on CPUs with AVX-512, implements it: the model
-        # then runs, and is graded on the form it was trained in.
-        assert messages[0].startswith("held-out accuracy"), messages
-        assert "((n, 1, 28, 28) float32, values / 255" in messages[1], messages
-        return
-    (message,) = messages
+    (message,) = result.check("check_accuracy").messages
     assert message.startswith(
         "the model could not be evaluated on held-out data: the model takes inputs of shape "
         "(n, 1, 28, 28) and could not be run on the held-out data prepared as the notebook's "

@@ -1,8 +1,11 @@
 """Stored executions, replayed inside nbgrader's own ``autograde``.
 
-A worker stores what it produced for a submission (its executed cells, the evaluation's
-result, the captured outputs) under ``<course>/.autograder/executed/<key>``, where the key
-(:func:`execution_key`) covers the submission, the grader's inputs and the sanitized notebook.
+A worker stores what it produced for a submission (its executed cells, the captured
+outputs, the saved model and capture record, and each rubric version's result) under
+``<course>/.autograder/executed/<key>``, where the key (:func:`execution_key`) covers the
+submission, what decides its execution and the sanitized notebook, not the rubric's
+scoring: a threshold change scores the stored model again (``results/<version>.json``)
+without running the notebook.
 The coordinator then runs nbgrader's real ``autograde`` with :class:`ReplayExecute` in place of
 ``GraderExecute`` (:func:`replay_api`): it finds the stored execution and replays it, so the
 gradebook, the autograded notebook and the feedback are exactly what a serial
@@ -19,13 +22,25 @@ from pathlib import Path
 from typing import Any
 
 from nbformat import NotebookNode, from_dict
-from traitlets import Unicode
+from traitlets import Bool, Unicode
 
+from autograder.errors import GradingError
+from autograder.fstree import copy_files, write_fresh
 from autograder.grading.execute import GraderExecute
 from autograder.grading.preprocessors import autograde_preprocessors
 from autograder.results import GradingResult
+from autograder.rubric import rubric_version
 
-__all__ = ["ReplayExecute", "cache_dir", "execution_key", "replay_api", "store_execution"]
+__all__ = [
+    "ReplayExecute",
+    "cache_dir",
+    "execution_key",
+    "has_result",
+    "replay_api",
+    "store_execution",
+    "store_result",
+    "stored_artifacts",
+]
 
 
 def execution_key(nb: NotebookNode, submission_digest: str) -> str:
@@ -45,14 +60,46 @@ def cache_dir(course_root: Path) -> Path:
     return course_root / ".autograder" / "executed"
 
 
+def _result_file(entry: Path, version: str) -> Path:
+    return entry / "results" / f"{version.replace('@', '-')}.json"
+
+
+def has_result(entry: Path, lab: str) -> bool:
+    """Whether ``entry`` holds a result scored with ``lab``'s current rubric."""
+    return _result_file(entry, rubric_version(lab)).is_file()
+
+
+def stored_artifacts(entry: Path) -> Path | None:
+    """The saved model and capture record of a stored execution (None: stored without)."""
+    folder = entry / "artifacts"
+    return folder if folder.is_dir() else None
+
+
+def store_result(entry: Path, result: GradingResult) -> None:
+    """One more scoring of a stored execution, under its rubric version."""
+    target = _result_file(entry, result.rubric or rubric_version(result.lab))
+    target.parent.mkdir(exist_ok=True)
+    staged = target.with_name(f".{target.name}.new")
+    write_fresh(staged, result.to_json())
+    staged.replace(target)
+
+
 def store_execution(
-    entry: Path, nb: NotebookNode, resources: dict[str, Any], result: GradingResult
+    entry: Path,
+    nb: NotebookNode,
+    resources: dict[str, Any],
+    result: GradingResult,
+    artifacts: Path | None = None,
 ) -> None:
+    """The executed cells, the capture's outputs, the model and capture record
+    (``artifacts``) and the result, under ``entry``, whole or not at all."""
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=entry.parent))
     (tmp / "cells.json").write_text(json.dumps(nb.cells))
-    (tmp / "result.json").write_text(result.to_json())
     extra = {"capture_outputs": resources.get("autograder", {}).get("capture_outputs", [])}
     (tmp / "meta.json").write_text(json.dumps(extra))
+    if artifacts is not None:
+        copy_files(artifacts, tmp / "artifacts")
+    store_result(tmp, result)
     try:
         tmp.rename(entry)  # atomic: a killed worker leaves no half entry
     except OSError:
@@ -67,16 +114,20 @@ class ReplayExecute(GraderExecute):
     submission_digest = Unicode("", help="Submission.digest of the one being graded").tag(
         config=True
     )
+    execute_missing = Bool(True, help="Execute a notebook with no stored result").tag(config=True)
 
     def preprocess(self, nb: NotebookNode, resources: Any) -> tuple[NotebookNode, Any]:
         entry = Path(self.replay_dir) / execution_key(nb, self.submission_digest)
-        if not self.replay_dir or not (entry / "result.json").is_file():
+        result = _result_file(entry, rubric_version(resources["nbgrader"]["assignment"]))
+        if not self.replay_dir or not result.is_file():
+            if not self.execute_missing:
+                raise GradingError("no stored result to replay, and this run executes nothing")
             self.log.warning("no stored execution for this notebook: executing it here")
             return super().preprocess(nb, resources)
         nb.cells = [from_dict(c) for c in json.loads((entry / "cells.json").read_text())]
         meta = json.loads((entry / "meta.json").read_text())
         resources.setdefault("autograder", {}).update(
-            result=GradingResult.from_json((entry / "result.json").read_text()),
+            result=GradingResult.from_json(result.read_text()),
             capture_outputs=meta["capture_outputs"],
         )
         return nb, resources

@@ -95,11 +95,14 @@ def grade_batch(
     scheduler: str | None = None,
     force: bool = False,
     progress: bool = True,
+    evaluate_only: bool = False,
 ) -> BatchSummary:
     """Autograde every submission of ``labs`` in parallel; see the module's docstring.
 
     ``scheduler``: None for local worker processes, ``"local"`` for a Dask LocalCluster, or a
     Dask scheduler address. ``force`` regrades unchanged, already graded submissions.
+    ``evaluate_only`` runs no notebook: each submission is scored again, with the current
+    rubric, from the model its stored execution saved (none stored: failed, with why).
     """
     start = time.monotonic()
     course_root = course_root.resolve()
@@ -115,7 +118,17 @@ def grade_batch(
             from sqlalchemy.exc import SAWarning
 
             warnings.filterwarnings("ignore", category=SAWarning, module=r"nbgrader\.")
-            return _grade(course_root, labs, students, workers, scheduler, force, progress, start)
+            return _grade(
+                course_root,
+                labs,
+                students,
+                workers,
+                scheduler,
+                force,
+                progress,
+                start,
+                evaluate_only,
+            )
     finally:
         remove_stale_temps()
 
@@ -161,6 +174,7 @@ def _grade(
     force: bool,
     progress: bool,
     start: float,
+    evaluate_only: bool = False,
 ) -> BatchSummary:
     from tqdm import tqdm
 
@@ -181,6 +195,7 @@ def _grade(
     workers = max(1, min(workers or cores, len(todo) or 1))
     threads = max(1, cores // workers)
     api = replay_api(course, cache_dir(course_root))
+    api.config.ReplayExecute.execute_missing = not evaluate_only
     bar = tqdm(
         total=len(submissions),
         initial=len(outcomes),
@@ -189,7 +204,7 @@ def _grade(
         disable=not progress,
         dynamic_ncols=True,
     )
-    warm = (str(course_root), tuple(sorted({s.lab for s in todo})), threads)
+    warm = (str(course_root), tuple(sorted({s.lab for s in todo})), threads, not evaluate_only)
     engine = "local" if scheduler is None else "dask"
     with contextlib.ExitStack() as stack:
         if not todo:  # nothing to grade: no worker started, nothing warmed up
@@ -202,8 +217,9 @@ def _grade(
                 str(course_root),
                 s.lab,
                 s.student,
-                s.digest,
+                s.execution_digest,
                 threads,
+                evaluate_only,
             ): s
             for s in todo
         }
@@ -214,7 +230,7 @@ def _grade(
             except Exception as exc:
                 done = {"key": None, "worker_s": 0.0, "cells_s": 0.0}
                 done["error"] = f"the worker running it failed: {type(exc).__name__}: {exc}"
-            outcome = _record(course_root, api, s, done, read_result)
+            outcome = _record(course_root, api, s, done, read_result, evaluate_only)
             outcomes.append(outcome)
             bar.update(1)
             bar.set_postfix(failed=sum(o.status == "failed" for o in outcomes), refresh=False)
@@ -225,11 +241,19 @@ def _grade(
 
 
 def _record(
-    course_root: Path, api: Any, s: Submission, done: dict[str, Any], read_result: Any
+    course_root: Path,
+    api: Any,
+    s: Submission,
+    done: dict[str, Any],
+    read_result: Any,
+    evaluate_only: bool = False,
 ) -> SubmissionOutcome:
     """nbgrader's autograde for one submission (replaying its execution), and the state."""
     begin = time.monotonic()
-    api.config.ReplayExecute.submission_digest = s.digest  # read by this autograde's app
+    api.config.ReplayExecute.submission_digest = s.execution_digest  # read by its autograde
+    if evaluate_only and done.get("error"):  # never executed here instead: it stays as it was
+        timing = {k: round(v, 3) for k, v in done.items() if k.endswith("_s")}
+        return SubmissionOutcome(s.lab, s.student, "failed", done["error"], timing=timing)
     result = api.autograde(s.lab, s.student, force=True, create=True)
     replay_s = time.monotonic() - begin
     timing = {k: round(v, 3) for k, v in done.items() if k.endswith("_s") or k == "kernel_ahead"}

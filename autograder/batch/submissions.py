@@ -1,7 +1,8 @@
 """A class's submissions, what a grade depends on, and the record of each outcome.
 
 :func:`find_submissions` lists every submitted notebook with a digest of its files and of the
-grader's inputs (:func:`grader_fingerprint`: rubric, source notebook, data, grader code). A
+grader's inputs (:func:`grader_fingerprint`: what decides the execution; and the rubric's
+version, which decides the score). A
 finished submission leaves ``.autograder-batch.json`` (``STATE_FILE``) in its autograded
 folder; :func:`already_graded` tells a later batch to skip it while that digest is unchanged,
 so a killed batch resumes where it stopped.
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from autograder.grading.preprocessors import STATE_FILE
-from autograder.rubric import load_rubric
+from autograder.rubric import load_rubric, rubric_version
 from autograder.settings import PACKAGE_DIR, execution_settings
 
 __all__ = [
@@ -40,6 +41,9 @@ class Submission:
     student: str
     notebook: Path  # submitted/<student>/<lab>/<notebook>.ipynb
     digest: str  # of every submitted file of this lab, and the grader's inputs
+    # The same without the rubric's scoring: what decides the execution (and its stored
+    # model), so that a threshold change re-scores without running the notebook again.
+    execution_digest: str = ""
 
 
 @dataclass(frozen=True)
@@ -103,13 +107,17 @@ def _hash_files(h: Any, root: Path, paths: list[Path]) -> None:
 
 
 def grader_fingerprint(course_root: Path, lab: str) -> str:
-    """What a grade depends on besides the submission: rubric, source notebook, data."""
+    """What an execution depends on besides the submission: the grader's code, what the
+    rubric has the kernel capture, the source notebook, the data, the limits. Not the
+    rubric's points and thresholds (:func:`autograder.rubric.rubric_version`)."""
     from autograder.data.loaders import data_dir, data_source
-    from autograder.rubric import rubric_file
+    from autograder.grading.capture import capture_source
 
     rubric = load_rubric(lab)
     h = hashlib.sha256()
-    _hash_files(h, PACKAGE_DIR, [*sorted(PACKAGE_DIR.rglob("*.py")), rubric_file(lab)])
+    _hash_files(h, PACKAGE_DIR, sorted(PACKAGE_DIR.rglob("*.py")))
+    h.update(capture_source(rubric, Path("/artifacts")).encode())
+    h.update(json.dumps([rubric.notebook, rubric.dataset]).encode())
     source = course_root / "source" / lab
     _hash_files(h, source, [p for p in source.rglob("*") if p.is_file()])
     h.update(data_source(rubric.dataset).encode())
@@ -128,6 +136,7 @@ def find_submissions(course_root: Path, labs: list[str], students: list[str]) ->
     for lab in labs:
         notebook = load_rubric(lab).notebook + ".ipynb"
         fingerprint = grader_fingerprint(course_root, lab)
+        version = rubric_version(lab)
         names = students or sorted(p.parent.name for p in submitted.glob(f"*/{lab}") if p.is_dir())
         for student in names:
             folder = submitted / student / lab
@@ -135,7 +144,9 @@ def find_submissions(course_root: Path, labs: list[str], students: list[str]) ->
                 continue
             h = hashlib.sha256(fingerprint.encode())
             _hash_files(h, folder, [p for p in folder.rglob("*") if p.is_file()])
-            found.append(Submission(lab, student, folder / notebook, h.hexdigest()))
+            execution = h.hexdigest()
+            scored = hashlib.sha256(f"{execution} {version}".encode()).hexdigest()
+            found.append(Submission(lab, student, folder / notebook, scored, execution))
     return found
 
 

@@ -19,7 +19,14 @@ from typing import Any
 
 from nbformat import NotebookNode, reads
 
-from autograder.batch.replay import cache_dir, execution_key, store_execution
+from autograder.batch.replay import (
+    cache_dir,
+    execution_key,
+    has_result,
+    store_execution,
+    store_result,
+    stored_artifacts,
+)
 from autograder.course import Course
 from autograder.fstree import copy_files, remove_tree
 from autograder.grading.execute import GraderExecute
@@ -73,7 +80,9 @@ def _worker_config(course: Course) -> Any:
     return config
 
 
-def warm_worker(course_root: str, labs: tuple[str, ...], threads: int) -> float:
+def warm_worker(
+    course_root: str, labs: tuple[str, ...], threads: int, kernels: bool = True
+) -> float:
     """In a worker, before its first submission: the evaluator's TensorFlow and data, the
     grader's imports, the sandbox's set-up and the first kernel, done once and waited
     for, so that no submission carries them. Returns the seconds it took."""
@@ -84,8 +93,9 @@ def warm_worker(course_root: str, labs: tuple[str, ...], threads: int) -> float:
         evaluator.warm()  # TensorFlow imports in its own process meanwhile
         from nbgrader.converters import Autograde  # noqa: F401
 
-        config = _worker_config(Course.open(Path(course_root)))
-        GraderExecute(config=config).start_kernel_ahead()
+        if kernels:  # not for a batch that only re-scores stored models
+            config = _worker_config(Course.open(Path(course_root)))
+            GraderExecute(config=config).start_kernel_ahead()
         evaluator.wait_ready()
     except Exception as exc:  # the submissions then pay for what is missing, nothing worse
         import logging
@@ -96,9 +106,19 @@ def warm_worker(course_root: str, labs: tuple[str, ...], threads: int) -> float:
 
 
 def execute_submission(
-    course_root: str, lab: str, student: str, digest: str, threads: int
+    course_root: str,
+    lab: str,
+    student: str,
+    digest: str,
+    threads: int,
+    evaluate_only: bool = False,
 ) -> dict[str, Any]:
     """In a worker: sanitize, execute and evaluate one submission; store the execution.
+
+    ``digest`` is the submission's execution digest (``Submission.execution_digest``). A
+    stored execution is not run again: its saved model is scored with the current rubric
+    when no result of that rubric version is stored. ``evaluate_only`` never executes: a
+    submission without a stored execution is an error.
 
     Returns a plain dict (it crosses process and cluster boundaries):
     ``{"key", "worker_s", "cells_s", "error"}``.
@@ -139,10 +159,28 @@ def execute_submission(
     cache = cache_dir(root)
     cache.mkdir(parents=True, exist_ok=True)
     out["key"] = key
-    if (cache / key).is_dir():
+    entry = cache / key
+    if entry.is_dir():
+        begin = time.monotonic()
+        if not has_result(entry, lab):
+            stored = stored_artifacts(entry)
+            if stored is None:
+                out["error"] = "the stored execution has no saved model: grade it again"
+                return out
+            scratch = grader_temp(lab)
+            try:
+                copy_files(stored, scratch)
+                store_result(entry, _evaluator((lab,)).evaluate(lab, scratch, timeout=600))
+            finally:
+                remove_tree(scratch)
+        out["evaluate_s"] = time.monotonic() - begin
         out["worker_s"] = time.monotonic() - start
         return out
+    if evaluate_only:
+        out["error"] = "no stored execution to re-score: grade it without --evaluate-only"
+        return out
     work = grader_temp(lab)
+    kept = grader_temp(lab)  # the model and capture record, kept with the execution
     try:
         # The student's other submitted files sit next to the notebook, as in nbgrader:
         # regular files only (no folders or links a student could shape against the grader).
@@ -158,13 +196,15 @@ def execute_submission(
         artifacts = Path(resources["autograder"]["artifacts"])
         begin = time.monotonic()
         try:
+            copy_files(artifacts, kept)
             result = _evaluator((lab,)).evaluate(lab, artifacts, timeout=600)
         finally:
             remove_tree(artifacts)
         out["evaluate_s"] = time.monotonic() - begin
+        store_execution(entry, nb, resources, result, kept)
     finally:
         remove_tree(work)
-    store_execution(cache / key, nb, resources, result)
+        remove_tree(kept)
     out["worker_s"] = time.monotonic() - start
     return out
 

@@ -177,14 +177,15 @@ def _review(
 def failed_result(rubric: Rubric, source: str, reason: str) -> GradingResult:
     """Every check at zero, with the same reason: the submission could not be graded."""
     checks = tuple(CheckResult.failed(c, reason, status="error") for c in rubric.checks)
-    return GradingResult(rubric.lab, source, checks, error=reason)
+    return GradingResult(rubric.lab, source, checks, error=reason, rubric=rubric.version)
 
 
-def evaluate_artifacts(lab: str, artifacts: Path) -> GradingResult:
-    """Grade one submission from what the capture cell left in ``artifacts``."""
+def evaluate_artifacts(lab: str, artifacts: Path, rubric: Rubric | None = None) -> GradingResult:
+    """Grade one submission from what the capture cell left in ``artifacts`` (with
+    ``rubric``, read before the caller gave up its privileges; else the lab's)."""
     from autograder.data.loaders import data_source
 
-    rubric = load_rubric(lab)
+    rubric = rubric or load_rubric(lab)
     problem = artifacts_problem(artifacts)
     if problem is not None:
         return failed_result(
@@ -223,6 +224,7 @@ def evaluate_artifacts(lab: str, artifacts: Path) -> GradingResult:
         },
         review=_review(rubric, ev, capture, witnesses, iterations),
         preparation=ev.preparation,
+        rubric=rubric.version,
     )
 
 

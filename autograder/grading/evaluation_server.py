@@ -219,11 +219,13 @@ def _become(account: Any, cgroup: Any) -> None:
 def _child(request: dict[str, Any], work: Path, account: Any, cgroup: Any) -> int:
     from autograder.data.loaders import only_kept
     from autograder.grading.evaluate import evaluate_artifacts
+    from autograder.rubric import load_rubric
 
     only_kept()
+    rubric = load_rubric(request["lab"])  # the rubric's folder may be closed to the account
     _become(account, cgroup)
     os.chdir(work)
-    result = evaluate_artifacts(request["lab"], work)
+    result = evaluate_artifacts(request["lab"], work, rubric)
     write_fresh(work / _RESULT, result.to_json())
     return 0
 

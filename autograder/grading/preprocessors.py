@@ -35,6 +35,7 @@ from autograder.fstree import remove_tree
 from autograder.grading.evaluation_server import grade_in_subprocess
 from autograder.grading.execute import GraderExecute
 from autograder.grading.late import GrantExtension
+from autograder.grading.rubric_record import RecordRubric
 from autograder.grading.sanitize import NeutraliseStudentContent
 from autograder.results import CheckResult, GradingResult
 
@@ -178,6 +179,7 @@ def autograde_preprocessors() -> list[type]:
         GradeFromArtifacts,
         SaveAutoGrades,
         FlagForReview,
+        RecordRubric,
         GrantExtension,
         AssignLatePenalties,
         NeutraliseStudentContent,

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from autograder.hub.settings import HubSettings
-from autograder.settings import DATA_DIR_ENV
+from autograder.settings import DATA_DIR_ENV, QUIET_TENSORFLOW
 
 __all__ = ["configure_hub", "installed_script"]
 
@@ -64,6 +64,9 @@ def configure_hub(c: Any, s: HubSettings, *, proxy_command: str | None = None) -
         "JUPYTER_CONFIG_PATH": str(s.root / "etc" / "jupyter"),
         # Students load the course data from a read-only copy of public/ only.
         DATA_DIR_ENV: str(s.course_data),
+        # TensorFlow's own CPU kernels, as the grader runs them: what runs for the student
+        # runs when graded.
+        "TF_ENABLE_ONEDNN_OPTS": QUIET_TENSORFLOW["TF_ENABLE_ONEDNN_OPTS"],
     }
     c.Spawner.default_url = "/lab"
     # Servers may list and reach the course service, so the assignment list can find it.

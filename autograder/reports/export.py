@@ -7,8 +7,8 @@ late penalties (:mod:`autograder.grading.late`) are what ``nbgrader export`` sho
 Each format is one entry of :data:`FORMATS`: a file name and a small writer.
 
 - ``grades.csv`` / ``grades.xlsx``: one row per student; per lab every graded cell, the raw
-  total, how late (hours), the penalty, the final score, the status and why it is flagged
-  for review (empty when it is not); overall totals.
+  total, how late (hours), the penalty, the final score, the status, why it is flagged
+  for review (empty when it is not) and the rubric version that scored it; overall totals.
   The workbook adds the per-lab summary and the points possible.
 - ``canvas.csv``: Canvas' gradebook import layout (what Canvas' own gradebook export
   writes): ``Student, ID, SIS User ID, SIS Login ID, Section``, one column per assignment
@@ -115,6 +115,7 @@ def grades_frame(snap: GradebookSnapshot) -> pd.DataFrame:
             row[f"{lab.name}/final"] = round(rec.final_score, _DIGITS)
             row[f"{lab.name}/status"] = rec.status
             row[f"{lab.name}/review"] = rec.review_note or None
+            row[f"{lab.name}/rubric"] = rec.rubric or None
             total += rec.final_score
         row["total"] = round(total, _DIGITS)
         row["max"] = max_total

@@ -78,6 +78,7 @@ class SubmissionRecord:
     penalty: float = 0.0  # nbgrader's stored late penalty (AssignLatePenalties)
     flagged: bool = False  # nbgrader's flag: by the grader's review, or by a TA's hand
     review: tuple[str, ...] = ()  # the grader's reasons (autograder.grading.review), where known
+    rubric: str = ""  # the rubric version that scored it (autograder.grading.rubric_record)
 
     @property
     def review_note(self) -> str:
@@ -122,6 +123,9 @@ def read_gradebook(
     """
     from nbgrader.api import Gradebook, MissingEntry
 
+    from autograder.grading.rubric_record import read_rubric_versions
+
+    versions = read_rubric_versions(db_url)
     with Gradebook(db_url) as gb:
         students = tuple(_student(s) for s in gb.students)
         lab_records: list[LabRecord] = []
@@ -139,7 +143,9 @@ def read_gradebook(
                         SubmissionRecord(student.id, lab.name, "missing", {}, 0.0, lab.max_score)
                     )
                     continue
-                record = _submission(sub, lab)
+                record = replace(
+                    _submission(sub, lab), rubric=versions.get((lab.name, student.id), "")
+                )
                 if course is not None and record.flagged:
                     record = replace(record, review=_review(course, sub))
                 records.append(record)

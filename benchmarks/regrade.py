@@ -1,0 +1,143 @@
+"""A threshold change on a graded class: ``autograder grade --evaluate-only`` against
+grading the class again, side by side in one run.
+
+The class: the first N non-adversarial examples of each of the four labs, one student
+each, graded once. Then every metric threshold moves (``full`` a fifth of the way further
+from ``zero``) in a copy of the rubrics (``AUTOGRADER_RUBRIC_DIR``), and the class is
+re-scored twice from the same state: ``--evaluate-only`` (stored models, no notebook run)
+and a full regrade (stored executions removed, every notebook run again). The script
+prints both wall times and their ratio, and checks that the re-scored class keeps every
+non-metric score and that each metric score is what the new thresholds give the stored
+model's metric.
+
+    .venv/bin/python benchmarks/regrade.py [--per-lab 6] [--workers 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from autograder.authoring.examples import EXAMPLES, example_path
+from autograder.batch.replay import cache_dir
+from autograder.batch.scheduling import grade_batch
+from autograder.course import create_course
+from autograder.grading.preprocessors import read_result
+from autograder.results import GradingResult
+from autograder.rubric import lab_ids, load_rubric, rubric_version
+from autograder.settings import RUBRIC_DIR_ENV, rubric_dir
+
+_PAIR = re.compile(r"^full = ([0-9.]+)\nzero = ([0-9.]+)$", re.MULTILINE)
+
+
+def _stricter(text: str) -> str:
+    def move(m: re.Match[str]) -> str:
+        full, zero = float(m[1]), float(m[2])
+        return f"full = {full + (full - zero) * 0.2:.6g}\nzero = {zero}"
+
+    return _PAIR.sub(move, text)
+
+
+def _results(course: Path, students: dict[str, str]) -> dict[tuple[str, str], GradingResult]:
+    found = {}
+    for student, lab in students.items():
+        result = read_result(course / "autograded" / student / lab, load_rubric(lab).notebook)
+        if result is not None:
+            found[(student, lab)] = result
+    return found
+
+
+def _expected_metric_score(result: GradingResult, check_id: str) -> float | None:
+    rubric = load_rubric(result.lab)
+    check = rubric.check(check_id)
+    value = result.metrics.get(check.params["metric"])
+    if value is None:
+        return None
+    types = [layer["type"] for layer in (result.model or {}).get("layers", [])]
+    fraction = check.threshold(result.data_source, types).fraction(value)
+    return round(check.points * max(0.0, min(1.0, fraction)), 2)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--per-lab", type=int, default=6)
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="regrade-bench-"))
+    try:
+        course = create_course(work / "course", labs=lab_ids())
+        students: dict[str, str] = {}
+        for lab in lab_ids():
+            names = [n for n, ex in EXAMPLES[lab].items() if not ex.adversarial][: args.per_lab]
+            for name in names:
+                student = f"{lab.split('_')[0]}-{name}"[:32].lower()
+                course.submit(student, lab, example_path(lab, name))
+                students[student] = lab
+        print(f"class: {len(students)} submissions over {len(lab_ids())} labs")
+        begin = time.monotonic()
+        first = grade_batch(course.root, workers=args.workers, progress=False)
+        print(f"graded once: {time.monotonic() - begin:.1f} s ({first.count('graded')} graded)")
+        before = _results(course.root, students)
+
+        rubrics = work / "rubrics"
+        shutil.copytree(rubric_dir(), rubrics)
+        for lab in lab_ids():
+            path = rubrics / f"{lab}.toml"
+            path.write_text(_stricter(path.read_text()))
+        os.environ[RUBRIC_DIR_ENV] = str(rubrics)
+        print("new rubric versions:", ", ".join(rubric_version(lab) for lab in lab_ids()))
+
+        again = work / "again"
+        shutil.copytree(course.root, again, symlinks=True)
+        shutil.rmtree(cache_dir(again))  # grading again: every notebook runs
+
+        begin = time.monotonic()
+        rescored = grade_batch(
+            course.root, workers=args.workers, progress=False, evaluate_only=True
+        )
+        evaluate_s = time.monotonic() - begin
+        begin = time.monotonic()
+        regraded = grade_batch(again, workers=args.workers, progress=False)
+        full_s = time.monotonic() - begin
+        print(rescored.format().splitlines()[0])
+        print(regraded.format().splitlines()[0])
+
+        after = _results(course.root, students)
+        same_other, metric_ok, checked = 0, 0, 0
+        for key, old in before.items():
+            new = after.get(key)
+            if new is None:
+                print(f"  MISSING after --evaluate-only: {key}")
+                continue
+            checked += 1
+            old_checks = {c.id: c.score for c in old.checks}
+            metric_ids = {c.id for c in load_rubric(old.lab).checks if c.kind == "metric"}
+            if all(old_checks[c.id] == c.score for c in new.checks if c.id not in metric_ids):
+                same_other += 1
+            if all(
+                _expected_metric_score(new, c.id) in (None, c.score)
+                for c in new.checks
+                if c.id in metric_ids
+            ):
+                metric_ok += 1
+        print(
+            f"\n--evaluate-only {evaluate_s:.1f} s, grading again {full_s:.1f} s: "
+            f"ratio {full_s / evaluate_s:.1f}x"
+        )
+        print(
+            f"non-metric scores unchanged: {same_other}/{checked}; "
+            f"metric scores as the new thresholds give: {metric_ok}/{checked}"
+        )
+        ok = same_other == checked == metric_ok == len(students)
+        return 0 if ok else 1
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
