@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import shutil
 import signal
 import sqlite3
@@ -71,7 +72,26 @@ def cluster_graded(tmp_path_factory, staged_data):
     assert proc.returncode == 0, proc.stderr[-2000:]
     with tcp_cluster(2, QUICK, root / "dask.log") as address:
         summary = grade_batch(batch.root, scheduler=address, progress=False)
+        # The workers live on; what they started for the batch (the kernels they started
+        # ahead) does not: killed, and gone within seconds.
+        deadline = time.monotonic() + 20
+        while (left := _sandbox_processes()) and time.monotonic() < deadline:
+            time.sleep(0.5)
+    assert not left, left
     return serial, batch, summary
+
+
+def _sandbox_processes() -> list[str]:
+    import psutil
+
+    from autograder.sandbox.accounts import ACCOUNT_PREFIX
+
+    uids = {p.pw_uid for p in pwd.getpwall() if p.pw_name.startswith(ACCOUNT_PREFIX)}
+    return [
+        f"{p.pid} {p.info['name']}"
+        for p in psutil.process_iter(["uids", "name"])
+        if p.info["uids"] and p.info["uids"].real in uids
+    ]
 
 
 def test_a_dask_cluster_gives_the_grades_of_serial_nbgrader(cluster_graded):

@@ -32,7 +32,7 @@ from autograder.batch.submissions import (
     find_submissions,
     state_path,
 )
-from autograder.batch.worker import execute_submission, warm_worker
+from autograder.batch.worker import execute_submission, release_worker, warm_worker
 from autograder.errors import ConfigError, GradingError
 from autograder.fstree import write_fresh
 from autograder.sandbox.files import remove_stale_temps
@@ -62,12 +62,25 @@ def _executor(
         )
         with cluster, Client(cluster) as client:
             _warm_dask(client, warm)
-            yield client.get_executor(pure=False), "dask", workers
+            try:
+                yield client.get_executor(pure=False), "dask", workers
+            finally:
+                _release_dask(client)
         return
     with Client(scheduler) as client:
         n = len(client.scheduler_info().get("workers", {})) or workers
         _warm_dask(client, warm)
-        yield client.get_executor(pure=False), "dask", n
+        try:
+            yield client.get_executor(pure=False), "dask", n
+        finally:
+            _release_dask(client)
+
+
+def _release_dask(client: Any) -> None:
+    """Each worker stops the kernel it started ahead: a cluster's workers outlive the
+    batch, and a kernel waiting for a submission that never comes holds a sandbox."""
+    with contextlib.suppress(Exception):
+        client.run(release_worker)
 
 
 def _warm_dask(client: Any, warm: tuple[Any, ...]) -> None:

@@ -33,7 +33,7 @@ from autograder.grading.execute import GraderExecute
 from autograder.rubric import load_rubric
 from autograder.sandbox.files import grader_temp
 
-__all__ = ["execute_submission", "warm_worker"]
+__all__ = ["execute_submission", "release_worker", "warm_worker"]
 
 
 _EVALUATOR: Any = None
@@ -103,6 +103,14 @@ def warm_worker(
         logging.getLogger(__name__).warning("warming the worker up failed: %s", exc)
     _STARTUP["s"] = time.monotonic() - start
     return _STARTUP["s"]
+
+
+def release_worker() -> None:
+    """In a worker that outlives the batch (a Dask cluster's): stop the kernel it started
+    ahead for a next submission, and free its sandbox. Nothing of the batch stays."""
+    from autograder.sandbox.spare import discard_spare_kernel
+
+    discard_spare_kernel()
 
 
 def execute_submission(
