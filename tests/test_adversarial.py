@@ -20,6 +20,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -359,7 +360,12 @@ def batch(staged_data: None):
         print("\n" + summary.format())
         for o in sorted(summary.outcomes, key=lambda o: -o.timing.get("worker_s", 0)):
             print(f"  {o.student}: {o.status} {o.score} in {o.timing.get('worker_s', 0):.1f} s")
-        yield course, summary, before, _left_on_the_machine()
+        # Killed processes go in their own time: what the batch ended may take a moment to
+        # be reaped, but nothing may stay.
+        deadline = time.monotonic() + 20
+        while (after := _left_on_the_machine()) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        yield course, summary, before, after
     finally:
         shutil.rmtree(parent, ignore_errors=True)
 
