@@ -10,9 +10,13 @@ README's "Map of the package" names every module.
 
 from __future__ import annotations
 
-from autograder.errors import AutograderError, ConfigError, DataError, GradingError
-from autograder.results import CheckResult, GradingResult
-from autograder.rubric import Rubric, lab_ids, load_rubric
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from autograder.errors import AutograderError, ConfigError, DataError, GradingError
+    from autograder.results import CheckResult, GradingResult
+    from autograder.rubric import Rubric, lab_ids, load_rubric
 
 __all__ = [
     "AutograderError",
@@ -28,3 +32,24 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+# Imported on first use: a student's notebook imports ``autograder.datasets`` and
+# ``autograder.checks`` only, and must not pay for the rubric's nbformat (a second of
+# jsonschema's start-up) in every kernel.
+_LAZY = {
+    "AutograderError": "autograder.errors",
+    "ConfigError": "autograder.errors",
+    "DataError": "autograder.errors",
+    "GradingError": "autograder.errors",
+    "CheckResult": "autograder.results",
+    "GradingResult": "autograder.results",
+    "Rubric": "autograder.rubric",
+    "lab_ids": "autograder.rubric",
+    "load_rubric": "autograder.rubric",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'autograder' has no attribute {name!r}")

@@ -14,8 +14,6 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-import nbformat
-
 from autograder.errors import ConfigError
 from autograder.settings import rubric_dir
 
@@ -477,6 +475,8 @@ def _load_rubric(lab: str, path: str, _mtime_ns: int, _size: int) -> Rubric:
 def check_notebook_against_rubric(notebook: Path, rubric: Rubric) -> None:
     """Every autograded test cell is a rubric check with the same points, every cell graded
     by hand a ``manual`` entry of the rubric, and vice versa."""
+    import nbformat  # here: the test cells import this module in every kernel
+
     nb = nbformat.read(notebook, as_version=4)
     cells: dict[str, float] = {}
     by_hand: dict[str, float] = {}

@@ -18,6 +18,7 @@ from autograder.errors import ConfigError
 __all__ = [
     "DATA_DIR_ENV",
     "EXAMPLES_DIR",
+    "FORK_KERNELS_ENV",
     "HUB_SETTINGS_ENV",
     "IMDB_ARCHIVE_ENV",
     "LABS_DIR",
@@ -48,6 +49,7 @@ DATA_DIR_ENV: Final = "AUTOGRADER_DATA_DIR"  # staged data (default ~/.autograde
 TRAIN_LIMIT_ENV: Final = "AUTOGRADER_TRAIN_LIMIT"  # "imdb=4000,...": smaller training sets
 IMDB_ARCHIVE_ENV: Final = "AUTOGRADER_IMDB_ARCHIVE"  # the aclImdb archive to stage from
 SANDBOX_USER_ENV: Final = "AUTOGRADER_SANDBOX_USER"  # "off": kernels as the grader's user
+FORK_KERNELS_ENV: Final = "AUTOGRADER_FORK_KERNELS"  # "off": kernels started, not forked
 HUB_SETTINGS_ENV: Final = "AUTOGRADER_HUB_SETTINGS"  # the hub's course.toml
 PROXY_COMMAND_ENV: Final = "AUTOGRADER_PROXY_COMMAND"  # the hub's configurable-http-proxy
 RUBRIC_DIR_ENV: Final = "AUTOGRADER_RUBRIC_DIR"  # the course's own rubrics (default: LABS_DIR)

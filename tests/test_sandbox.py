@@ -261,10 +261,12 @@ def socket_dir(monkeypatch: pytest.MonkeyPatch):
 
 def test_kernel_stopped_for_memory_leaves_the_other_cells_with_the_reason(tmp_path, socket_dir):
     started = time.monotonic()
-    nb = _run(tmp_path, "print('before')", HOG, "print('after')", memory_limit_mb=300)
+    # A kernel forked from the fork server starts near 300 MiB resident (its preloaded
+    # libraries, shared with the server).
+    nb = _run(tmp_path, "print('before')", HOG, "print('after')", memory_limit_mb=800)
     assert time.monotonic() - started < 30
     assert list(socket_dir.iterdir()) == []  # the killed kernel's socket folder is gone too
-    reason = "memory limit exceeded: the notebook used more than 300 MiB"
+    reason = "memory limit exceeded: the notebook used more than 800 MiB"
     assert "before" in gh.shown(nb.cells[0])
     for cell in nb.cells[1:]:
         assert "KernelStopped" in gh.shown(cell) and reason in gh.shown(cell)
@@ -600,3 +602,105 @@ def test_cgroups_left_by_a_killed_grader_are_removed():
     assert KernelCgroup.remove_stale("slot-test-")
     assert sleeper.wait(timeout=10) == -signal.SIGKILL
     assert not any(folder.exists() for folder in left.folders)
+
+
+# --- kernels forked from the fork server ----------------------------------------------------
+
+FORKED_FIRST = """
+import os, sys
+import numpy as np, keras, tensorflow as tf
+keras.LEFT_BY_FIRST = "a secret"
+sys.modules["left_by_first"] = sys
+os.environ["LEFT_BY_FIRST"] = "1"
+open(os.path.join(os.environ["HOME"], "left-by-first"), "w").write("x")
+open("/tmp/left-by-first", "w").write("x")
+print(float(tf.reduce_sum(tf.ones((3, 3)))))  # an op: TensorFlow's thread pools, here only
+print("draw", np.random.randint(1 << 30), os.getuid())
+"""
+
+FORKED_NEXT = """
+import os, sys
+import numpy as np, keras
+left = [
+    hasattr(keras, "LEFT_BY_FIRST"),
+    "left_by_first" in sys.modules,
+    "LEFT_BY_FIRST" in os.environ,
+    os.path.exists(os.path.join(os.environ["HOME"], "left-by-first")),
+    os.path.exists("/tmp/left-by-first"),
+]
+print("left", left)
+print("draw", np.random.randint(1 << 30), os.getuid())
+model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, activation="softmax")])
+model.compile("adam", "sparse_categorical_crossentropy")
+model.fit(np.random.rand(64, 4), np.random.randint(0, 2, 64), epochs=1, verbose=0)
+model.save("forked.keras")
+print("saved", os.path.getsize("forked.keras") > 0)
+"""
+
+
+def _run_recorded(folder: Path, source: str) -> tuple[str, dict]:
+    """What one notebook printed, and the record of its sandbox."""
+    nb = new_notebook(cells=[new_code_cell(source)])
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    resources = {
+        "nbgrader": {"assignment": "not-a-lab"},
+        "metadata": {"path": str(folder)},
+        "autograder": {},
+    }
+    nb, resources = GraderExecute().preprocess(nb, resources)
+    return gh.shown(nb.cells[0]), resources["autograder"]["sandbox"]
+
+
+def test_forked_kernels_share_nothing_from_one_notebook_to_the_next(tmp_path, monkeypatch):
+    from autograder.sandbox import forked
+
+    if not forked.forking_wanted():
+        pytest.skip("kernels are not forked here (no pidfd_open, or AUTOGRADER_FORK_KERNELS)")
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    second.mkdir()
+    out1, record1 = _run_recorded(first, FORKED_FIRST)
+    server = forked._SERVERS[0].process.pid
+    out2, record2 = _run_recorded(second, FORKED_NEXT)
+    assert record1["forked"] and record2["forked"], (out1, out2)
+    assert forked._SERVERS[0].process.pid == server  # both forked from the same server
+    assert "9.0" in out1, out1  # TensorFlow ran an op in the first
+    assert "left [False, False, False, False, False]" in out2, out2
+    assert "saved True" in out2, out2  # and trains and saves in the next
+    draws = [re.search(r"draw (\d+) (\d+)", out) for out in (out1, out2)]
+    assert draws[0] and draws[1]
+    assert draws[0][1] != draws[1][1]  # a random state of each kernel's own
+    if SEPARATE:
+        assert record1["separate_user"] and record2["separate_user"]
+        assert int(draws[0][2]) != 0 and int(draws[1][2]) != 0  # not the server's root
+    # The server holds no TensorFlow thread pool and no student's code: it is the same
+    # single process it was, with no kernel of its own left.
+    info = forked.fork_server_info()
+    assert info is not None and info["modules"][:3] == ["numpy", "tensorflow", "keras"]
+    left = [p for p in psutil.Process(server).children(recursive=True) if p.is_running()]
+    assert all(p.status() == psutil.STATUS_ZOMBIE for p in left), left
+
+
+def test_kernels_are_started_anew_where_forking_is_off_or_fails(tmp_path, monkeypatch, caplog):
+    from autograder.sandbox import forked, isolation
+
+    folder = tmp_path / "nb"
+    folder.mkdir()
+    monkeypatch.setenv("AUTOGRADER_FORK_KERNELS", "off")
+    out, record = _run_recorded(folder, "print('ran', 6 * 7)")
+    assert "ran 42" in out and record["forked"] is False
+    # A server that cannot start (here: it exits at once): a warning, and the kernel starts.
+    monkeypatch.delenv("AUTOGRADER_FORK_KERNELS")
+    forked.stop_fork_server()
+    broken = tmp_path / "broken_server.py"
+    broken.write_text("raise SystemExit(3)\n")
+    monkeypatch.setattr(forked, "_SERVER_SCRIPT", broken)
+    monkeypatch.setattr(isolation, "_WARNED", set())
+    out, record = _run_recorded(folder, "print('ran', 6 * 7)")
+    assert "ran 42" in out and record["forked"] is False
+    assert "kernels are started, not forked: the fork server did not start" in caplog.text
+    forked.stop_fork_server()

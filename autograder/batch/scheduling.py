@@ -253,6 +253,10 @@ def _grade(
     return summary
 
 
+# Per submission, 1 or 0: its kernel started before it came; forked from the fork server.
+KERNEL_FLAGS = ("kernel_ahead", "kernel_forked")
+
+
 def _record(
     course_root: Path,
     api: Any,
@@ -269,7 +273,7 @@ def _record(
         return SubmissionOutcome(s.lab, s.student, "failed", done["error"], timing=timing)
     result = api.autograde(s.lab, s.student, force=True, create=True)
     replay_s = time.monotonic() - begin
-    timing = {k: round(v, 3) for k, v in done.items() if k.endswith("_s") or k == "kernel_ahead"}
+    timing = {k: round(v, 3) for k, v in done.items() if k.endswith("_s") or k in KERNEL_FLAGS}
     timing["replay_s"] = round(replay_s, 3)
     graded = read_result(course_root / "autograded" / s.student / s.lab, s.notebook.stem)
     if not result["success"] or graded is None:

@@ -107,10 +107,13 @@ def warm_worker(
 
 def release_worker() -> None:
     """In a worker that outlives the batch (a Dask cluster's): stop the kernel it started
-    ahead for a next submission, and free its sandbox. Nothing of the batch stays."""
+    ahead for a next submission, and free its sandbox; stop its fork server. Nothing of
+    the batch stays."""
+    from autograder.sandbox.forked import stop_fork_server
     from autograder.sandbox.spare import discard_spare_kernel
 
     discard_spare_kernel()
+    stop_fork_server()
 
 
 def execute_submission(
@@ -201,6 +204,7 @@ def execute_submission(
         out["cells_s"] = _cell_seconds(nb.cells)
         out["capture_s"] = _seconds(resources["autograder"].get("capture_timing", {}))
         out["kernel_ahead"] = float(bool(resources["autograder"].get("kernel_started_ahead")))
+        out["kernel_forked"] = float(bool(resources["autograder"]["sandbox"].get("forked")))
         artifacts = Path(resources["autograder"]["artifacts"])
         begin = time.monotonic()
         try:

@@ -350,7 +350,9 @@ class GraderExecute(Execute):
         self._isolated = bool(getattr(km, "isolated", False))
         pid = kernel_pid(km)
         if pid is not None:
-            self._watchdog = Watchdog(pid, self._limits).start()
+            box = getattr(km, "sandbox", None)
+            levels = 2 if box is not None and box.pid_namespace else 0  # `unshare`, init
+            self._watchdog = Watchdog(pid, self._limits, launcher_levels=levels).start()
 
     def start_kernel_ahead(self) -> None:
         """Start a lab notebook's kernel now, for the next :meth:`preprocess` of this process

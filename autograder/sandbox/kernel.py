@@ -47,6 +47,7 @@ from autograder.data.loaders import data_dir, grader_only_dirs
 from autograder.data.sources import raw_sources
 from autograder.data.staging import staging_code
 from autograder.fstree import copy_files, remove_tree
+from autograder.sandbox import launcher
 from autograder.sandbox.accounts import (
     acquire_slot,
     clean_account,
@@ -65,6 +66,7 @@ from autograder.sandbox.files import (
     reclaim,
     short_base,
 )
+from autograder.sandbox.forked import fork_kernel
 from autograder.sandbox.isolation import isolation_prefix, namespace_flags
 from autograder.settings import DATA_DIR_ENV, Limits
 
@@ -90,91 +92,8 @@ def _scrubbed(env: Mapping[str, str]) -> dict[str, str]:
     return {k: v for k, v in env.items() if not (_SECRET.search(k) or k.startswith("JUPYTERHUB_"))}
 
 
-# Run between unshare and the kernel (stdlib only, `python -I -S`): as root, join the kernel's
-# cgroups and mount its private temporary folders (size-capped tmpfs); resource limits, then the
-# account (groups, gid, uid: all of them, real, effective and saved), then no_new_privs so
-# that no setuid program can give privileges back. Without a PID namespace it then becomes
-# the kernel (whose parent, the grader, ipykernel watches). In a PID namespace it stays as
-# the namespace's init (PID 1): it starts the kernel, reaps whatever is orphaned (killed
-# processes must not linger as zombies: they count against the account's process limit),
-# and ends everything when the kernel ends or when the grader is gone (the grader holds the
-# write end of the pipe WATCH: when it dies the pipe reads as closed). It exits with the
-# kernel's exit code, 128 + N for a kernel killed by signal N.
-_LAUNCH = r"""
-import ctypes, json, os, resource, select, signal, sys
-nproc, fsize, uid, gid, watch, tmpfs, cgroups, masks, empty = sys.argv[1:10]
-cmd = sys.argv[11:]
-libc = ctypes.CDLL(None, use_errno=True)
-if cgroups != "-":  # join the kernel's memory and pids groups while still root
-    for procs in cgroups.split(","):
-        with open(procs, "w") as f:
-            f.write(str(os.getpid()))
-if masks != "-":  # in the kernel's own mount namespace: the grader's data, hidden
-    for path in json.loads(masks):
-        if os.path.isdir(path) and not os.path.islink(path):  # an empty, read-only folder
-            done = libc.mount(b"tmpfs", path.encode(), b"tmpfs", 1 | 2 | 4 | 8, b"size=4k,mode=000")
-        elif os.path.isfile(path) and not os.path.islink(path):  # an unreadable empty file
-            done = libc.mount(empty.encode(), path.encode(), None, 4096, None)
-        else:
-            continue
-        if done != 0:
-            raise OSError(ctypes.get_errno(), "hiding " + path)
-if tmpfs != "-":  # in the kernel's own mount namespace: one tmpfs (MS_NOSUID | MS_NODEV)
-    options = ("size=%sm,mode=1777" % tmpfs).encode()
-    if libc.mount(b"tmpfs", b"/tmp", b"tmpfs", 2 | 4, options) != 0:
-        raise OSError(ctypes.get_errno(), "mount tmpfs on /tmp")
-    for target in ("/var/tmp", "/dev/shm", "/run/lock"):  # the same one (MS_BIND)
-        if os.path.isdir(target) and not os.path.islink(target):
-            if libc.mount(b"/tmp", target.encode(), None, 4096, None) != 0:
-                raise OSError(ctypes.get_errno(), "bind /tmp on " + target)
-def limit(res, value):
-    soft, hard = resource.getrlimit(res)
-    if hard != resource.RLIM_INFINITY:
-        value = min(value, hard)
-    resource.setrlimit(res, (value, value))
-limit(resource.RLIMIT_CORE, 0)
-if fsize != "-":
-    limit(resource.RLIMIT_FSIZE, int(fsize))
-if nproc != "-":
-    limit(resource.RLIMIT_NPROC, int(nproc))
-if uid != "-":
-    os.setgroups([])
-    os.setresgid(int(gid), int(gid), int(gid))
-    os.setresuid(int(uid), int(uid), int(uid))
-if libc.prctl(38, 1, 0, 0, 0) != 0:  # PR_SET_NO_NEW_PRIVS
-    raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS)")
-if watch == "-":
-    os.execvp(cmd[0], cmd)
-watch = int(watch)
-signal.signal(signal.SIGINT, lambda *args: None)  # interrupts are the kernel's
-env = dict(os.environ)
-env.pop("JPY_PARENT_PID", None)  # its parent is this init, which watches the grader
-kernel = os.fork()
-if kernel == 0:
-    os.close(watch)
-    os.execvpe(cmd[0], cmd, env)
-poll = select.poll()
-poll.register(watch, select.POLLIN | select.POLLHUP)
-status = None
-while status is None:
-    while True:
-        try:
-            pid, wstatus = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            pid = 0
-        if pid == 0:
-            break
-        if pid == kernel:
-            status = os.waitstatus_to_exitcode(wstatus)
-            break
-    if status is None and poll.poll(200):
-        status = 128 + signal.SIGKILL  # the grader is gone: so is everything here
-try:
-    os.kill(-1, signal.SIGKILL)
-except ProcessLookupError:
-    pass
-os._exit(status if status >= 0 else 128 - status)
-"""
+# The launcher (stdlib only) runs as `python -I -S -c SOURCE`: nothing of the course on its path.
+_LAUNCH = Path(launcher.__file__).read_text()
 
 
 class KernelSandbox:
@@ -207,6 +126,7 @@ class KernelSandbox:
         self.cgroup: KernelCgroup | None = None
         self.oom_killed = False  # the memory cgroup's OOM killer ended something of it
         self.peak_memory_mb: float | None = None
+        self.forked = False  # forked from the fork server (:mod:`forked`), not started
         if self.account is not None:
             self.public_data = public_data_copy()
             close_to_others(grader_only_dirs())
@@ -317,27 +237,17 @@ class KernelSandbox:
         # Counted per user: the grader's own processes and threads count too.
         return str(tasks_of(os.getuid()) + self.limits.processes)
 
-    def command(self, kernel_cmd: list[str]) -> list[str]:
-        """The command that starts ``kernel_cmd`` in this sandbox; launch it with
-        :attr:`pass_fds`."""
-        prefix: list[str] = []
+    def launch_args(self, kernel_cmd: list[str]) -> list[str]:
+        """The launcher's arguments for ``kernel_cmd`` in this sandbox (:mod:`launcher`);
+        with a PID namespace, the read end of a new watch pipe is in :attr:`pass_fds`."""
         watch = "-"
-        if self.flags is not None:
-            unshare = shutil.which("unshare")
-            assert unshare is not None
-            prefix = [unshare, *self.flags, "--"]
-            if self.pid_namespace:
-                read, write = os.pipe()
-                self._pipes += [read, write]
-                self.pass_fds = (read,)
-                watch = str(read)
+        if self.pid_namespace:
+            read, write = os.pipe()
+            self._pipes += [read, write]
+            self.pass_fds = (read,)
+            watch = str(read)
         acct = self.account
-        launch = [
-            sys.executable,
-            "-I",
-            "-S",
-            "-c",
-            _LAUNCH,
+        return [
             self._nproc(),
             str(self.limits.file_size_mb * 2**20),
             str(acct.uid) if acct else "-",
@@ -349,8 +259,18 @@ class KernelSandbox:
             json.dumps([str(p) for p in self._hidden()]) if self.private_tmp else "-",
             str(EMPTY),
             "--",
+            *kernel_cmd,
         ]
-        return [*prefix, *launch, *kernel_cmd]
+
+    def command(self, launch_args: list[str]) -> list[str]:
+        """The command that starts the kernel of :meth:`launch_args` in this sandbox;
+        launch it with :attr:`pass_fds`."""
+        prefix: list[str] = []
+        if self.flags is not None:
+            unshare = shutil.which("unshare")
+            assert unshare is not None
+            prefix = [unshare, *self.flags, "--"]
+        return [*prefix, sys.executable, "-I", "-S", "-c", _LAUNCH, *launch_args]
 
     def describe(self) -> dict[str, Any]:
         """What held for this kernel, for the record."""
@@ -364,6 +284,7 @@ class KernelSandbox:
             "memory_cgroup": self.cgroup is not None,
             "processes": self.limits.processes if acct or os.geteuid() != 0 else None,
             "file_size_mb": self.limits.file_size_mb,
+            "forked": self.forked,
         }
 
     def release(self) -> None:
@@ -427,6 +348,8 @@ class SandboxedKernelManager(AsyncKernelManager):
         self.limits: Limits | None = None
         self.sandbox: KernelSandbox | None = None
         self._own_sandbox = False
+        self._launch: tuple[list[str], list[str]] | None = None  # kernel_cmd, launcher's args
+        self.forked = False  # whether the running kernel was forked from the fork server
 
     async def _async_pre_start_kernel(self, **kw: Any) -> tuple[list[str], dict[str, Any]]:
         if self.sandbox is None:
@@ -444,7 +367,8 @@ class SandboxedKernelManager(AsyncKernelManager):
         box.own(Path(self.connection_file))
         kw["env"] = box.environment(kw.get("env") or os.environ)
         self.isolated = box.network_isolated
-        cmd = box.command(kernel_cmd)
+        self._launch = (kernel_cmd, box.launch_args(kernel_cmd))
+        cmd = box.command(self._launch[1])
         # What a kernel prints outside cells (ipykernel's banner, TensorFlow's start-up log)
         # would flood the grader's terminal; what a cell prints comes over the iopub channel.
         kw.setdefault("stdout", subprocess.DEVNULL)
@@ -452,6 +376,33 @@ class SandboxedKernelManager(AsyncKernelManager):
         if box.pass_fds:
             kw["pass_fds"] = box.pass_fds  # Popen keyword, passed on by jupyter_client
         return cmd, kw
+
+    async def _async_launch_kernel(self, kernel_cmd: list[str], **kw: Any) -> None:
+        """Fork the kernel from the fork server when it can be (:mod:`forked`), else start
+        it (``kernel_cmd``: the whole sandboxed command)."""
+        box, launch = self.sandbox, self._launch
+        self.forked = False
+        if box is not None and launch is not None and self.provisioner is not None:
+            env = kw.get("env") or os.environ
+            process = fork_kernel(
+                launch[0],
+                env=env,
+                cwd=str(kw.get("cwd") or os.getcwd()),
+                flags=box.flags or (),
+                launch_args=launch[1],
+                watch=box.pass_fds[0] if box.pass_fds else None,
+            )
+            if process is not None:
+                # What LocalProvisioner.launch_kernel records of a process it started.
+                provisioner: Any = self.provisioner
+                provisioner.process = process
+                provisioner.pid = process.pid
+                provisioner.pgid = process.pid  # a session of its own
+                provisioner.cwd = kw.get("cwd")
+                self.forked = box.forked = True
+                self._reconcile_connection_info(provisioner.connection_info)
+                return
+        await super()._async_launch_kernel(kernel_cmd, **kw)
 
     async def _async_cleanup_resources(self, restart: bool = False) -> None:
         await super()._async_cleanup_resources(restart=restart)

@@ -39,8 +39,13 @@ class Watchdog:
         limits: Limits,
         *,
         interval: float = 0.2,
+        launcher_levels: int = 0,
     ) -> None:
         self.pid = pid
+        # The top levels of the tree that are the sandbox's launcher (`unshare` and the PID
+        # namespace's init), not the notebook: their memory is not the notebook's. Forked
+        # from the fork server, each holds its preloaded libraries as resident.
+        self.launcher_levels = launcher_levels
         self.limits = limits
         self.interval = interval
         self.kind: str | None = None
@@ -87,9 +92,12 @@ class Watchdog:
                 if not root.is_running() or root.status() == psutil.STATUS_ZOMBIE:
                     return
                 procs = [root, *root.children(recursive=True)]
+                launcher = {root.pid}
+                for _ in range(self.launcher_levels - 1):
+                    launcher |= {c.pid for p in procs if p.pid in launcher for c in p.children()}
             except psutil.Error:
                 return
-            rss = sum(_rss(p) for p in procs)
+            rss = sum(_rss(p) for p in procs if self.launcher_levels == 0 or p.pid not in launcher)
             self.peak_rss_mb = max(self.peak_rss_mb, rss / 2**20)
             if rss > limit_bytes:
                 self._kill(root, pgid, "memory", memory_limit_message(self.limits))

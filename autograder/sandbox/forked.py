@@ -1,0 +1,255 @@
+"""Kernels forked from a fork server (:mod:`autograder.sandbox.forkserver`) that has
+imported numpy, TensorFlow and Keras once, instead of started anew: the grader's side.
+
+One server per grading process, started at its first kernel with the kernel's environment
+(secrets scrubbed, a home of its own), restarted when that environment changes (what
+TensorFlow reads at import must be what the kernel would have read) or when the server
+died. :func:`fork_kernel` answers None, and the kernel is started as usual, where forking
+is off (``AUTOGRADER_FORK_KERNELS=off``), not possible here (no ``pidfd_open``), or the
+server could not start or import (a warning says why, once). A forked kernel is sandboxed
+exactly as a started one: the same launcher, namespaces, cgroups, masks and account.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from autograder._runtime import at_exit
+from autograder.sandbox.isolation import warn_once
+from autograder.settings import FORK_KERNELS_ENV
+
+__all__ = [
+    "ForkedProcess",
+    "fork_kernel",
+    "fork_server_info",
+    "forking_wanted",
+    "stop_fork_server",
+]
+
+log = logging.getLogger(__name__)
+
+_SERVER_SCRIPT = Path(__file__).with_name("forkserver.py")
+_START_TIMEOUT = 180.0  # importing TensorFlow on a loaded 2-core machine
+_MAX_MESSAGE = 1 << 16
+# Set per kernel, not read at import: a server serves kernels that differ only in these.
+PER_KERNEL = frozenset(
+    {"HOME", "TMPDIR", "USER", "LOGNAME", "JPY_PARENT_PID", "JPY_SESSION_NAME", "PWD"}
+)
+
+
+def forking_wanted() -> bool:
+    """Whether kernels are forked from a fork server here (``AUTOGRADER_FORK_KERNELS``)."""
+    off = os.environ.get(FORK_KERNELS_ENV, "").strip().lower() in {"off", "0", "no", "false"}
+    return sys.platform == "linux" and hasattr(os, "pidfd_open") and not off
+
+
+class ForkServer:
+    """A running fork server and the socket to it (one request at a time)."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.key = _server_key(env)
+        # 0700: the server's own home, while it imports
+        self.home = Path(tempfile.mkdtemp(prefix="agfork-"))
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        server_env = {k: v for k, v in env.items() if k not in PER_KERNEL}
+        server_env.update(HOME=str(self.home), TMPDIR=str(self.home))
+        self._lock = threading.Lock()
+        self.sock = ours
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, str(_SERVER_SCRIPT), str(theirs.fileno())],
+                pass_fds=(theirs.fileno(),),
+                env=server_env,
+                cwd=self.home,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,  # the grader's Ctrl-C is not for it
+            )
+        finally:
+            theirs.close()
+        ours.settimeout(_START_TIMEOUT)
+        try:
+            hello = json.loads(ours.recv(_MAX_MESSAGE) or b'{"error": "it exited"}')
+        except (OSError, ValueError) as exc:
+            hello = {"error": f"no answer: {exc}"}
+        ours.settimeout(None)
+        if "ready" not in hello:
+            self.close()
+            raise OSError(f"the fork server did not start: {hello.get('error')}")
+        self.info: dict[str, Any] = hello["ready"]
+        _remove(self.home)  # read at import only (keras' config): nothing stays behind
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def request(self, message: dict[str, Any], fds: tuple[int, ...] = ()) -> tuple[Any, int]:
+        """Send one request; its answer and the file descriptor attached to it (or -1)."""
+        data = json.dumps(message).encode()
+        with self._lock:
+            if fds:
+                socket.send_fds(self.sock, [data], list(fds))
+            else:
+                self.sock.send(data)
+            answer, got, _, _ = socket.recv_fds(self.sock, _MAX_MESSAGE, 1)
+        if not answer:
+            raise OSError("the fork server is gone")
+        return json.loads(answer), (got[0] if got else -1)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.close()  # the server exits when its socket closes
+        with contextlib.suppress(Exception):
+            self.process.wait(timeout=10)
+        with contextlib.suppress(Exception):
+            self.process.kill()
+            self.process.wait(timeout=10)
+        _remove(self.home)
+
+
+def _remove(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _server_key(env: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted((k, v) for k, v in env.items() if k not in PER_KERNEL))
+
+
+class ForkedProcess:
+    """A forked kernel's launcher, as jupyter_client's provisioner uses a ``Popen``: its
+    parent is the fork server, so its exit status comes from there; signals go by pidfd
+    (never to a reused process id)."""
+
+    stdin = stdout = stderr = None
+
+    def __init__(self, server: ForkServer, pid: int, pidfd: int) -> None:
+        self.server, self.pid, self.pidfd = server, pid, pidfd
+        self.returncode: int | None = None
+
+    def _exited(self, timeout: float | None = 0) -> bool:
+        readable, _, _ = select.select([self.pidfd], [], [], timeout)
+        return bool(readable)
+
+    def poll(self) -> int | None:
+        if self.returncode is None and self.pidfd >= 0 and self._exited():
+            status = None
+            for _ in range(50):  # the server reaps it on SIGCHLD, a moment after the exit
+                try:
+                    status = self.server.request({"op": "status", "pid": self.pid})[0]["status"]
+                except OSError:
+                    status = -signal.SIGKILL  # the server is gone, and with it the status
+                if status is not None:
+                    break
+                threading.Event().wait(0.02)
+            self.returncode = -signal.SIGKILL if status is None else int(status)
+            os.close(self.pidfd)
+            self.pidfd = -1
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        if self.returncode is None and self.pidfd >= 0 and not self._exited(timeout):
+            raise subprocess.TimeoutExpired(str(self.pid), timeout or 0)
+        code = self.poll()
+        assert code is not None
+        return code
+
+    def send_signal(self, sig: int) -> None:
+        if self.returncode is None and self.pidfd >= 0:
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(self.pidfd, sig)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def __del__(self) -> None:
+        if getattr(self, "pidfd", -1) >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self.pidfd)
+
+
+_SERVERS: list[ForkServer] = []  # at most one per process
+_LOCK = threading.Lock()
+
+
+def _server(env: Mapping[str, str]) -> ForkServer | None:
+    with _LOCK:
+        if _SERVERS and (not _SERVERS[0].alive() or _SERVERS[0].key != _server_key(env)):
+            _SERVERS.pop().close()
+        if not _SERVERS:
+            try:
+                _SERVERS.append(ForkServer(env))
+            except OSError as exc:
+                warn_once("fork", f"kernels are started, not forked: {exc}")
+                return None
+            if not _AT_EXIT:
+                _AT_EXIT.append(True)
+                at_exit(stop_fork_server)
+        return _SERVERS[0]
+
+
+_AT_EXIT: list[bool] = []
+
+
+def stop_fork_server() -> None:
+    """Stop this process's fork server, if it has one."""
+    with _LOCK:
+        while _SERVERS:
+            _SERVERS.pop().close()
+
+
+def fork_server_info() -> dict[str, Any] | None:
+    """What the running fork server reported when ready (import time, threads), or None."""
+    return dict(_SERVERS[0].info) if _SERVERS else None
+
+
+def fork_kernel(
+    kernel_cmd: list[str],
+    *,
+    env: Mapping[str, str],
+    cwd: str,
+    flags: tuple[str, ...],
+    launch_args: list[str],
+    watch: int | None,
+) -> ForkedProcess | None:
+    """Fork ``kernel_cmd`` (``python -m ipykernel_launcher ...`` of this interpreter) from
+    the fork server, sandboxed by the launcher with ``launch_args`` after entering the
+    namespaces of ``flags``; None where it cannot be forked (start it as usual)."""
+    if not forking_wanted() or kernel_cmd[:3] != [sys.executable, "-m", "ipykernel_launcher"]:
+        return None
+    server = _server(env)
+    if server is None:
+        return None
+    request = {
+        "op": "spawn",
+        "cmd": kernel_cmd,
+        "env": dict(env),
+        "cwd": cwd,
+        "flags": list(flags),
+        "args": launch_args,
+    }
+    try:
+        answer, pidfd = server.request(request, (watch,) if watch is not None else ())
+    except OSError as exc:
+        warn_once("fork-failed", f"a kernel could not be forked, started instead: {exc}")
+        return None
+    if pidfd < 0:
+        return None
+    return ForkedProcess(server, int(answer["pid"]), pidfd)

@@ -1,0 +1,229 @@
+"""The fork server: a process that has imported numpy, TensorFlow and Keras once, from
+which each student's kernel is forked instead of started (run as a script by
+:mod:`autograder.sandbox.forked`, which is its only client).
+
+A fresh kernel spends 3-6 s of CPU importing TensorFlow in the notebook's first cell; a
+forked one finds it imported. What the server holds is what those imports hold and nothing
+else: it never runs a TensorFlow op (no TensorFlow thread pool, no device), never imports
+the grader, and never sees a notebook; it is started with the kernel's own environment
+(secrets scrubbed) and a home of its own. Each fork is then sandboxed exactly as a started
+kernel (:mod:`autograder.sandbox.launcher`: namespaces, cgroups, masks, limits, account) and
+runs ipykernel in place of ``python -m ipykernel_launcher``.
+
+Protocol, over a SOCK_SEQPACKET socket inherited as file descriptor ``argv[1]``: the server
+sends ``{"ready": ...}`` once imported (or ``{"error": ...}``); then each request is one
+JSON message, ``{"op": "spawn", ...}`` (with the watch pipe's read end as an attached file
+descriptor) answered by ``{"pid": N}`` with a pidfd attached, or ``{"op": "status",
+"pid": N}`` answered by ``{"status": code or null}``. The server exits when the socket
+closes: its client, the grader, is gone.
+
+OpenBLAS (numpy's, and TensorFlow's copy) starts its worker threads at import; it stops
+them before each fork and starts them again in the child (its own pthread_atfork
+handlers), so the server is single-threaded in effect when it forks.
+"""
+
+import atexit
+import contextlib
+import importlib.util
+import json
+import os
+import select
+import signal
+import socket
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+# Run as a script: its folder (this package) is not the kernel's business.
+if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+    del sys.path[0]
+
+_MAX_MESSAGE = 1 << 20
+_PRELOADED = ("numpy", "tensorflow", "keras", "ipykernel.kernelapp")
+
+
+def _launcher() -> Any:
+    """:mod:`autograder.sandbox.launcher` under a private name: the grader's package is
+    not imported here (a student's ``autograder`` import must find it unimported)."""
+    path = Path(__file__).with_name("launcher.py")
+    spec = importlib.util.spec_from_file_location("_autograder_kernel_launcher", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _threads() -> int:
+    return len(os.listdir("/proc/self/task"))
+
+
+def _run_kernel(cmd: list[str], env: dict[str, str]) -> None:
+    """Be ``cmd`` (``python -m ipykernel_launcher ARGS``) in this process; never returns."""
+    code: Any = 0
+    try:
+        os.environ.clear()
+        os.environ.update(env)
+        import ipykernel_launcher
+
+        sys.argv = [ipykernel_launcher.__file__, *cmd[3:]]
+        _as_fresh()
+        from ipykernel.kernelapp import launch_new_instance
+
+        launch_new_instance()
+    except SystemExit as stop:
+        code = stop.code
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    try:
+        atexit._run_exitfuncs()  # what a normal exit of the interpreter runs
+        sys.stdout.flush()
+        sys.stderr.flush()
+    finally:
+        os._exit(code if isinstance(code, int) else (0 if code is None else 1))
+
+
+def _as_fresh() -> None:
+    """What a kernel started anew would differ in, where the imports cached the server's:
+    a random state of its own, its own $TMPDIR, and keras' home under its own $HOME or
+    $KERAS_HOME."""
+    import tempfile
+
+    import numpy
+
+    numpy.random.seed()  # else every forked kernel draws the same "random" numbers
+    tempfile.tempdir = None  # found again, from this kernel's environment
+    config: Any = sys.modules.get("keras.src.backend.config")
+    if config is not None:
+        if "KERAS_HOME" in os.environ:
+            config._KERAS_DIR = os.environ["KERAS_HOME"]
+        else:
+            base = os.path.expanduser("~")
+            if not os.access(base, os.W_OK):
+                base = "/tmp"
+            config._KERAS_DIR = os.path.join(base, ".keras")
+
+
+class _Server:
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.launcher = _launcher()
+        self.finished: dict[int, int] = {}
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_w, False)
+        signal.signal(signal.SIGCHLD, lambda *args: None)
+        signal.set_wakeup_fd(self.wake_w)
+        self.baseline_fds: set[int] = set()
+
+    def send(self, message: dict[str, Any], fds: list[int] | None = None) -> None:
+        data = json.dumps(message).encode()
+        if fds:
+            socket.send_fds(self.sock, [data], fds)
+        else:
+            self.sock.send(data)
+
+    def reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            self.finished[pid] = os.waitstatus_to_exitcode(status)
+
+    def serve(self) -> None:
+        while True:
+            ready, _, _ = select.select([self.sock.fileno(), self.wake_r], [], [])
+            if self.wake_r in ready:
+                os.read(self.wake_r, 4096)
+                self.reap()
+            if self.sock.fileno() not in ready:
+                continue
+            data, fds, _, _ = socket.recv_fds(self.sock, _MAX_MESSAGE, 4)
+            if not data:
+                return  # the grader is gone
+            request = json.loads(data)
+            self.reap()
+            if request["op"] == "status":
+                pid = int(request["pid"])
+                self.send({"status": self.finished.pop(pid, None)})
+            elif request["op"] == "spawn":
+                self.spawn(request, fds[0] if fds else None)
+            for fd in fds:
+                os.close(fd)
+
+    def spawn(self, request: dict[str, Any], watch: int | None) -> None:
+        args = list(request["args"])
+        if watch is not None:
+            args[4] = str(watch)
+        pid = os.fork()
+        if pid == 0:
+            self.child(request, args, watch)
+        pidfd = os.pidfd_open(pid)
+        try:
+            self.send({"pid": pid}, [pidfd])
+        finally:
+            os.close(pidfd)
+
+    def child(self, request: dict[str, Any], args: list[str], watch: int | None) -> None:
+        try:
+            self.sock.close()
+            signal.set_wakeup_fd(-1)
+            for fd in (self.wake_r, self.wake_w):
+                os.close(fd)
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            # Whatever else the server holds open (nothing but what imports opened).
+            for name in os.listdir("/proc/self/fd"):
+                fd = int(name)
+                if fd > 2 and fd != watch and fd not in self.baseline_fds:
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
+            os.setsid()
+            os.chdir(request["cwd"])
+            os.environ.clear()
+            os.environ.update(request["env"])
+            self.launcher.enter_namespaces(list(request["flags"]))
+            self.launcher.launch(args, start=_run_kernel)
+        except BaseException:
+            traceback.print_exc()
+        os._exit(127)
+
+
+def main() -> None:
+    sock = socket.socket(fileno=int(sys.argv[1]))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the grader's terminal is not ours
+    started = time.monotonic()
+    cpu = time.process_time()
+    try:
+        for module in _PRELOADED:
+            __import__(module)
+    except BaseException as exc:
+        sock.send(json.dumps({"error": f"{type(exc).__name__}: {exc}"}).encode())
+        return
+    server = _Server(sock)
+    # What the imports left open, kept in every kernel (the libraries own them).
+    server.baseline_fds = {int(fd) for fd in os.listdir("/proc/self/fd") if int(fd) > 2} - {
+        sock.fileno(),
+        server.wake_r,
+        server.wake_w,
+    }
+    server.send(
+        {
+            "ready": {
+                "import_s": round(time.monotonic() - started, 3),
+                "import_cpu_s": round(time.process_time() - cpu, 3),
+                "threads": _threads(),
+                "modules": list(_PRELOADED),
+            }
+        }
+    )
+    server.serve()
+    os._exit(0)  # the grader is gone; TensorFlow's teardown would take a second
+
+
+if __name__ == "__main__":
+    main()
