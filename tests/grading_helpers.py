@@ -130,3 +130,42 @@ def calibration_runs() -> Iterator[tuple[str, str, Threshold, str, dict[str, Any
                     own = [v for v in threshold.variants.values() if v.example == e.get("example")]
                     for run in e.get("runs", []):
                         yield lab, source, own[0] if own else threshold, e["metric"], run
+
+
+def sandbox_uids(evaluator: bool = True) -> set[int]:
+    """The uids of the sandbox accounts (and of the evaluator's, with ``evaluator``)."""
+    import pwd
+
+    from autograder.sandbox.accounts import ACCOUNT_PREFIX, EVALUATOR_ACCOUNT
+
+    return {
+        p.pw_uid
+        for p in pwd.getpwall()
+        if p.pw_name.startswith(ACCOUNT_PREFIX) or (evaluator and p.pw_name == EVALUATOR_ACCOUNT)
+    }
+
+
+def sandbox_processes(evaluator: bool = True) -> list[str]:
+    """Every process of the sandbox accounts (and of the evaluator's): "pid name"."""
+    import psutil
+
+    uids = sandbox_uids(evaluator)
+    return [
+        f"{p.pid} {p.info['name']}"
+        for p in psutil.process_iter(["uids", "name"])
+        if p.info["uids"] and p.info["uids"].real in uids
+    ]
+
+
+def orphaned_fork_servers() -> list[str]:
+    """Fork servers (autograder.sandbox.forkserver) whose grading process is gone."""
+    import psutil
+
+    found = []
+    for p in psutil.process_iter(["cmdline", "ppid"]):
+        cmdline = " ".join(p.info["cmdline"] or [])
+        if "autograder/sandbox/forkserver.py" in cmdline and (
+            p.info["ppid"] in (0, 1) or not psutil.pid_exists(p.info["ppid"])
+        ):
+            found.append(f"{p.pid} {cmdline[:120]}")
+    return found

@@ -13,6 +13,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import requests
@@ -23,6 +24,7 @@ __all__ = [
     "free_ports",
     "hub_root",
     "listening",
+    "live_processes",
     "processes_of",
     "submit_as_os_user",
 ]
@@ -48,17 +50,10 @@ def hub_root() -> Path:
     return root
 
 
-def processes_of(root: Path, users: tuple[str, ...]) -> list[str]:
-    """Every process that belongs to a hub under ``root``: run by one of its users, working
-    in its folder, or naming it on its command line. Found from /proc, not from the hub's
-    own bookkeeping, so a process it lost track of is found too."""
-    uids = set()
-    for user in users:
-        with contextlib.suppress(KeyError):
-            uids.add(pwd.getpwnam(user).pw_uid)
-    found = []
+def live_processes() -> Iterator[tuple[int, int, str, str]]:
+    """Every live process (not a zombie), from /proc: pid, uid, command line, working folder."""
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+        if not entry.name.isdigit():
             continue
         try:
             cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
@@ -67,11 +62,23 @@ def processes_of(root: Path, users: tuple[str, ...]) -> list[str]:
             state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
         except OSError:
             continue  # gone, or a kernel thread
-        if state == "Z":
-            continue
-        if uid in uids or cwd.startswith(str(root)) or str(root) in cmdline:
-            found.append(f"{entry.name} uid={uid} {cmdline[:150]}")
-    return found
+        if state != "Z":
+            yield int(entry.name), uid, cmdline, cwd
+
+
+def processes_of(root: Path, users: tuple[str, ...]) -> list[str]:
+    """Every process that belongs to a hub under ``root``: run by one of its users, working
+    in its folder, or naming it on its command line. Found from /proc, not from the hub's
+    own bookkeeping, so a process it lost track of is found too."""
+    uids = set()
+    for user in users:
+        with contextlib.suppress(KeyError):
+            uids.add(pwd.getpwnam(user).pw_uid)
+    return [
+        f"{pid} uid={uid} {cmdline[:150]}"
+        for pid, uid, cmdline, cwd in live_processes()
+        if pid != os.getpid() and (uid in uids or cwd.startswith(str(root)) or str(root) in cmdline)
+    ]
 
 
 def listening(port: int, wait: float = 10) -> bool:

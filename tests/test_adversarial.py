@@ -287,21 +287,9 @@ def _left_on_the_machine() -> dict[str, list[str]]:
     """What sandboxed kernels could leave behind once their batch is done: processes and
     files of the sandbox accounts, kernels' and capture folders, cgroups, IPC objects,
     retired slots."""
-    import psutil
-
-    from autograder.sandbox.accounts import ACCOUNT_PREFIX, EVALUATOR_ACCOUNT
-
-    uids = {
-        p.pw_uid
-        for p in pwd.getpwall()
-        if p.pw_name.startswith(ACCOUNT_PREFIX) or p.pw_name == EVALUATOR_ACCOUNT
-    }
-    found: dict[str, list[str]] = {}
-    found["processes"] = [
-        f"{p.pid} {p.info['name']}"
-        for p in psutil.process_iter(["uids", "name"])
-        if p.info["uids"] and p.info["uids"].real in uids
-    ]
+    uids = gh.sandbox_uids()
+    found: dict[str, list[str]] = {"processes": gh.sandbox_processes()}
+    found["orphaned fork servers"] = gh.orphaned_fork_servers()
     files = []
     for base in ("/tmp", "/var/tmp", "/dev/shm", "/run/lock", "/run/autograder-sandbox"):
         for folder, dirs, names in os.walk(base):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import pwd
 import shutil
 import signal
 import sqlite3
@@ -17,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from dask_cluster import tcp_cluster
-from grading_helpers import QUICK, environment
+from grading_helpers import QUICK, environment, sandbox_processes
 
 from autograder.authoring.examples import example_path
 from autograder.batch.replay import cache_dir
@@ -75,23 +74,10 @@ def cluster_graded(tmp_path_factory, staged_data):
         # The workers live on; what they started for the batch (the kernels they started
         # ahead) does not: killed, and gone within seconds.
         deadline = time.monotonic() + 20
-        while (left := _sandbox_processes()) and time.monotonic() < deadline:
+        while (left := sandbox_processes(evaluator=False)) and time.monotonic() < deadline:
             time.sleep(0.5)
     assert not left, left
     return serial, batch, summary
-
-
-def _sandbox_processes() -> list[str]:
-    import psutil
-
-    from autograder.sandbox.accounts import ACCOUNT_PREFIX
-
-    uids = {p.pw_uid for p in pwd.getpwall() if p.pw_name.startswith(ACCOUNT_PREFIX)}
-    return [
-        f"{p.pid} {p.info['name']}"
-        for p in psutil.process_iter(["uids", "name"])
-        if p.info["uids"] and p.info["uids"].real in uids
-    ]
 
 
 def test_a_dask_cluster_gives_the_grades_of_serial_nbgrader(cluster_graded):
@@ -279,3 +265,21 @@ def test_a_second_grader_on_the_same_course_is_refused(tmp_path, staged_data):
         holder.kill()
         holder.wait()
     assert not (course.root / "autograded").exists()  # nothing graded while refused
+
+
+def test_a_clusters_workers_get_threads_for_their_own_machine():
+    from autograder.batch.scheduling import threads_per_worker
+
+    workers = {
+        "tcp://10.0.0.1:1": {"host": "10.0.0.1"},
+        "tcp://10.0.0.1:2": {"host": "10.0.0.1"},
+        "tcp://10.0.0.2:1": {"host": "10.0.0.2"},
+        "tcp://10.0.0.3:1": {"host": "10.0.0.3"},
+    }
+    cores = {"tcp://10.0.0.1:1": 8, "tcp://10.0.0.1:2": 8, "tcp://10.0.0.2:1": 2}
+    assert threads_per_worker(workers, cores) == {
+        "tcp://10.0.0.1:1": 4,  # two workers share an 8-core machine
+        "tcp://10.0.0.1:2": 4,
+        "tcp://10.0.0.2:1": 2,  # alone on 2 cores, whatever the coordinator has
+        "tcp://10.0.0.3:1": 1,  # did not report: one thread
+    }

@@ -24,6 +24,7 @@ from hub_helpers import (
     free_ports,
     hub_root,
     listening,
+    live_processes,
     processes_of,
     submit_as_os_user,
 )
@@ -97,20 +98,13 @@ print("SANDBOX-PROBE", pwd.getpwuid(os.getuid()).pw_name,
 
 def _service_processes(settings) -> dict[str, int]:
     """The formgrader's and the grading service's processes: command line -> uid."""
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            uid = entry.stat().st_uid
-        except OSError:
-            continue
-        grader_home = f"--ServerApp.root_dir={settings.home(settings.grader)}"
-        ours = "autograder.hub.grading_service" in cmdline and str(settings.root) in cmdline
-        if grader_home in cmdline or ours:
-            found[cmdline] = uid
-    return found
+    grader_home = f"--ServerApp.root_dir={settings.home(settings.grader)}"
+    return {
+        cmdline: uid
+        for _, uid, cmdline, _ in live_processes()
+        if grader_home in cmdline
+        or ("autograder.hub.grading_service" in cmdline and str(settings.root) in cmdline)
+    }
 
 
 def test_student_to_feedback(hub):

@@ -44,6 +44,15 @@ def test_a_held_out_score_far_better_than_the_models_own_is_flagged():
     assert memorisation(Threshold(0.87, 0.5), "accuracy", 0.999, {"test": 0.5}) == []
 
 
+def test_a_score_that_earns_no_points_is_never_flagged():
+    # A constant prediction (a sigmoid output on house prices): its held-out error differs
+    # from its test split's only by the two splits' prices, however far apart they are.
+    assert memorisation(MAE, "mae", 20.4, {"test": 23.8, "validation": 22.7}) == []
+    assert memorisation(ACCURACY, "accuracy", 0.45, {"test": 0.30}) == []
+    # Just past zero it is: the bounds apply again.
+    assert len(memorisation(MAE, "mae", 6.9, {"test": 9.0, "validation": 8.5})) == 2
+
+
 def _call(epochs: int, steps: int, graded: bool = True) -> dict:
     return {"graded_model": graded, "epochs_run": epochs, "steps": steps, "callbacks": []}
 

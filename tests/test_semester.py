@@ -16,7 +16,15 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from hub_helpers import Client, free_ports, hub_root, listening, processes_of, submit_as_os_user
+from hub_helpers import (
+    Client,
+    free_ports,
+    hub_root,
+    listening,
+    live_processes,
+    processes_of,
+    submit_as_os_user,
+)
 
 from autograder.authoring.examples import example_path
 from autograder.hub.launch import start_hub, stop_hub, wait_until_up
@@ -252,14 +260,7 @@ def test_a_semester_from_roster_to_lms(semester):
 
 
 def _service_uid(settings) -> int | None:
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            uid = entry.stat().st_uid
-        except OSError:
-            continue
+    for _, uid, cmdline, _ in live_processes():
         if "autograder.hub.on_submit serve" in cmdline and str(settings.course_dir) in cmdline:
             return uid
     return None

@@ -17,6 +17,7 @@ import json
 import os
 import time
 import warnings
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, as_completed
 from datetime import UTC, datetime
@@ -37,7 +38,7 @@ from autograder.errors import ConfigError, GradingError
 from autograder.fstree import write_fresh
 from autograder.sandbox.files import remove_stale_temps
 
-__all__ = ["grade_batch"]
+__all__ = ["grade_batch", "threads_per_worker"]
 
 
 @contextlib.contextmanager
@@ -84,14 +85,38 @@ def _release_dask(client: Any) -> None:
 
 
 def _warm_dask(client: Any, warm: tuple[Any, ...]) -> None:
-    """``warm_worker`` once on each worker of the cluster (a worker that joins later warms
-    up with its first submission)."""
-    addresses = list(client.scheduler_info().get("workers", {}))
+    """``warm_worker`` once on each worker of the cluster, with TensorFlow threads sized for
+    that worker's machine (a worker that joins later warms up with its first submission,
+    sized for the coordinator's)."""
+    workers = client.scheduler_info().get("workers", {})
+    cores = client.run(os.cpu_count)  # each worker's machine
+    threads = threads_per_worker(workers, cores)
+    course_root, labs, _, kernels = warm
     futures = [
-        client.submit(warm_worker, *warm, workers=[a], allow_other_workers=False, pure=False)
-        for a in addresses
+        client.submit(
+            warm_worker,
+            course_root,
+            labs,
+            threads[a],
+            kernels,
+            workers=[a],
+            allow_other_workers=False,
+            pure=False,
+        )
+        for a in workers
     ]
     client.gather(futures)
+
+
+def threads_per_worker(workers: dict[str, Any], cores: dict[str, Any]) -> dict[str, int]:
+    """Per worker address, its TensorFlow threads: its machine's cores shared among the
+    cluster's workers on that machine (``workers``: the scheduler's record of each, with
+    its ``host``; ``cores``: what each reported as its machine's core count)."""
+    per_host = Counter(str(w.get("host", a)) for a, w in workers.items())
+    return {
+        a: max(1, int(cores.get(a) or 1) // per_host[str(w.get("host", a))])
+        for a, w in workers.items()
+    }
 
 
 def _reason(log: str) -> str:

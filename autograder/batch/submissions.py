@@ -1,7 +1,7 @@
 """A class's submissions, what a grade depends on, and the record of each outcome.
 
 :func:`find_submissions` lists every submitted notebook with a digest of its files and of the
-grader's inputs (:func:`grader_fingerprint`: what decides the execution; and the rubric's
+grader's inputs (:func:`execution_fingerprint`: what decides the execution; and the rubric's
 version, which decides the score). A
 finished submission leaves ``.autograder-batch.json`` (``STATE_FILE``) in its autograded
 folder; :func:`already_graded` tells a later batch to skip it while that digest is unchanged,
@@ -27,8 +27,8 @@ __all__ = [
     "Submission",
     "SubmissionOutcome",
     "already_graded",
+    "execution_fingerprint",
     "find_submissions",
-    "grader_fingerprint",
     "state_path",
 ]
 
@@ -107,7 +107,7 @@ def _hash_files(h: Any, root: Path, paths: list[Path]) -> None:
         h.update(hashlib.sha256(path.read_bytes()).digest())
 
 
-def grader_fingerprint(course_root: Path, lab: str) -> str:
+def execution_fingerprint(course_root: Path, lab: str) -> str:
     """What an execution depends on besides the submission: the grader's code, what the
     rubric has the kernel capture, the source notebook, the data, the limits. Not the
     rubric's points and thresholds (:func:`autograder.rubric.rubric_version`)."""
@@ -136,7 +136,7 @@ def find_submissions(course_root: Path, labs: list[str], students: list[str]) ->
     found = []
     for lab in labs:
         notebook = load_rubric(lab).notebook + ".ipynb"
-        fingerprint = grader_fingerprint(course_root, lab)
+        fingerprint = execution_fingerprint(course_root, lab)
         version = rubric_version(lab)
         names = students or sorted(p.parent.name for p in submitted.glob(f"*/{lab}") if p.is_dir())
         for student in names:

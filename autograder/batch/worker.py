@@ -60,8 +60,11 @@ def _sanitize(nb: NotebookNode, resources: dict[str, Any], config: Any) -> Noteb
     return nb
 
 
+_THREADS: dict[str, int] = {}  # this worker's TensorFlow threads, set by warm_worker
+
+
 def _threads_env(threads: int) -> dict[str, str]:
-    # Sized by the coordinator so that workers x threads matches the cores.
+    # Sized so that the workers of one machine x threads matches its cores.
     return {
         "TF_NUM_INTRAOP_THREADS": str(threads),
         "TF_NUM_INTEROP_THREADS": "1",
@@ -87,6 +90,7 @@ def warm_worker(
     grader's imports, the sandbox's set-up and the first kernel, done once and waited
     for, so that no submission carries them. Returns the seconds it took."""
     start = time.monotonic()
+    _THREADS["n"] = threads  # a cluster's worker: sized for its own machine, not the coordinator's
     os.environ.update(_threads_env(threads))
     try:
         evaluator = _evaluator(labs)
@@ -135,7 +139,7 @@ def execute_submission(
     ``{"key", "worker_s", "cells_s", "error"}``.
     """
     start = time.monotonic()
-    os.environ.update(_threads_env(threads))
+    os.environ.update(_threads_env(_THREADS.get("n", threads)))
     # Started by warm_worker; else its imports and data loading overlap this execution.
     _evaluator((lab,)).warm()
     root = Path(course_root)

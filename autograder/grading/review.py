@@ -34,7 +34,13 @@ WITNESSES = {"test": "its own test split", "validation": "its validation data"}
 def memorisation(
     threshold: Threshold, metric: str, heldout: float, witnesses: Mapping[str, float]
 ) -> list[str]:
-    """Reasons to review a held-out ``metric`` of ``heldout`` (empty: nothing unusual)."""
+    """Reasons to review a held-out ``metric`` of ``heldout`` (empty: nothing unusual).
+
+    None for a score at or past the threshold's ``zero``: it earns no points, so there is
+    nothing a memorised held-out set could have bought, and a model that learned next to
+    nothing (a constant prediction) differs between splits only by their labels."""
+    if threshold.better_by(heldout, threshold.zero) <= 0:
+        return []
     reasons = []
     beyond = threshold.review_beyond
     if beyond is not None and threshold.better_by(heldout, beyond) > 0:

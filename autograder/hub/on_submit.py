@@ -81,6 +81,7 @@ class SubmitService:
         self.stopping = threading.Event()
         self.children: set[subprocess.Popen[str]] = set()
         self._students: tuple[float, frozenset[str]] = (0.0, frozenset())
+        self._schedule_cache: tuple[tuple[float, ...], dict[str, Any]] | None = None
 
     # ------------------------------------------------------------------ finding
     def _say(self, text: str) -> None:
@@ -98,13 +99,25 @@ class SubmitService:
         return known
 
     def _schedule(self) -> dict[str, Any]:
-        from autograder.schedule import load_schedule
+        """The course's schedule, read and checked again only when the file changed (the
+        loop asks every 2 s); a broken file is reported once per change."""
+        from autograder.schedule import SCHEDULE_FILE, load_schedule
 
+        path = self.s.course_dir / SCHEDULE_FILE
         try:
-            return load_schedule(self.s.course_dir)
+            st = path.stat()
+            stamp: tuple[float, ...] = (st.st_mtime_ns, st.st_size, st.st_ino)
+        except OSError:
+            stamp = ()
+        if self._schedule_cache is not None and self._schedule_cache[0] == stamp:
+            return self._schedule_cache[1]
+        try:
+            schedule: dict[str, Any] = load_schedule(self.s.course_dir)
         except ConfigError as exc:
             self._say(f"schedule not read: {exc}")
-            return {}
+            schedule = {}
+        self._schedule_cache = (stamp, schedule)
+        return schedule
 
     def scan(self) -> None:
         """One round: labs whose time has come released, new submissions queued."""

@@ -251,5 +251,6 @@ def fork_kernel(
         warn_once("fork-failed", f"a kernel could not be forked, started instead: {exc}")
         return None
     if pidfd < 0:
+        warn_once("fork-refused", f"a kernel could not be forked, started instead: {answer}")
         return None
     return ForkedProcess(server, int(answer["pid"]), pidfd)

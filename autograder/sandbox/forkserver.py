@@ -36,6 +36,8 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+__all__ = ["main"]
+
 # Run as a script: its folder (this package) is not the kernel's business.
 if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
     del sys.path[0]
@@ -116,6 +118,7 @@ class _Server:
         signal.signal(signal.SIGCHLD, lambda *args: None)
         signal.set_wakeup_fd(self.wake_w)
         self.baseline_fds: set[int] = set()
+        self.ready_threads = _threads()  # OpenBLAS's pools: stopped across fork by OpenBLAS
 
     def send(self, message: dict[str, Any], fds: list[int] | None = None) -> None:
         data = json.dumps(message).encode()
@@ -156,6 +159,11 @@ class _Server:
                 os.close(fd)
 
     def spawn(self, request: dict[str, Any], watch: int | None) -> None:
+        if _threads() > self.ready_threads:
+            # Something started threads since the imports (a TensorFlow op would): a child
+            # forked now can hang on a lock one of them held (benchmarks/fork_tolerance.py).
+            self.send({"error": f"{_threads()} threads, {self.ready_threads} when ready"})
+            return
         args = list(request["args"])
         if watch is not None:
             args[4] = str(watch)
