@@ -293,13 +293,11 @@ def _record(
     """nbgrader's autograde for one submission (replaying its execution), and the state."""
     begin = time.monotonic()
     api.config.ReplayExecute.submission_digest = s.execution_digest  # read by its autograde
+    timing = {k: round(v, 3) for k, v in done.items() if k.endswith("_s") or k in KERNEL_FLAGS}
     if evaluate_only and done.get("error"):  # never executed here instead: it stays as it was
-        timing = {k: round(v, 3) for k, v in done.items() if k.endswith("_s")}
         return SubmissionOutcome(s.lab, s.student, "failed", done["error"], timing=timing)
     result = api.autograde(s.lab, s.student, force=True, create=True)
-    replay_s = time.monotonic() - begin
-    timing = {k: round(v, 3) for k, v in done.items() if k.endswith("_s") or k in KERNEL_FLAGS}
-    timing["replay_s"] = round(replay_s, 3)
+    timing["replay_s"] = round(time.monotonic() - begin, 3)
     graded = read_result(course_root / "autograded" / s.student / s.lab, s.notebook.stem)
     if not result["success"] or graded is None:
         reason = done.get("error") or _reason(result.get("log", "") + result.get("error", ""))

@@ -129,7 +129,7 @@ class GraderExecute(Execute):
         # Widget state comes from the student's kernel, unbounded, and grading needs none.
         kwargs.setdefault("store_widget_state", False)
         # Once the last cell (the capture) has replied, nothing more is wanted of the kernel:
-        # killed, not asked to shut down and waited for (0.1-0.3 s per notebook).
+        # killed, not asked to shut down and waited for.
         kwargs.setdefault("shutdown_kernel", "immediate")
         super().__init__(*args, **kwargs)
         self._kernel_setup = ""  # the grader's code run in the kernel before the first cell

@@ -23,11 +23,13 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from autograder._runtime import at_exit
+from autograder.fstree import remove_tree
 from autograder.sandbox.isolation import warn_once
 from autograder.settings import FORK_KERNELS_ENV
 
@@ -91,7 +93,7 @@ class ForkServer:
             self.close()
             raise OSError(f"the fork server did not start: {hello.get('error')}")
         self.info: dict[str, Any] = hello["ready"]
-        _remove(self.home)  # read at import only (keras' config): nothing stays behind
+        remove_tree(self.home)  # read at import only (keras' config): nothing stays behind
 
     def alive(self) -> bool:
         return self.process.poll() is None
@@ -117,13 +119,7 @@ class ForkServer:
         with contextlib.suppress(Exception):
             self.process.kill()
             self.process.wait(timeout=10)
-        _remove(self.home)
-
-
-def _remove(path: Path) -> None:
-    import shutil
-
-    shutil.rmtree(path, ignore_errors=True)
+        remove_tree(self.home)
 
 
 def _server_key(env: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
@@ -155,7 +151,7 @@ class ForkedProcess:
                     status = -signal.SIGKILL  # the server is gone, and with it the status
                 if status is not None:
                     break
-                threading.Event().wait(0.02)
+                time.sleep(0.02)
             self.returncode = -signal.SIGKILL if status is None else int(status)
             os.close(self.pidfd)
             self.pidfd = -1

@@ -117,7 +117,12 @@ class _Server:
         os.set_blocking(self.wake_w, False)
         signal.signal(signal.SIGCHLD, lambda *args: None)
         signal.set_wakeup_fd(self.wake_w)
-        self.baseline_fds: set[int] = set()
+        # What the imports left open, kept in every kernel (the libraries own them).
+        self.baseline_fds = {int(fd) for fd in os.listdir("/proc/self/fd") if int(fd) > 2} - {
+            sock.fileno(),
+            self.wake_r,
+            self.wake_w,
+        }
         self.ready_threads = _threads()  # OpenBLAS's pools: stopped across fork by OpenBLAS
 
     def send(self, message: dict[str, Any], fds: list[int] | None = None) -> None:
@@ -213,12 +218,6 @@ def main() -> None:
         sock.send(json.dumps({"error": f"{type(exc).__name__}: {exc}"}).encode())
         return
     server = _Server(sock)
-    # What the imports left open, kept in every kernel (the libraries own them).
-    server.baseline_fds = {int(fd) for fd in os.listdir("/proc/self/fd") if int(fd) > 2} - {
-        sock.fileno(),
-        server.wake_r,
-        server.wake_w,
-    }
     server.send(
         {
             "ready": {
