@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-__all__ = ["at_exit", "ensure_tool_path", "environment"]
+__all__ = ["at_exit", "ensure_tool_path", "environment", "skip_iri_format_checks"]
 
 
 def at_exit(fn: Callable[[], object]) -> None:
@@ -46,3 +46,16 @@ def ensure_tool_path() -> None:
     parts = os.environ.get("PATH", "").split(os.pathsep)
     if parts[:1] != [bindir]:
         os.environ["PATH"] = os.pathsep.join([bindir, *[p for p in parts if p != bindir]])
+
+
+def skip_iri_format_checks() -> None:
+    """Leave jsonschema's optional IRI format checker unimported in a grading process.
+
+    nbformat imports jsonschema, which imports ``rfc3987_syntax`` when installed (pulled in
+    by jupyter-events) and so builds a Lark grammar: 1.1 s of CPU in every process that
+    reads a notebook, for a format no notebook schema uses. jsonschema skips the checker
+    when its import fails, which a ``None`` in ``sys.modules`` makes it do. Without effect
+    once jsonschema is imported; kernels never run this.
+    """
+    if "jsonschema" not in sys.modules:
+        sys.modules.setdefault("rfc3987_syntax", None)  # type: ignore[arg-type]

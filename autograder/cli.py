@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from autograder._runtime import skip_iri_format_checks
 from autograder.errors import AutograderError, ConfigError
 from autograder.settings import QUIET_TENSORFLOW, limit_environment
 
@@ -392,6 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     # TensorFlow logs to stderr at import unless told otherwise before it loads.
     for key, value in QUIET_TENSORFLOW.items():
         os.environ.setdefault(key, value)
+    skip_iri_format_checks()
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))

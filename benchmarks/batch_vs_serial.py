@@ -2,11 +2,15 @@
 
 Two workloads: lab 3 (MNIST dense) on the offline 5,000-digit sample, where kernel start
 and imports weigh most, and on full-size Fashion-MNIST (60,000 training images), where
-training does. For each, the same N submissions are graded twice in one run, in two
-identical course directories, and the script prints the ratio of wall times, the CPU
-utilisation of each (CPU seconds / (cores x wall)), and the batch
-grader's overhead per submission (time beyond the notebook's own cells; each worker's
-one-time start-up, before its first submission, is shown apart and spread over the class).
+training does. For each, the same N submissions are graded three times in one run, in
+identical course directories: by serial ``nbgrader autograde`` as nbgrader runs it (a
+kernel started for each notebook, and an evaluator process for each:
+``AUTOGRADER_FORK_KERNELS=off``), by serial ``nbgrader autograde`` with this project's
+fork server (kernels and evaluator forked from one TensorFlow import, as the formgrader's
+autograde now runs), and by ``autograder grade``. The script prints the ratios of wall
+times, the CPU utilisation of each (CPU seconds / (cores x wall)), and the batch grader's
+overhead per submission (time beyond the notebook's own cells; each worker's one-time
+start-up, before its first submission, is shown apart and spread over the class).
 
     .venv/bin/python benchmarks/batch_vs_serial.py [--n 8] [--workload sample fashion]
 """
@@ -28,7 +32,7 @@ from pathlib import Path
 import psutil
 
 from autograder.batch.submissions import SubmissionOutcome
-from autograder.settings import DATA_DIR_ENV, QUIET_TENSORFLOW
+from autograder.settings import DATA_DIR_ENV, FORK_KERNELS_ENV, QUIET_TENSORFLOW
 
 LAB = "lab3_mnist_dense"
 # A class: mostly correct work, some of the usual mistakes (all of them train a model).
@@ -105,13 +109,16 @@ def run(workload: str, n: int, workers: int | None, keep: Path | None) -> dict[s
             check=True,
             capture_output=True,
         )
-    serial, batch = work / "serial", work / "batch"
+    serial, forked, batch = work / "serial", work / "serial-forked", work / "batch"
     _course(serial, n, env)
+    shutil.copytree(serial, forked)
     shutil.copytree(serial, batch)
     cores = os.cpu_count() or 1
     idle = idle_busy()
     print(f"\nmachine busy before the run (must be near 0): {idle:.2f}")
-    s_wall, s_cpu, s_busy = _timed([str(bin_dir / "nbgrader"), "autograde", LAB], serial, env)
+    nbgrader = [str(bin_dir / "nbgrader"), "autograde", LAB]
+    s_wall, s_cpu, s_busy = _timed(nbgrader, serial, {**env, FORK_KERNELS_ENV: "off"})
+    f_wall, _, f_busy = _timed(nbgrader, forked, {**env, FORK_KERNELS_ENV: "on"})
     cmd = [str(bin_dir / "autograder"), "grade", str(batch), "--lab", LAB, "--no-progress"]
     if workers:
         cmd += ["--workers", str(workers)]
@@ -126,9 +133,12 @@ def run(workload: str, n: int, workers: int | None, keep: Path | None) -> dict[s
         "cores": cores,
         "workers": summary["workers"],
         "serial_wall_s": s_wall,
+        "serial_forked_wall_s": f_wall,
         "batch_wall_s": b_wall,
         "ratio": s_wall / b_wall,
+        "ratio_to_serial_forked": f_wall / b_wall,
         "serial_utilisation": s_busy / (cores * s_wall),
+        "serial_forked_utilisation": f_busy / (cores * f_wall),
         "batch_utilisation": b_busy / (cores * b_wall),
         "serial_process_tree": s_cpu / (cores * s_wall),
         "batch_process_tree": b_cpu / (cores * b_wall),
@@ -144,19 +154,26 @@ def run(workload: str, n: int, workers: int | None, keep: Path | None) -> dict[s
         "kernels_started_ahead": ahead,
         "graded": len(graded),
     }
-    s_scores, b_scores = _scores(serial), _scores(batch)
+    s_scores, b_scores, f_scores = _scores(serial), _scores(batch), _scores(forked)
     f = figures
     print(f"\n== {workload}: {n} submissions of {LAB}, {cores} cores ==")
     print(
         f"serial nbgrader autograde: {s_wall:7.1f} s wall, "
         f"utilisation {f['serial_utilisation']:.2f} (reaped process tree "
-        f"{f['serial_process_tree']:.2f})"
+        f"{f['serial_process_tree']:.2f}); kernels started as nbgrader starts them"
+    )
+    print(
+        f"  the same, fork server:   {f_wall:7.1f} s wall, "
+        f"utilisation {f['serial_forked_utilisation']:.2f}; kernels and evaluator forked"
     )
     print(
         f"autograder grade:          {b_wall:7.1f} s wall, utilisation {f['batch_utilisation']:.2f}"
         f" (reaped process tree {f['batch_process_tree']:.2f}), {f['workers']} workers"
     )
-    print(f"ratio (serial / batch):    {f['ratio']:.2f}")
+    print(
+        f"ratio (serial / batch):    {f['ratio']:.2f} "
+        f"(to serial with the fork server: {f['ratio_to_serial_forked']:.2f})"
+    )
     print(
         f"overhead per submission:   mean {f['overhead_s_mean']:.2f} s, "
         f"max {f['overhead_s_max']:.2f} s "
@@ -168,7 +185,7 @@ def run(workload: str, n: int, workers: int | None, keep: Path | None) -> dict[s
     )
     # Training is not seeded, so the held-out accuracy (and partial credit on it) differs
     # between any two runs of the same notebook, serial or not; every other check must agree.
-    same = _non_metric(s_scores) == _non_metric(b_scores)
+    same = _non_metric(s_scores) == _non_metric(b_scores) == _non_metric(f_scores)
     totals = [
         (k, round(sum(s_scores[k].values()), 2), round(sum(b_scores.get(k, {}).values()), 2))
         for k in s_scores

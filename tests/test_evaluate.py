@@ -226,6 +226,78 @@ def test_the_model_is_read_by_an_unprivileged_child(keras, tmp_path, staged_data
     assert any(r.startswith("training record missing") for r in result.review), result.review
 
 
+def _memory_holds(pid: int, needle: bytes) -> bool:
+    """Whether ``needle`` is anywhere in the writable memory of process ``pid``."""
+    with open(f"/proc/{pid}/maps") as maps, open(f"/proc/{pid}/mem", "rb", 0) as mem:
+        for line in maps:
+            span, perms = line.split()[:2]
+            if "w" not in perms or line.rstrip().endswith("[vvar]"):
+                continue
+            start, end = (int(x, 16) for x in span.split("-"))
+            try:
+                mem.seek(start)
+                if needle in mem.read(end - start):
+                    return True
+            except OSError:  # a mapping that cannot be read (a guard page)
+                continue
+    return False
+
+
+def test_an_evaluator_forked_from_the_fork_server_grades_alike_and_leaves_no_secret(
+    keras, tmp_path, staged_data, monkeypatch
+):
+    """Where kernels are forked, a worker's evaluator is forked from the same server (one
+    TensorFlow import, not two): it grades a model as a started one does, and what it was
+    given (the grader's environment, here a token) never passes through the server, whose
+    memory every later kernel inherits."""
+    import os
+    import secrets
+
+    from autograder.data.loaders import load_mnist
+    from autograder.grading.evaluation_server import Evaluator
+    from autograder.sandbox import forked
+    from autograder.settings import QUIET_TENSORFLOW
+
+    if not forked.forking_wanted():
+        pytest.skip("kernels are not forked here (no pidfd_open, or AUTOGRADER_FORK_KERNELS)")
+    token = secrets.token_hex(16)
+    monkeypatch.setenv("AUTOGRADER_TEST_API_TOKEN", token)
+    (x, y), _ = load_mnist()
+    x = x.reshape((len(x), 784)).astype("float32") / 255
+    network = _dense(keras, hidden=32)
+    network.fit(x, keras.utils.to_categorical(y, 10), epochs=1, batch_size=128, verbose=0)
+    _capture({"network": network}, tmp_path)
+    with Evaluator((LAB,)) as started:
+        expected = started.evaluate(LAB, tmp_path, timeout=300)
+        assert not started.forked
+    # A kernel's environment (secrets scrubbed) starts the server, as a kernel's start does.
+    kernel_env = {k: v for k, v in os.environ.items() if "TOKEN" not in k}
+    server = forked._server({**kernel_env, **QUIET_TENSORFLOW})
+    assert server is not None
+    try:
+        with Evaluator((LAB,)) as evaluator:
+            assert evaluator.wait_ready()
+            result = evaluator.evaluate(LAB, tmp_path, timeout=300)
+            assert evaluator.forked
+            child = evaluator._proc.pid
+            assert psutil_parent(child) == server.process.pid
+            assert _memory_holds(child, token.encode())  # it has it: the scan finds it
+            assert not _memory_holds(server.process.pid, token.encode())
+        assert result.error is None
+        assert [(c.id, c.score) for c in result.checks] == [
+            (c.id, c.score) for c in expected.checks
+        ]
+        assert result.metrics == expected.metrics
+    finally:
+        forked.stop_fork_server()
+
+
+def psutil_parent(pid: int) -> int:
+    import psutil
+
+    return psutil.Process(pid).ppid()
+
+
 @pytest.mark.slow  # trains a model
 def test_held_out_data_reaches_the_model_in_the_form_it_was_trained_in(
     keras, tmp_path, staged_data

@@ -167,3 +167,19 @@ def test_every_module_declares_its_public_names(module):
         if isinstance(t, ast.Name)
     }
     assert "__all__" in names, f"{path} has no __all__"
+
+
+def test_a_grading_process_leaves_the_unused_iri_format_checker_unimported():
+    """A worker reads notebooks with nbformat (jsonschema): without the IRI format checker,
+    which costs a second of CPU in every process to build a grammar no notebook uses."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, autograder.batch.worker, nbformat, jsonschema\n"
+        "from nbformat.v4 import new_notebook\n"
+        "nbformat.validate(new_notebook())\n"
+        "print(sys.modules.get('rfc3987_syntax'), 'iri' in jsonschema.FormatChecker().checkers)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["None", "False"]

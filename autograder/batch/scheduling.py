@@ -279,7 +279,7 @@ def _grade(
 
 
 # Per submission, 1 or 0: its kernel started before it came; forked from the fork server.
-KERNEL_FLAGS = ("kernel_ahead", "kernel_forked")
+KERNEL_FLAGS = ("kernel_ahead", "kernel_forked", "evaluator_forked")
 
 
 def _record(

@@ -59,7 +59,8 @@ class SubmissionOutcome:
     # coordinator: nbgrader's autograde replaying the execution); with a worker's first
     # submission, startup_s (its warm-up, before any submission); kernel_ahead: 1 when the
     # notebook ran in a kernel started before it came (0: started for it); kernel_forked: 1
-    # when that kernel was forked from the worker's fork server (0: started anew).
+    # when that kernel was forked from the worker's fork server (0: started anew);
+    # evaluator_forked: 1 when the worker's evaluator was forked from that server too.
     timing: dict[str, float] = field(default_factory=dict)
     review: tuple[str, ...] = ()  # why it is flagged for review (autograder.grading.review)
 

@@ -93,13 +93,15 @@ def warm_worker(
     _THREADS["n"] = threads  # a cluster's worker: sized for its own machine, not the coordinator's
     os.environ.update(_threads_env(threads))
     try:
-        evaluator = _evaluator(labs)
-        evaluator.warm()  # TensorFlow imports in its own process meanwhile
         from nbgrader.converters import Autograde  # noqa: F401
 
         if kernels:  # not for a batch that only re-scores stored models
             config = _worker_config(Course.open(Path(course_root)))
+            # Starts the kernels' fork server, which the evaluator is then forked from:
+            # TensorFlow imported once in this worker, not twice.
             GraderExecute(config=config).start_kernel_ahead()
+        evaluator = _evaluator(labs)
+        evaluator.warm()
         evaluator.wait_ready()
     except Exception as exc:  # the submissions then pay for what is missing, nothing worse
         import logging
@@ -217,6 +219,7 @@ def execute_submission(
         finally:
             remove_tree(artifacts)
         out["evaluate_s"] = time.monotonic() - begin
+        out["evaluator_forked"] = float(_evaluator((lab,)).forked)
         store_execution(entry, nb, resources, result, kept)
     finally:
         remove_tree(work)

@@ -6,7 +6,9 @@ TensorFlow and decoded the data (without running any TensorFlow op, so forking s
 and forks a child for each evaluation; a serial ``nbgrader autograde`` starts a server for
 one. Each child starts from that clean state and exits when done, so nothing one
 submission's model does can reach the next one, and the grade is still computed outside
-the student's kernel.
+the student's kernel. Where kernels are forked (:mod:`autograder.sandbox.forked`), the
+server is itself forked from the kernels' fork server, which has imported TensorFlow
+already, and decodes the data after that fork; elsewhere it is a process of its own.
 
 The child gives up the grader's privileges before it reads anything the kernel wrote: the
 server copies the capture files (regular files only, each within its cap) into a folder of
@@ -36,6 +38,7 @@ from autograder.settings import QUIET_TENSORFLOW
 
 __all__ = ["Evaluator", "grade_in_subprocess"]
 
+_MODULE = "autograder.grading.evaluation_server"
 _RESULT = "result.json"
 _MAX_RESULT = 16 * 2**20  # a result is a few KiB; a larger one is not read
 _MAX_LIMIT_RECORD = 2**16
@@ -47,19 +50,29 @@ class Evaluator:
     def __init__(self, labs: tuple[str, ...] = ()) -> None:
         self.labs = labs
         self.last_uid: int | None = None  # the account the last evaluation ran as
-        self._proc: subprocess.Popen[str] | None = None
+        self._proc: Any = None  # a Popen, or a ForkedProcess with the same pipes
 
-    def _start(self) -> subprocess.Popen[str]:
+    def _start(self) -> Any:
         if self._proc is None or self._proc.poll() is not None:
-            self._proc = subprocess.Popen(
-                [sys.executable, "-m", "autograder.grading.evaluation_server", *self.labs],
+            from autograder.sandbox.forked import fork_module
+
+            env = {**os.environ, **QUIET_TENSORFLOW}
+            # Forked from this process's kernel fork server where one runs: TensorFlow is
+            # imported there already (a worker's start-up then imports it once, not twice).
+            self._proc = fork_module(_MODULE, [*self.labs], env) or subprocess.Popen(
+                [sys.executable, "-m", _MODULE, *self.labs],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.DEVNULL,
                 text=True,
-                env={**os.environ, **QUIET_TENSORFLOW},
+                env=env,
             )
         return self._proc
+
+    @property
+    def forked(self) -> bool:
+        """Whether the running server was forked from the kernels' fork server."""
+        return self._proc is not None and not isinstance(self._proc, subprocess.Popen)
 
     def warm(self) -> None:
         """Start the server now (imports and data loading overlap other work)."""
@@ -124,6 +137,9 @@ class Evaluator:
             except subprocess.TimeoutExpired:
                 self._proc.kill()
                 self._proc.wait()
+            with contextlib.suppress(OSError):
+                if self._proc.stdout:
+                    self._proc.stdout.close()
             self._proc = None
 
     def __enter__(self) -> Evaluator:

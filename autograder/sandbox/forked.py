@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from autograder._runtime import at_exit
 from autograder.fstree import remove_tree
@@ -36,6 +36,7 @@ from autograder.settings import FORK_KERNELS_ENV
 __all__ = [
     "ForkedProcess",
     "fork_kernel",
+    "fork_module",
     "fork_server_info",
     "forking_wanted",
     "stop_fork_server",
@@ -131,7 +132,9 @@ class ForkedProcess:
     parent is the fork server, so its exit status comes from there; signals go by pidfd
     (never to a reused process id)."""
 
-    stdin = stdout = stderr = None
+    stdin: IO[str] | None = None
+    stdout: IO[str] | None = None
+    stderr: IO[str] | None = None
 
     def __init__(self, server: ForkServer, pid: int, pidfd: int) -> None:
         self.server, self.pid, self.pidfd = server, pid, pidfd
@@ -250,3 +253,43 @@ def fork_kernel(
         warn_once("fork-refused", f"a kernel could not be forked, started instead: {answer}")
         return None
     return ForkedProcess(server, int(answer["pid"]), pidfd)
+
+
+def fork_module(module: str, args: list[str], env: Mapping[str, str]) -> ForkedProcess | None:
+    """``python -m module args`` of the grader (its evaluation server), forked from this
+    process's running fork server, which has imported TensorFlow already, with ``stdin``
+    and ``stdout`` text pipes to it as ``Popen`` gives them; None where no server runs or
+    it refused (start it as usual). ``env`` goes over the child's own pipe, never through
+    the server, which kernels are forked from."""
+    if not forking_wanted():
+        return None
+    with _LOCK:
+        server = _SERVERS[0] if _SERVERS and _SERVERS[0].alive() else None
+    if server is None:
+        return None
+    requests_r, requests_w = os.pipe()
+    replies_r, replies_w = os.pipe()
+    try:
+        answer, pidfd = server.request({"op": "module"}, (requests_r, replies_w))
+    except OSError as exc:
+        answer, pidfd = {"error": str(exc)}, -1
+    finally:
+        os.close(requests_r)
+        os.close(replies_w)
+    if pidfd < 0:
+        os.close(requests_w)
+        os.close(replies_r)
+        warn_once("fork-module", f"{module} is started, not forked: {answer}")
+        return None
+    process = ForkedProcess(server, int(answer["pid"]), pidfd)
+    process.stdin = os.fdopen(requests_w, "w")
+    process.stdout = os.fdopen(replies_r, "r")
+    setup = {"module": module, "args": args, "env": dict(env), "cwd": os.getcwd(), "path": sys.path}
+    try:
+        process.stdin.write(json.dumps(setup) + "\n")
+        process.stdin.flush()
+    except OSError as exc:  # it died at once
+        process.kill()
+        warn_once("fork-module", f"{module} is started, not forked: {exc}")
+        return None
+    return process

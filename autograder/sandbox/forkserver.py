@@ -14,8 +14,12 @@ Protocol, over a SOCK_SEQPACKET socket inherited as file descriptor ``argv[1]``:
 sends ``{"ready": ...}`` once imported (or ``{"error": ...}``); then each request is one
 JSON message, ``{"op": "spawn", ...}`` (with the watch pipe's read end as an attached file
 descriptor) answered by ``{"pid": N}`` with a pidfd attached, or ``{"op": "status",
-"pid": N}`` answered by ``{"status": code or null}``. The server exits when the socket
-closes: its client, the grader, is gone.
+"pid": N}`` answered by ``{"status": code or null}``, or ``{"op": "module"}`` (with two
+pipe ends attached) answered as a spawn: a module of the grader's run on those pipes (its
+evaluation server, so that a worker imports TensorFlow once, not twice; the module, its
+environment and arguments come over its own pipe, and what it loads is loaded after the
+fork: none of it is ever in this process). The server exits when the socket closes: its
+client, the grader, is gone.
 
 OpenBLAS (numpy's, and TensorFlow's copy) starts its worker threads at import; it stops
 them before each fork and starts them again in the child (its own pthread_atfork
@@ -85,6 +89,26 @@ def _run_kernel(cmd: list[str], env: dict[str, str]) -> None:
         sys.stderr.flush()
     finally:
         os._exit(code if isinstance(code, int) else (0 if code is None else 1))
+
+
+def _run_module() -> None:
+    """Be ``python -m MODULE ARGS`` in this process, with the module, arguments,
+    environment, folder and ``sys.path`` of the first line of stdin; never returns."""
+    import runpy
+
+    setup = json.loads(sys.stdin.readline())
+    os.environ.clear()
+    os.environ.update(setup["env"])
+    os.chdir(setup["cwd"])
+    sys.path[:] = setup["path"]
+    sys.argv = [setup["module"], *setup["args"]]
+    _as_fresh()
+    code: Any = 0
+    try:
+        runpy.run_module(setup["module"], run_name="__main__", alter_sys=True)
+    except SystemExit as stop:
+        code = stop.code
+    os._exit(code if isinstance(code, int) else (0 if code is None else 1))
 
 
 def _as_fresh() -> None:
@@ -160,14 +184,64 @@ class _Server:
                 self.send({"status": self.finished.pop(pid, None)})
             elif request["op"] == "spawn":
                 self.spawn(request, fds[0] if fds else None)
+            elif request["op"] == "module" and len(fds) == 2:
+                self.module(fds[0], fds[1])
             for fd in fds:
                 os.close(fd)
 
-    def spawn(self, request: dict[str, Any], watch: int | None) -> None:
+    def _refused(self) -> bool:
         if _threads() > self.ready_threads:
             # Something started threads since the imports (a TensorFlow op would): a child
             # forked now can hang on a lock one of them held (benchmarks/fork_tolerance.py).
             self.send({"error": f"{_threads()} threads, {self.ready_threads} when ready"})
+            return True
+        return False
+
+    def _answer(self, pid: int) -> None:
+        pidfd = os.pidfd_open(pid)
+        try:
+            self.send({"pid": pid}, [pidfd])
+        finally:
+            os.close(pidfd)
+
+    def module(self, stdin: int, stdout: int) -> None:
+        """Fork a child that runs a module of the grader's (its evaluation server) on the
+        pipes ``stdin`` and ``stdout``. The module, its arguments, environment and folder
+        come over ``stdin``, read by the child only: the server never holds the grader's
+        environment, which a later kernel would inherit."""
+        if self._refused():
+            return
+        pid = os.fork()
+        if pid == 0:
+            try:
+                self._close_own((stdin, stdout))
+                os.dup2(stdin, 0)
+                os.dup2(stdout, 1)
+                os.close(stdin)
+                os.close(stdout)
+                _run_module()
+            except BaseException:
+                traceback.print_exc()
+            os._exit(127)
+        self._answer(pid)
+
+    def _close_own(self, keep: tuple[int, ...]) -> None:
+        """In a child: close the server's socket and wake-up pipe, restore the signals it
+        handles, and close whatever else it holds open (nothing but what imports opened)."""
+        self.sock.close()
+        signal.set_wakeup_fd(-1)
+        for fd in (self.wake_r, self.wake_w):
+            os.close(fd)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        for name in os.listdir("/proc/self/fd"):
+            fd = int(name)
+            if fd > 2 and fd not in keep and fd not in self.baseline_fds:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+
+    def spawn(self, request: dict[str, Any], watch: int | None) -> None:
+        if self._refused():
             return
         args = list(request["args"])
         if watch is not None:
@@ -175,26 +249,11 @@ class _Server:
         pid = os.fork()
         if pid == 0:
             self.child(request, args, watch)
-        pidfd = os.pidfd_open(pid)
-        try:
-            self.send({"pid": pid}, [pidfd])
-        finally:
-            os.close(pidfd)
+        self._answer(pid)
 
     def child(self, request: dict[str, Any], args: list[str], watch: int | None) -> None:
         try:
-            self.sock.close()
-            signal.set_wakeup_fd(-1)
-            for fd in (self.wake_r, self.wake_w):
-                os.close(fd)
-            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-            # Whatever else the server holds open (nothing but what imports opened).
-            for name in os.listdir("/proc/self/fd"):
-                fd = int(name)
-                if fd > 2 and fd != watch and fd not in self.baseline_fds:
-                    with contextlib.suppress(OSError):
-                        os.close(fd)
+            self._close_own(() if watch is None else (watch,))
             os.setsid()
             os.chdir(request["cwd"])
             os.environ.clear()

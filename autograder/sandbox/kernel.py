@@ -404,6 +404,11 @@ class SandboxedKernelManager(AsyncKernelManager):
                 return
         await super()._async_launch_kernel(kernel_cmd, **kw)
 
+    async def _async_wait(self, pollinterval: float = 0.1) -> None:
+        # A killed kernel is gone within milliseconds: jupyter_client's tenth-of-a-second
+        # poll would add most of a tenth to every notebook a worker grades.
+        await super()._async_wait(pollinterval=min(pollinterval, 0.005))
+
     async def _async_cleanup_resources(self, restart: bool = False) -> None:
         await super()._async_cleanup_resources(restart=restart)
         if not restart and self._own_sandbox and self.sandbox is not None:
