@@ -49,8 +49,9 @@ calibrate: data
 hub: data
 	$(BIN)/autograder hub
 
-# Serial `nbgrader autograde` against `autograder grade` on the same 8 submissions, on the
-# offline sample and on full-size Fashion-MNIST (about 15 minutes on 2 cores).
+# Serial `nbgrader autograde` (kernels started, then forked) against `autograder grade` on
+# the same 8 submissions, on the offline sample and on full-size Fashion-MNIST (about
+# 10 minutes on 2 cores).
 bench: data
 	$(BIN)/python benchmarks/batch_vs_serial.py --n 8
 
