@@ -213,6 +213,27 @@ def test_killed_batch_resumes_with_what_is_left(tmp_path, staged_data):
     assert len(summary_file["outcomes"]) == len(names)
 
 
+def test_a_local_dask_cluster_grades_and_leaves_nothing_running(tmp_path, staged_data):
+    """`--scheduler local`: the batch starts a Dask LocalCluster of its own, whose workers
+    warm up and grade as local processes do, and stops it; nothing of theirs stays."""
+    from autograder.sandbox.forked import forking_wanted
+
+    course = _course(tmp_path / "course", ["untrained", "untrained"])  # quick: never trains
+    summary = grade_batch(course.root, scheduler="local", workers=2, progress=False)
+    assert (summary.engine, summary.workers) == ("dask", 2)
+    assert summary.count("graded") == 2, summary.format()
+    for outcome in summary.outcomes:
+        assert outcome.timing["kernel_forked"] == float(forking_wanted())
+        assert outcome.timing["evaluator_forked"] == float(forking_wanted())
+    table = _gradebook(course)
+    assert len(table) == 2 and table["total"].nunique() == 1 and table["total"].iloc[0] > 0
+    assert _integrity(course) == "ok"
+    deadline = time.monotonic() + 20  # the cluster's workers are gone; their kernels, soon
+    while (left := sandbox_processes(evaluator=False)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not left, left
+
+
 def test_the_batch_grades_into_the_gradebook_the_course_config_names(tmp_path, staged_data):
     """`autograder grade` takes the course id and gradebook from the course's own
     nbgrader_config.py (read as data), as the formgrader does: one gradebook, not two."""
