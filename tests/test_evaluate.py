@@ -267,6 +267,7 @@ def test_an_evaluator_forked_from_the_fork_server_grades_alike_and_leaves_no_sec
     network = _dense(keras, hidden=32)
     network.fit(x, keras.utils.to_categorical(y, 10), epochs=1, batch_size=128, verbose=0)
     _capture({"network": network}, tmp_path)
+    forked.stop_fork_server()  # an earlier test's, in this process: this one starts anew
     with Evaluator((LAB,)) as started:
         expected = started.evaluate(LAB, tmp_path, timeout=300)
         assert not started.forked
