@@ -253,6 +253,8 @@ def test_an_evaluator_forked_from_the_fork_server_grades_alike_and_leaves_no_sec
     import os
     import secrets
 
+    import psutil
+
     from autograder.data.loaders import load_mnist
     from autograder.grading.evaluation_server import Evaluator
     from autograder.sandbox import forked
@@ -281,7 +283,7 @@ def test_an_evaluator_forked_from_the_fork_server_grades_alike_and_leaves_no_sec
             result = evaluator.evaluate(LAB, tmp_path, timeout=300)
             assert evaluator.forked
             child = evaluator._proc.pid
-            assert psutil_parent(child) == server.process.pid
+            assert psutil.Process(child).ppid() == server.process.pid
             assert _memory_holds(child, token.encode())  # it has it: the scan finds it
             assert not _memory_holds(server.process.pid, token.encode())
         assert result.error is None
@@ -291,12 +293,6 @@ def test_an_evaluator_forked_from_the_fork_server_grades_alike_and_leaves_no_sec
         assert result.metrics == expected.metrics
     finally:
         forked.stop_fork_server()
-
-
-def psutil_parent(pid: int) -> int:
-    import psutil
-
-    return psutil.Process(pid).ppid()
 
 
 @pytest.mark.slow  # trains a model

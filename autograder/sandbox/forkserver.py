@@ -88,7 +88,12 @@ def _run_kernel(cmd: list[str], env: dict[str, str]) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
     finally:
-        os._exit(code if isinstance(code, int) else (0 if code is None else 1))
+        os._exit(_exit_status(code))
+
+
+def _exit_status(code: Any) -> int:
+    """The status ``sys.exit(code)`` gives an interpreter: an int as is, None 0, else 1."""
+    return code if isinstance(code, int) else (0 if code is None else 1)
 
 
 def _run_module() -> None:
@@ -108,7 +113,7 @@ def _run_module() -> None:
         runpy.run_module(setup["module"], run_name="__main__", alter_sys=True)
     except SystemExit as stop:
         code = stop.code
-    os._exit(code if isinstance(code, int) else (0 if code is None else 1))
+    os._exit(_exit_status(code))
 
 
 def _as_fresh() -> None:
