@@ -11,7 +11,11 @@ from typing import Any
 
 from autograder._runtime import ensure_tool_path
 from autograder.errors import ConfigError, GradingError
-from autograder.grading.preprocessors import GRADER_OUTPUTS, autograde_preprocessors
+from autograder.grading.preprocessors import (
+    GRADER_OUTPUTS,
+    autograde_preprocessors,
+    sanitize_preprocessors,
+)
 from autograder.reports.feedback import feedback_preprocessors
 from autograder.rubric import check_notebook_against_rubric, lab_ids, load_rubric
 from autograder.settings import PROJECT_DIR
@@ -65,6 +69,7 @@ def configure_grader(c: Any) -> None:
     from nbgrader.coursedir import CourseDirectory
 
     c.Autograde.autograde_preprocessors = autograde_preprocessors()
+    c.Autograde.sanitize_preprocessors = sanitize_preprocessors()
     default_ignore = list(CourseDirectory.class_traits()["ignore"].default())
     c.CourseDirectory.ignore = [*default_ignore, *GRADER_OUTPUTS]
     c.GraderExecute.timeout = 900

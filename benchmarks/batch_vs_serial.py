@@ -10,7 +10,9 @@ fork server (kernels and evaluator forked from one TensorFlow import, as the for
 autograde now runs), and by ``autograder grade``. The script prints the ratios of wall
 times, the CPU utilisation of each (CPU seconds / (cores x wall)), and the batch grader's
 overhead per submission (time beyond the notebook's own cells; each worker's one-time
-start-up, before its first submission, is shown apart and spread over the class).
+start-up, before its first submission, is shown apart and spread over the class), and the
+ratio a grader that added nothing would reach: the serial time over the batch's notebooks'
+own cells, as they ran side by side, divided among the workers.
 
     .venv/bin/python benchmarks/batch_vs_serial.py [--n 8] [--workload sample fashion]
 """
@@ -128,6 +130,9 @@ def run(workload: str, n: int, workers: int | None, keep: Path | None) -> dict[s
     overhead = [SubmissionOutcome(**o).overhead_s for o in graded]
     startup = [o["timing"]["startup_s"] for o in graded if "startup_s" in o["timing"]]
     ahead = sum(o["timing"].get("kernel_ahead", 0) for o in graded)
+    # The notebooks' own cells as they ran side by side in the batch, spread over its
+    # workers: a batch whose grader added nothing at all would still take this long.
+    cells_wall = sum(o["timing"].get("cells_s", 0.0) for o in graded) / summary["workers"]
     figures = {
         "n": n,
         "cores": cores,
@@ -152,6 +157,8 @@ def run(workload: str, n: int, workers: int | None, keep: Path | None) -> dict[s
         if graded
         else float("nan"),
         "kernels_started_ahead": ahead,
+        "cells_only_wall_s": cells_wall,
+        "cells_only_ratio": s_wall / cells_wall if cells_wall else float("nan"),
         "graded": len(graded),
     }
     s_scores, b_scores, f_scores = _scores(serial), _scores(batch), _scores(forked)
@@ -182,6 +189,10 @@ def run(workload: str, n: int, workers: int | None, keep: Path | None) -> dict[s
     print(
         f"worker start-up (once):    mean {f['startup_s_mean']:.2f} s per worker; "
         f"overhead with start-up spread over the class: {f['overhead_with_startup_s']:.2f} s"
+    )
+    print(
+        f"the cells alone:           {cells_wall:7.1f} s (their sum / workers); a grader adding "
+        f"nothing to them would reach a ratio of {f['cells_only_ratio']:.2f}"
     )
     # Training is not seeded, so the held-out accuracy (and partial credit on it) differs
     # between any two runs of the same notebook, serial or not; every other check must agree.

@@ -70,3 +70,55 @@ def _glob(folder, pattern):
     from pathlib import Path
 
     return [str(p) for p in Path(folder).glob(pattern)]
+
+
+def test_the_metadata_check_keeps_nbgraders_verdicts_and_checks_its_schema_once():
+    """Both sanitizing and autograding check each cell's nbgrader metadata against its
+    schema; ours must accept and refuse what nbgrader's does, with its message, and check
+    the schema itself once per process, not once per cell."""
+    import copy
+
+    import jsonschema
+    from nbformat.v4 import new_code_cell, new_notebook
+    from nbgrader.nbgraderformat import MetadataValidator, ValidationError
+    from nbgrader.preprocessors import CheckCellMetadata
+
+    from autograder.grading.preprocessors import CheckCellMetadataOnce, sanitize_preprocessors
+
+    c = Config()
+    configure_grader(c)
+    assert CheckCellMetadataOnce in c.Autograde.sanitize_preprocessors
+    assert CheckCellMetadata not in sanitize_preprocessors()  # only our subclass of it
+    assert CheckCellMetadataOnce in autograde_preprocessors()
+
+    meta = {"grade": True, "solution": False, "locked": True, "points": 2}
+    meta |= {"grade_id": "check", "schema_version": 3}
+    good = new_notebook(cells=[new_code_cell("x = 1", metadata={"nbgrader": meta})] * 3)
+    bad = copy.deepcopy(good)
+    bad.cells[1].metadata.nbgrader["points"] = "two"  # the schema wants a number
+
+    checks = []
+    schema_class = jsonschema.validators.validator_for(MetadataValidator().schema)
+    real_check = schema_class.check_schema
+
+    def counting(schema, *args, **kwargs):
+        checks.append(1)
+        return real_check(schema, *args, **kwargs)
+
+    for nb in (good, bad):  # nbgrader's own verdicts, for comparison
+        try:
+            CheckCellMetadata().preprocess(copy.deepcopy(nb), {})
+            theirs = None
+        except ValidationError as exc:
+            theirs = str(exc)
+        try:
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setattr(schema_class, "check_schema", counting)
+                CheckCellMetadataOnce().preprocess(copy.deepcopy(nb), {})
+                CheckCellMetadataOnce().preprocess(copy.deepcopy(nb), {})
+            ours = None
+        except ValidationError as exc:
+            ours = str(exc)
+        assert ours == theirs, nb
+    assert theirs is not None and "may be corrupted" in theirs
+    assert len(checks) <= 1  # nbgrader's own: once per cell and pass, six here

@@ -30,6 +30,7 @@ from nbgrader.preprocessors import (
 )
 from traitlets import Integer
 
+from autograder._runtime import check_nbgrader_schema_once
 from autograder.errors import ConfigError
 from autograder.fstree import remove_tree
 from autograder.grading.evaluation_server import grade_in_subprocess
@@ -43,11 +44,13 @@ __all__ = [
     "GRADER_OUTPUTS",
     "RESULT_SUFFIX",
     "STATE_FILE",
+    "CheckCellMetadataOnce",
     "FlagForReview",
     "GradeFromArtifacts",
     "autograde_preprocessors",
     "check_order",
     "read_result",
+    "sanitize_preprocessors",
 ]
 
 RESULT_SUFFIX = ".grading.json"
@@ -152,6 +155,15 @@ class FlagForReview(NbGraderPreprocessor):
         return nb, resources
 
 
+class CheckCellMetadataOnce(CheckCellMetadata):
+    """nbgrader's metadata check, with its schema checked once per process instead of once
+    per cell (:func:`autograder._runtime.check_nbgrader_schema_once`)."""
+
+    def preprocess(self, nb: NotebookNode, resources: Any) -> tuple[NotebookNode, Any]:
+        check_nbgrader_schema_once()
+        return super().preprocess(nb, resources)
+
+
 def check_order(pipeline: list[type]) -> None:
     """Raise :class:`ConfigError` when a step's declared order constraints are broken."""
 
@@ -183,10 +195,19 @@ def autograde_preprocessors() -> list[type]:
         GrantExtension,
         AssignLatePenalties,
         NeutraliseStudentContent,
-        CheckCellMetadata,
+        CheckCellMetadataOnce,
     ]
     check_order(pipeline)
     return pipeline
+
+
+def sanitize_preprocessors() -> list[type]:
+    """nbgrader's own sanitizing steps for ``c.Autograde.sanitize_preprocessors``, in its
+    order, with the metadata check that checks its schema once."""
+    from nbgrader.converters import Autograde
+
+    default = Autograde.class_traits()["sanitize_preprocessors"].default()
+    return [CheckCellMetadataOnce if step is CheckCellMetadata else step for step in default]
 
 
 def read_result(autograded_notebook_dir: Path, notebook: str) -> GradingResult | None:

@@ -167,11 +167,12 @@ def clean_account(account: Account, slot: int) -> str | None:
         return f"cgroups of slot {slot} could not be removed"
     if not _remove_account_files(account):
         return f"files of {account.name} could not be removed"
-    deadline = time.monotonic() + 5
+    deadline, pause = time.monotonic() + 5, 0.002
     while _running(account.uid):
         if time.monotonic() > deadline:
             return f"processes of {account.name} are still running"
-        time.sleep(0.05)
+        time.sleep(pause)
+        pause = min(pause * 2, 0.05)
     return None
 
 
@@ -234,7 +235,10 @@ _KILL = shutil.which("kill", path="/usr/bin:/bin")
 
 def kill_account_processes(account: Account) -> None:
     """SIGKILL every process of the account: ``kill(-1)`` sent as the account itself reaches
-    all of them at once (all but the sender), so a fork bomb cannot outrun it."""
+    all of them at once (all but the sender), so a fork bomb cannot outrun it. Nothing is
+    started when the account runs nothing: only its own processes could start one."""
+    if not _running(account.uid):
+        return
     command = (
         [_KILL, "-KILL", "--", "-1"] if _KILL else [sys.executable, "-I", "-S", "-c", _KILL_ALL]
     )

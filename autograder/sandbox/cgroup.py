@@ -139,6 +139,7 @@ class KernelCgroup:
         """Kill what is left in the groups and remove them; False if one stays."""
         deadline = time.monotonic() + timeout
         left = list(self.folders)
+        pause = 0.002  # a killed process leaves its group within milliseconds, mostly
         while left and time.monotonic() < deadline:
             for folder in list(left):
                 try:
@@ -157,7 +158,8 @@ class KernelCgroup:
                 except OSError:
                     pass
             if left:
-                time.sleep(0.05)
+                time.sleep(pause)
+                pause = min(pause * 2, 0.05)
         if left:
             log.warning("could not remove the kernel's cgroups %s", left)
         return not left
