@@ -304,3 +304,28 @@ def test_a_clusters_workers_get_threads_for_their_own_machine():
         "tcp://10.0.0.2:1": 2,  # alone on 2 cores, whatever the coordinator has
         "tcp://10.0.0.3:1": 1,  # did not report: one thread
     }
+
+
+def test_the_warm_ups_of_workers_and_coordinator_write_nothing(tmp_path):
+    """What a worker (a lab's source notebook sanitized) and the coordinator (the
+    gradebook's labs read) do once, before the first submission, to keep first-time costs
+    out of it: reading only, nothing of the course changed, the gradebook included."""
+    import hashlib
+
+    from autograder.batch import worker
+    from autograder.batch.replay import warm_replay
+
+    course = _course(tmp_path / "course", ["correct"])
+    assert (course.root / "source" / LAB / f"{load_rubric(LAB).notebook}.ipynb").is_file()
+
+    def snapshot() -> dict[str, str]:
+        return {
+            str(p.relative_to(course.root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(course.root.rglob("*"))
+            if p.is_file()
+        }
+
+    before = snapshot()
+    worker._warm_sanitizing(course, (LAB,), worker._worker_config(course))
+    warm_replay(course, [LAB])
+    assert snapshot() == before

@@ -40,6 +40,7 @@ __all__ = [
     "store_execution",
     "store_result",
     "stored_artifacts",
+    "warm_replay",
 ]
 
 
@@ -145,3 +146,18 @@ def replay_api(course: Any, cache: Path) -> Any:
     config.ReplayExecute.replay_dir = str(cache)
     ensure_tool_path()
     return NbGraderAPI(config=config)
+
+
+def warm_replay(course: Any, labs: list[str]) -> None:
+    """In the coordinator, while its workers warm up: what its first replay would pay
+    once (nbformat's compiled schema, the gradebook's object mapping and first queries),
+    reading only."""
+    from nbformat.validator import get_validator
+    from nbgrader.api import Gradebook
+
+    get_validator(version=4, version_minor=5)
+    with Gradebook(course.db_url, course.course_id) as gb:
+        for lab in labs:
+            for notebook in gb.find_assignment(lab).notebooks:
+                list(notebook.grade_cells)
+                list(notebook.source_cells)

@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from autograder.batch.replay import cache_dir, replay_api
+from autograder.batch.replay import cache_dir, replay_api, warm_replay
 from autograder.batch.submissions import (
     BatchSummary,
     Submission,
@@ -261,6 +261,9 @@ def _grade(
             ): s
             for s in todo
         }
+        if futures:
+            with contextlib.suppress(Exception):  # the first replay then pays for it
+                warm_replay(course, sorted({s.lab for s in todo}))
         for future in as_completed(futures):
             s = futures[future]
             try:

@@ -52,6 +52,29 @@ def _evaluator(labs: tuple[str, ...]) -> Any:
     return _EVALUATOR
 
 
+def _resources(course: Course, lab: str, student: str) -> dict[str, Any]:
+    """What nbgrader's preprocessors read about the notebook they work on."""
+    return {
+        "nbgrader": {
+            "student": student,
+            "assignment": lab,
+            "notebook": load_rubric(lab).notebook,
+            "db_url": course.db_url,
+            "course_id": course.course_id,
+        }
+    }
+
+
+def _warm_sanitizing(course: Course, labs: tuple[str, ...], config: Any) -> None:
+    """Each lab's source notebook read and sanitized, nothing written: what a worker's
+    first submission would otherwise pay once (nbformat's compiled schema, the gradebook's
+    object mapping, the steps' imports)."""
+    for lab in labs:
+        path = course.root / "source" / lab / f"{load_rubric(lab).notebook}.ipynb"
+        if path.is_file():
+            _sanitize(reads(path.read_text(), as_version=4), _resources(course, lab, ""), config)
+
+
 def _sanitize(nb: NotebookNode, resources: dict[str, Any], config: Any) -> NotebookNode:
     from nbgrader.converters import Autograde
 
@@ -96,10 +119,12 @@ def warm_worker(
         from nbgrader.converters import Autograde  # noqa: F401
 
         if kernels:  # not for a batch that only re-scores stored models
-            config = _worker_config(Course.open(Path(course_root)))
+            course = Course.open(Path(course_root))
+            config = _worker_config(course)
             # Starts the kernels' fork server, which the evaluator is then forked from:
             # TensorFlow imported once in this worker, not twice.
             GraderExecute(config=config).start_kernel_ahead()
+            _warm_sanitizing(course, labs, config)
         evaluator = _evaluator(labs)
         evaluator.warm()
         evaluator.wait_ready()
@@ -157,15 +182,7 @@ def execute_submission(
         out["error"] = f"the notebook could not be read: {type(exc).__name__}: {exc}"[:300]
         return out
     config = _worker_config(course)
-    resources: dict[str, Any] = {
-        "nbgrader": {
-            "student": student,
-            "assignment": lab,
-            "notebook": rubric.notebook,
-            "db_url": course.db_url,
-            "course_id": course.course_id,
-        }
-    }
+    resources = _resources(course, lab, student)
     try:
         nb = _sanitize(nb, resources, config)
     except Exception as exc:
