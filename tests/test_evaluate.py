@@ -381,3 +381,38 @@ def test_the_last_cell_shows_the_expected_total(keras, capsys):
     assert expected_total("lab5_imdb_rnn", {}) == 0
     out = capsys.readouterr().out
     assert "Left to the instructor: Written answer on SimpleRNN and LSTM (2 points)" in out
+
+
+@pytest.mark.parametrize("pidfds", [True, False], ids=["pidfd", "polled"])
+def test_the_evaluator_waits_for_its_child_and_kills_it_at_the_deadline(monkeypatch, pidfds):
+    """An evaluation child's exit status as it ends; one past its deadline killed (with
+    what it started) and reaped: a kernel with pidfds and one without alike."""
+    import os
+    import time
+
+    from autograder.grading import evaluation_server
+
+    if not pidfds:
+
+        def no_pidfd(pid: int, flags: int = 0) -> int:
+            raise OSError(38, "Function not implemented")
+
+        monkeypatch.setattr(os, "pidfd_open", no_pidfd)
+
+    def child(seconds: float, code: int) -> int:
+        pid = os.fork()
+        if pid == 0:
+            os.setsid()
+            time.sleep(seconds)
+            os._exit(code)
+        return pid
+
+    begin = time.monotonic()
+    assert evaluation_server._wait(child(0.1, 3), timeout=30) == 3
+    assert time.monotonic() - begin < 5
+    slow = child(60, 0)
+    begin = time.monotonic()
+    assert evaluation_server._wait(slow, timeout=0.3) is None
+    assert time.monotonic() - begin < 5
+    with pytest.raises(ChildProcessError):
+        os.waitpid(slow, os.WNOHANG)  # reaped already

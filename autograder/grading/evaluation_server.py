@@ -154,16 +154,29 @@ def grade_in_subprocess(lab: str, artifacts: Path, *, timeout: float = 600) -> G
         return evaluator.evaluate(lab, artifacts, timeout=timeout)
 
 
-def _wait(pid: int, timeout: float) -> int | None:
-    """The child's exit status, or None after killing it at the deadline."""
+def _ended(pid: int, timeout: float) -> bool:
+    """Whether the child ``pid`` ended within ``timeout`` seconds (left to be reaped)."""
     import select
+    import time
 
-    pidfd = os.pidfd_open(pid)  # readable when the child ends: no polling delay
     try:
-        ended, _, _ = select.select([pidfd], [], [], timeout)
+        pidfd = os.pidfd_open(pid)  # readable when the child ends: no polling delay
+    except OSError:  # a kernel without pidfds (before Linux 5.3): polled
+        deadline = time.monotonic() + timeout
+        while os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.01)
+        return True
+    try:
+        return bool(select.select([pidfd], [], [], timeout)[0])
     finally:
         os.close(pidfd)
-    if not ended:
+
+
+def _wait(pid: int, timeout: float) -> int | None:
+    """The child's exit status, or None after killing it at the deadline."""
+    if not _ended(pid, timeout):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGKILL)
         os.waitpid(pid, 0)

@@ -236,8 +236,9 @@ _KILL = shutil.which("kill", path="/usr/bin:/bin")
 def kill_account_processes(account: Account) -> None:
     """SIGKILL every process of the account: ``kill(-1)`` sent as the account itself reaches
     all of them at once (all but the sender), so a fork bomb cannot outrun it. Nothing is
-    started when the account runs nothing: only its own processes could start one."""
-    if not _running(account.uid):
+    started when no process carries the account's uid (real, effective or saved: what
+    kill(2) matches): only such a process could start one."""
+    if not _carrying(account.uid):
         return
     command = (
         [_KILL, "-KILL", "--", "-1"] if _KILL else [sys.executable, "-I", "-S", "-c", _KILL_ALL]
@@ -286,6 +287,15 @@ def _running(uid: int) -> int:
             if p.info["uids"].real == uid and p.info["status"] != psutil.STATUS_ZOMBIE:
                 count += 1
     return count
+
+
+def _carrying(uid: int) -> bool:
+    """Whether a live process has ``uid`` as its real, effective or saved uid."""
+    for p in psutil.process_iter(["uids", "status"]):
+        with contextlib.suppress(psutil.Error, TypeError, AttributeError):
+            if uid in p.info["uids"] and p.info["status"] != psutil.STATUS_ZOMBIE:
+                return True
+    return False
 
 
 def tasks_of(uid: int) -> int:
