@@ -52,13 +52,13 @@ def _evaluator(labs: tuple[str, ...]) -> Any:
     return _EVALUATOR
 
 
-def _resources(course: Course, lab: str, student: str) -> dict[str, Any]:
+def _resources(course: Course, lab: str, notebook: str, student: str) -> dict[str, Any]:
     """What nbgrader's preprocessors read about the notebook they work on."""
     return {
         "nbgrader": {
             "student": student,
             "assignment": lab,
-            "notebook": load_rubric(lab).notebook,
+            "notebook": notebook,
             "db_url": course.db_url,
             "course_id": course.course_id,
         }
@@ -70,9 +70,11 @@ def _warm_sanitizing(course: Course, labs: tuple[str, ...], config: Any) -> None
     first submission would otherwise pay once (nbformat's compiled schema, the gradebook's
     object mapping, the steps' imports)."""
     for lab in labs:
-        path = course.root / "source" / lab / f"{load_rubric(lab).notebook}.ipynb"
+        notebook = load_rubric(lab).notebook
+        path = course.root / "source" / lab / f"{notebook}.ipynb"
         if path.is_file():
-            _sanitize(reads(path.read_text(), as_version=4), _resources(course, lab, ""), config)
+            resources = _resources(course, lab, notebook, "")
+            _sanitize(reads(path.read_text(), as_version=4), resources, config)
 
 
 def _sanitize(nb: NotebookNode, resources: dict[str, Any], config: Any) -> NotebookNode:
@@ -182,7 +184,7 @@ def execute_submission(
         out["error"] = f"the notebook could not be read: {type(exc).__name__}: {exc}"[:300]
         return out
     config = _worker_config(course)
-    resources = _resources(course, lab, student)
+    resources = _resources(course, lab, rubric.notebook, student)
     try:
         nb = _sanitize(nb, resources, config)
     except Exception as exc:

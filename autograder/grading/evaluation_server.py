@@ -24,10 +24,12 @@ import contextlib
 import json
 import os
 import resource
+import select
 import signal
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import IO, Any
 
@@ -156,9 +158,6 @@ def grade_in_subprocess(lab: str, artifacts: Path, *, timeout: float = 600) -> G
 
 def _ended(pid: int, timeout: float) -> bool:
     """Whether the child ``pid`` ended within ``timeout`` seconds (left to be reaped)."""
-    import select
-    import time
-
     try:
         pidfd = os.pidfd_open(pid)  # readable when the child ends: no polling delay
     except OSError:  # a kernel without pidfds (before Linux 5.3): polled

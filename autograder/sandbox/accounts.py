@@ -168,7 +168,7 @@ def clean_account(account: Account, slot: int) -> str | None:
     if not _remove_account_files(account):
         return f"files of {account.name} could not be removed"
     deadline, pause = time.monotonic() + 5, 0.002
-    while _running(account.uid):
+    while _live(account.uid):
         if time.monotonic() > deadline:
             return f"processes of {account.name} are still running"
         time.sleep(pause)
@@ -236,9 +236,9 @@ _KILL = shutil.which("kill", path="/usr/bin:/bin")
 def kill_account_processes(account: Account) -> None:
     """SIGKILL every process of the account: ``kill(-1)`` sent as the account itself reaches
     all of them at once (all but the sender), so a fork bomb cannot outrun it. Nothing is
-    started when no process carries the account's uid (real, effective or saved: what
-    kill(2) matches): only such a process could start one."""
-    if not _carrying(account.uid):
+    started when no process has the account's uid as real, effective or saved uid (kill(2)
+    reaches those with it as real or saved): only such a process could start one."""
+    if not _live(account.uid, any_id=True):
         return
     command = (
         [_KILL, "-KILL", "--", "-1"] if _KILL else [sys.executable, "-I", "-S", "-c", _KILL_ALL]
@@ -279,21 +279,13 @@ def _remove_account_files(account: Account) -> bool:
     return ok
 
 
-def _running(uid: int) -> int:
-    """Processes of ``uid`` that are not zombies."""
-    count = 0
+def _live(uid: int, *, any_id: bool = False) -> bool:
+    """Whether a process that is not a zombie has ``uid`` as its real uid (with
+    ``any_id``: as its real, effective or saved one)."""
     for p in psutil.process_iter(["uids", "status"]):
         with contextlib.suppress(psutil.Error, TypeError, AttributeError):
-            if p.info["uids"].real == uid and p.info["status"] != psutil.STATUS_ZOMBIE:
-                count += 1
-    return count
-
-
-def _carrying(uid: int) -> bool:
-    """Whether a live process has ``uid`` as its real, effective or saved uid."""
-    for p in psutil.process_iter(["uids", "status"]):
-        with contextlib.suppress(psutil.Error, TypeError, AttributeError):
-            if uid in p.info["uids"] and p.info["status"] != psutil.STATUS_ZOMBIE:
+            ids = p.info["uids"] if any_id else p.info["uids"][:1]
+            if uid in ids and p.info["status"] != psutil.STATUS_ZOMBIE:
                 return True
     return False
 
