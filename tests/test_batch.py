@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from dask_cluster import tcp_cluster
-from grading_helpers import QUICK, environment, sandbox_processes
+from grading_helpers import QUICK, environment, orphaned_fork_servers, sandbox_processes
 
 from autograder.authoring.examples import example_path
 from autograder.batch.replay import cache_dir
@@ -61,6 +61,13 @@ def cluster_graded(tmp_path_factory, staged_data):
     """The same class graded by serial ``nbgrader autograde`` and by ``autograder grade``
     against a real Dask cluster: a scheduler and two workers started as processes of their
     own, over TCP on loopback, sharing the course folder."""
+    from dask.distributed import Client
+
+    def descendants() -> list[str]:  # run in each worker (a closure: shipped by value)
+        import psutil
+
+        return [" ".join(p.cmdline())[-100:] for p in psutil.Process().children(recursive=True)]
+
     root = tmp_path_factory.mktemp("cluster")
     serial = _course(root / "serial", STABLE)
     batch = _course(root / "batch", STABLE)
@@ -76,7 +83,14 @@ def cluster_graded(tmp_path_factory, staged_data):
         deadline = time.monotonic() + 20
         while (left := sandbox_processes(evaluator=False)) and time.monotonic() < deadline:
             time.sleep(0.5)
+        # Nor their evaluators, which hold the held-out data as this batch read them, nor
+        # their fork servers: no process of the batch is left under a worker, or orphaned.
+        with Client(address) as client:
+            kept = client.run(descendants)
+        orphans = orphaned_fork_servers()
     assert not left, left
+    assert kept and not any(kept.values()), kept
+    assert not orphans, orphans
     return serial, batch, summary
 
 

@@ -140,12 +140,17 @@ def warm_worker(
 
 def release_worker() -> None:
     """In a worker that outlives the batch (a Dask cluster's): stop the kernel it started
-    ahead for a next submission, and free its sandbox; stop its fork server. Nothing of
-    the batch stays."""
+    ahead for a next submission, and free its sandbox; stop its evaluator, which holds the
+    held-out data as this batch read them (the next batch's evaluator reads them again),
+    and its fork server. Nothing of the batch stays."""
+    global _EVALUATOR
     from autograder.sandbox.forked import stop_fork_server
     from autograder.sandbox.spare import discard_spare_kernel
 
     discard_spare_kernel()
+    if _EVALUATOR is not None:
+        _EVALUATOR.close()
+        _EVALUATOR = None
     stop_fork_server()
 
 
