@@ -6,7 +6,7 @@ import contextlib
 import json
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ def at_exit(fn: Callable[[], object]) -> None:
 
 
 @contextlib.contextmanager
-def environment(env: dict[str, str]) -> Iterator[None]:
+def environment(env: Mapping[str, str]) -> Iterator[None]:
     """Set ``env`` in ``os.environ`` for the block, then restore what was there."""
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)

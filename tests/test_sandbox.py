@@ -236,6 +236,25 @@ def _run(tmp_path: Path, *sources: str, **traits) -> nbformat.NotebookNode:
     return nb
 
 
+def test_the_grader_puts_its_own_environment_back_after_a_kernel(monkeypatch):
+    """TensorFlow's settings for a lab's kernel are set in the grader's environment around
+    the kernel's start, then put back as they were: one the grader had keeps its value, one
+    it had not stays unset. (nbgrader's ``utils.setenv`` deletes them all afterwards: a
+    later TensorFlow import in the grading process then ran without them.)"""
+    from autograder.sandbox.spare import discard_spare_kernel
+    from autograder.settings import FORK_KERNELS_ENV
+
+    monkeypatch.setenv(FORK_KERNELS_ENV, "off")  # a kernel started, not a fork server's
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "7")
+    monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
+    before = dict(os.environ)
+    try:
+        GraderExecute(spare_kernel=True).start_kernel_ahead()
+    finally:
+        discard_spare_kernel()
+    assert dict(os.environ) == before
+
+
 def test_cell_timeout_interrupts_the_cell_and_says_so(tmp_path):
     nb = _run(
         tmp_path,

@@ -20,10 +20,10 @@ from nbclient.exceptions import DeadKernelError
 from nbclient.util import run_hook
 from nbformat import NotebookNode
 from nbformat.v4 import new_code_cell, new_output
-from nbgrader import utils
 from nbgrader.preprocessors import Execute
 from traitlets import Bool, Integer
 
+from autograder._runtime import environment
 from autograder.fstree import remove_tree
 from autograder.grading.capture import FIT_RECORDER_SOURCE, capture_source
 from autograder.grading.output_budget import NOT_OUTPUT, OutputBudget, shorten_error
@@ -175,7 +175,7 @@ class GraderExecute(Execute):
         nb.cells.append(cell)
         aborted = True
         try:
-            with utils.setenv(**QUIET_TENSORFLOW):
+            with environment(QUIET_TENSORFLOW):
                 nb, resources = self._execute(nb, resources, limits, grants=[artifacts])
             aborted = False
         finally:
@@ -361,7 +361,7 @@ class GraderExecute(Execute):
         """Start a lab notebook's kernel now, for the next :meth:`preprocess` of this process
         (``spare_kernel``): a batch worker does it before its first submission."""
         if self._spares:
-            with utils.setenv(**QUIET_TENSORFLOW):
+            with environment(QUIET_TENSORFLOW):
                 self._start_spare(self.limits())
 
     @property
