@@ -248,6 +248,35 @@ def test_a_local_dask_cluster_grades_and_leaves_nothing_running(tmp_path, staged
     assert not left, left
 
 
+def test_a_workers_sanitizing_reads_its_own_copy_of_the_gradebook(tmp_path, staged_data):
+    """A worker's sanitizing reads the lab's notebooks and source cells (written when the
+    lab was generated) from a copy of a SQLite gradebook, taken once per batch: its reads
+    never wait on the coordinator's writes. The copy holds the same cells and goes when
+    the worker is released; a database that is not a file is read as it is."""
+    from types import SimpleNamespace
+
+    from nbgrader.api import Gradebook
+
+    from autograder.batch import worker
+
+    course = Course.open(_course(tmp_path / "course", ["untrained"]).root)
+    notebook = load_rubric(LAB).notebook
+    url = worker._resources(course, LAB, notebook, "s0-untrained")["nbgrader"]["db_url"]
+    assert url != course.db_url and worker._gradebook_read(course) == url  # one copy
+    cells = []
+    for db in (url, course.db_url):
+        with Gradebook(db, course.course_id) as gb:
+            found = gb.find_notebook(notebook, LAB)
+            cells.append([(c.name, c.source) for c in found.source_cells])
+    assert cells[0] == cells[1] and cells[0]
+    copy = Path(url.removeprefix("sqlite:///"))
+    assert copy.is_file() and copy.parent.stat().st_mode & 0o077 == 0  # the grader's only
+    worker.release_worker()
+    assert not copy.parent.exists()
+    other = SimpleNamespace(db_url="postgresql://grader@db.example/gradebook")
+    assert worker._gradebook_read(other) == other.db_url  # type: ignore[arg-type]
+
+
 def test_the_batch_grades_into_the_gradebook_the_course_config_names(tmp_path, staged_data):
     """`autograder grade` takes the course id and gradebook from the course's own
     nbgrader_config.py (read as data), as the formgrader does: one gradebook, not two."""
@@ -340,6 +369,9 @@ def test_the_warm_ups_of_workers_and_coordinator_write_nothing(tmp_path):
         }
 
     before = snapshot()
-    worker._warm_sanitizing(course, (LAB,), worker._worker_config(course))
+    try:
+        worker._warm_sanitizing(course, (LAB,), worker._worker_config(course))
+    finally:
+        worker.release_worker()  # its copy of the gradebook, taken here, goes
     warm_replay(course, [LAB])
     assert snapshot() == before

@@ -12,6 +12,7 @@ warm evaluator; the execution is stored for the coordinator to replay
 from __future__ import annotations
 
 import os
+import sqlite3
 import time
 from datetime import datetime
 from pathlib import Path
@@ -52,6 +53,55 @@ def _evaluator(labs: tuple[str, ...]) -> Any:
     return _EVALUATOR
 
 
+_SNAPSHOTS: dict[str, tuple[str, Path]] = {}  # a course's gradebook -> this worker's copy
+
+
+def _gradebook_read(course: Course) -> str:
+    """The gradebook this worker's sanitizing reads (the lab's notebooks and source cells,
+    written when the lab was generated, not while it is graded). For SQLite, a copy taken
+    once per batch, at the worker's warm-up or first submission: the coordinator, the one
+    writer, then never waits for the workers' reads to end before it commits, nor they
+    for its commits (in SQLite's busy handler, sleeps of up to 100 ms each), however many
+    workers read. Any other database, and a copy that failed: the gradebook itself."""
+    url = course.db_url
+    if url in _SNAPSHOTS:
+        return _SNAPSHOTS[url][0]
+    from sqlalchemy.engine import make_url
+
+    database = make_url(url).database if url.startswith("sqlite:") else None
+    if not database or database == ":memory:" or not Path(database).is_file():
+        return url
+    folder = grader_temp("gradebook")
+    copy = folder / "gradebook.db"
+    try:
+        source = sqlite3.connect(f"file:{Path(database).resolve()}?mode=ro", uri=True)
+        try:
+            target = sqlite3.connect(copy)
+            try:
+                source.backup(target)  # a consistent copy, whatever is being written
+            finally:
+                target.close()
+        finally:
+            source.close()
+    except sqlite3.Error as exc:  # read the gradebook itself, as before
+        import logging
+
+        logging.getLogger(__name__).warning("the gradebook could not be copied: %s", exc)
+        remove_tree(folder)
+        return url
+    if not _SNAPSHOTS:
+        from autograder._runtime import at_exit
+
+        at_exit(_drop_snapshots)
+    _SNAPSHOTS[url] = (f"sqlite:///{copy}", folder)
+    return _SNAPSHOTS[url][0]
+
+
+def _drop_snapshots() -> None:
+    while _SNAPSHOTS:
+        remove_tree(_SNAPSHOTS.popitem()[1][1])
+
+
 def _resources(course: Course, lab: str, notebook: str, student: str) -> dict[str, Any]:
     """What nbgrader's preprocessors read about the notebook they work on."""
     return {
@@ -59,7 +109,7 @@ def _resources(course: Course, lab: str, notebook: str, student: str) -> dict[st
             "student": student,
             "assignment": lab,
             "notebook": notebook,
-            "db_url": course.db_url,
+            "db_url": _gradebook_read(course),
             "course_id": course.course_id,
         }
     }
@@ -142,7 +192,7 @@ def release_worker() -> None:
     """In a worker that outlives the batch (a Dask cluster's): stop the kernel it started
     ahead for a next submission, and free its sandbox; stop its evaluator, which holds the
     held-out data as this batch read them (the next batch's evaluator reads them again),
-    and its fork server. Nothing of the batch stays."""
+    and its fork server; remove its copy of the gradebook. Nothing of the batch stays."""
     global _EVALUATOR
     from autograder.sandbox.forked import stop_fork_server
     from autograder.sandbox.spare import discard_spare_kernel
@@ -152,6 +202,7 @@ def release_worker() -> None:
         _EVALUATOR.close()
         _EVALUATOR = None
     stop_fork_server()
+    _drop_snapshots()
 
 
 def execute_submission(
