@@ -259,19 +259,22 @@ def test_a_workers_sanitizing_reads_its_own_copy_of_the_gradebook(tmp_path, stag
 
     from autograder.batch import worker
 
-    course = Course.open(_course(tmp_path / "course", ["untrained"]).root)
+    # A course folder whose name a file URI must quote ("#", "%").
+    course = Course.open(_course(tmp_path / "course #1 100%", ["untrained"]).root)
     notebook = load_rubric(LAB).notebook
-    url = worker._resources(course, LAB, notebook, "s0-untrained")["nbgrader"]["db_url"]
-    assert url != course.db_url and worker._gradebook_read(course) == url  # one copy
-    cells = []
-    for db in (url, course.db_url):
-        with Gradebook(db, course.course_id) as gb:
-            found = gb.find_notebook(notebook, LAB)
-            cells.append([(c.name, c.source) for c in found.source_cells])
-    assert cells[0] == cells[1] and cells[0]
-    copy = Path(url.removeprefix("sqlite:///"))
-    assert copy.is_file() and copy.parent.stat().st_mode & 0o077 == 0  # the grader's only
-    worker.release_worker()
+    try:
+        url = worker._resources(course, LAB, notebook, "s0-untrained")["nbgrader"]["db_url"]
+        assert url != course.db_url and worker._gradebook_read(course) == url  # one copy
+        cells = []
+        for db in (url, course.db_url):
+            with Gradebook(db, course.course_id) as gb:
+                found = gb.find_notebook(notebook, LAB)
+                cells.append([(c.name, c.source) for c in found.source_cells])
+        assert cells[0] == cells[1] and cells[0]
+        copy = Path(url.removeprefix("sqlite:///"))
+        assert copy.is_file() and copy.parent.stat().st_mode & 0o077 == 0  # the grader's only
+    finally:
+        worker.release_worker()
     assert not copy.parent.exists()
     other = SimpleNamespace(db_url="postgresql://grader@db.example/gradebook")
     assert worker._gradebook_read(other) == other.db_url  # type: ignore[arg-type]

@@ -74,7 +74,8 @@ def _gradebook_read(course: Course) -> str:
     folder = grader_temp("gradebook")
     copy = folder / "gradebook.db"
     try:
-        source = sqlite3.connect(f"file:{Path(database).resolve()}?mode=ro", uri=True)
+        # Read-only, by a URI that quotes whatever the course's path holds ("?", "#", "%").
+        source = sqlite3.connect(Path(database).resolve().as_uri() + "?mode=ro", uri=True)
         try:
             target = sqlite3.connect(copy)
             try:
