@@ -226,13 +226,17 @@ def _hub(args: argparse.Namespace) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, interrupt)
     url = f"http://{settings.ip}:{settings.port}/hub/login"
+    log = settings.state / "hub.log"  # root's: the hub's output names its users and paths
     proc = None
     try:
-        proc = start_hub(args.settings)
-        seconds = wait_until_up(url)
+        proc = start_hub(args.settings, log=log)
+        try:
+            seconds = wait_until_up(url, proc=proc, log=log)
+        except TimeoutError as exc:
+            raise AutograderError(f"{str(exc).splitlines()[0]} (its output: {log})") from None
         print(
-            f"JupyterHub for {settings.course_id} is up at {url} ({seconds:.1f} s); "
-            "Ctrl-C or SIGTERM stops it",
+            f"JupyterHub for {settings.course_id} is up at {url} ({seconds:.1f} s), "
+            f"its output in {log}; Ctrl-C or SIGTERM stops it",
             flush=True,
         )
         return proc.wait()

@@ -3,9 +3,13 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import time
+
+import pytest
 
 from autograder.authoring.examples import examples_dir
 from autograder.cli import main
+from autograder.hub.launch import wait_until_up
 
 
 def test_release_check_passes_on_the_committed_tree(repo, monkeypatch, capsys):
@@ -47,3 +51,24 @@ def test_missing_data_names_the_staging_command(tmp_path):
     )
     assert proc.returncode != 0
     assert "autograder stage-data" in proc.stderr
+
+
+def test_a_hub_that_dies_at_start_is_reported_at_once_with_its_output(tmp_path):
+    """`autograder hub` (and the hub tests' fixtures) wait for the hub's login page: a hub
+    that exits first is reported when it exits, not after the whole wait, with the end of
+    its output; one that never answers, after the wait, with the same."""
+    log = tmp_path / "hub.log"
+    url = "http://127.0.0.1:9/hub/login"  # the discard port: nothing answers
+    with log.open("ab") as out:
+        code = "print('[E] the proxy could not start: port in use'); raise SystemExit(3)"
+        proc = subprocess.Popen([sys.executable, "-c", code], stdout=out, stderr=out)
+    start = time.monotonic()
+    with pytest.raises(TimeoutError) as died:
+        wait_until_up(url, timeout=60, proc=proc, log=log)
+    assert time.monotonic() - start < 20
+    assert str(died.value).startswith(f"the hub exited (status 3) before {url} answered")
+    assert "the proxy could not start: port in use" in str(died.value)
+    with pytest.raises(TimeoutError) as silent:
+        wait_until_up(url, timeout=1, log=log)
+    assert "did not answer within 1 s" in str(silent.value)
+    assert "port in use" in str(silent.value)

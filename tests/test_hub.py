@@ -79,7 +79,7 @@ def hub(tmp_path_factory, staged_data):
     proc = start_hub(settings, log=settings.parent / "hub.log")
     base = f"http://127.0.0.1:{ports[0]}"
     try:
-        wait_until_up(base + "/hub/login", timeout=90)
+        wait_until_up(base + "/hub/login", timeout=90, proc=proc, log=settings.parent / "hub.log")
         yield base, loaded
     finally:
         stop_hub(proc)

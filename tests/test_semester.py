@@ -112,7 +112,7 @@ class = "localprocess"
     base = f"http://127.0.0.1:{port}"
     users = (*settings.users, "sem11")
     try:
-        wait_until_up(base + "/hub/login", timeout=90)
+        wait_until_up(base + "/hub/login", timeout=90, proc=proc, log=where / "hub.log")
         yield base, settings_file, settings
     finally:
         stop_hub(proc)

@@ -78,20 +78,37 @@ def start_hub(settings_path: Path, *, log: Path | None = None) -> subprocess.Pop
     )
 
 
-def wait_until_up(url: str, timeout: float = 60) -> float:
-    """Seconds until ``url`` answers; raises TimeoutError when it never does."""
+def wait_until_up(
+    url: str,
+    timeout: float = 60,
+    *,
+    proc: subprocess.Popen[bytes] | None = None,
+    log: Path | None = None,
+) -> float:
+    """Seconds until ``url`` answers. Raises TimeoutError when it never does, at once when
+    ``proc`` (the hub) exits first; either way with the end of ``log``, the hub's output."""
     import urllib.error
     import urllib.request
 
     start = time.monotonic()
     while time.monotonic() - start < timeout:
+        if proc is not None and proc.poll() is not None:
+            why = f"the hub exited (status {proc.returncode}) before {url} answered"
+            raise TimeoutError(why + _log_tail(log))
         try:
             with urllib.request.urlopen(url, timeout=2):
                 return time.monotonic() - start
         except (urllib.error.HTTPError, OSError):
             # The proxy answers 404 until the hub has added its route.
             time.sleep(0.3)
-    raise TimeoutError(f"{url} did not answer within {timeout:.0f} s")
+    raise TimeoutError(f"{url} did not answer within {timeout:.0f} s" + _log_tail(log))
+
+
+def _log_tail(log: Path | None, chars: int = 3000) -> str:
+    if log is None or not log.is_file():
+        return ""
+    text = log.read_bytes()[-chars:].decode(errors="replace")
+    return f"\n--- the end of {log} ---\n{text}"
 
 
 def stop_hub(proc: subprocess.Popen[bytes]) -> None:
