@@ -378,3 +378,46 @@ def test_the_warm_ups_of_workers_and_coordinator_write_nothing(tmp_path):
         worker.release_worker()  # its copy of the gradebook, taken here, goes
     warm_replay(course, [LAB])
     assert snapshot() == before
+
+
+def test_the_coordinators_gradebooks_share_one_engine_and_hold_no_lock(tmp_path):
+    """nbgrader opens about ten gradebooks per autograde; in the coordinator (and in each
+    worker, for its copy) they share one engine (its compiled queries), and a closed
+    gradebook still leaves the database free: another process takes its write lock at
+    once. A forked child, another database, and the time after, get nbgrader's engine
+    per gradebook, whatever order two sharings end in."""
+    import contextlib
+
+    import nbgrader.api
+    import sqlalchemy
+    from nbgrader.api import Gradebook
+
+    from autograder.batch.replay import one_engine, replay_api
+
+    course = _course(tmp_path / "course", [])
+    url = replay_api(course, cache_dir(course.root)).coursedir.db_url  # what autograde opens
+    other_url = f"sqlite:///{tmp_path / 'other.db'}"
+    first_sharing, second_sharing = contextlib.ExitStack(), contextlib.ExitStack()
+    first_sharing.enter_context(one_engine(url))
+    with Gradebook(url) as first:
+        engine = first.engine
+        assert [a.name for a in first.assignments] == [LAB]
+    with sqlite3.connect(course.root / "gradebook.db", timeout=0) as other:
+        other.execute("BEGIN EXCLUSIVE")  # raises "database is locked" if a lock is held
+        other.rollback()
+    with Gradebook(url) as second:
+        assert second.engine is engine
+        assert second.find_assignment(LAB).name == LAB
+    pid = os.fork()
+    if pid == 0:  # a forked child: an engine of its own
+        with Gradebook(url) as child:
+            os._exit(0 if child.engine is not engine else 1)
+    assert os.waitpid(pid, 0)[1] == 0
+    second_sharing.enter_context(one_engine(other_url))
+    with Gradebook(other_url) as elsewhere, Gradebook(other_url) as again:
+        assert elsewhere.engine is not engine and again.engine is elsewhere.engine
+    first_sharing.close()  # the first sharing ends first: the second one still holds
+    with Gradebook(url) as after, Gradebook(other_url) as still:
+        assert after.engine is not engine and still.engine is elsewhere.engine
+    second_sharing.close()
+    assert nbgrader.api.create_engine is sqlalchemy.create_engine

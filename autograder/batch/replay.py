@@ -14,10 +14,13 @@ gradebook, the autograded notebook and the feedback are exactly what a serial
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +39,7 @@ __all__ = [
     "cache_dir",
     "execution_key",
     "has_result",
+    "one_engine",
     "replay_api",
     "store_execution",
     "store_result",
@@ -144,8 +148,59 @@ def replay_api(course: Any, cache: Path) -> Any:
         ReplayExecute if step is GraderExecute else step for step in autograde_preprocessors()
     ]
     config.ReplayExecute.replay_dir = str(cache)
+    # The notebook is validated once, after the last preprocessor, not after each of them
+    # (nbconvert's option; seventeen validations a submission): invalid still fails.
+    config.Exporter.optimistic_validation = True
     ensure_tool_path()
     return NbGraderAPI(config=config)
+
+
+# Gradebook URL -> [users, its engine or None], for the process that registered it.
+_SHARED: dict[str, list[Any]] = {}
+_OWNER = [0]
+
+
+def _create_engine(url: Any, *args: Any, **kwargs: Any) -> Any:
+    import sqlalchemy
+
+    entry = _SHARED.get(str(url))
+    if entry is None or os.getpid() != _OWNER[0]:  # not shared, or a forked child's
+        return sqlalchemy.create_engine(url, *args, **kwargs)
+    if entry[1] is None:
+        entry[1] = sqlalchemy.create_engine(url, *args, **kwargs)
+    return entry[1]
+
+
+@contextlib.contextmanager
+def one_engine(db_url: str) -> Iterator[None]:
+    """Every nbgrader ``Gradebook`` of ``db_url`` in this process shares one SQLAlchemy
+    engine, while this lasts.
+
+    nbgrader's autograde opens about ten gradebooks per submission (one per step and per
+    preprocessor), each with an engine of its own, and an engine keeps the queries it
+    compiled: a fresh one compiles them all again. Each gradebook's ``close`` still
+    disposes the engine's connections, so no connection, and no lock on the database,
+    outlives the step that opened it. A process forked from this one makes its own.
+    """
+    import nbgrader.api
+    import sqlalchemy
+
+    if os.getpid() != _OWNER[0]:  # the parent's entries, inherited by a fork: not ours
+        _SHARED.clear()
+        _OWNER[0] = os.getpid()
+    entry = _SHARED.setdefault(db_url, [0, None])
+    entry[0] += 1
+    nbgrader.api.create_engine = _create_engine
+    try:
+        yield
+    finally:
+        entry[0] -= 1
+        if entry[0] == 0:
+            del _SHARED[db_url]
+            if entry[1] is not None:
+                entry[1].dispose()
+        if not _SHARED:
+            nbgrader.api.create_engine = sqlalchemy.create_engine
 
 
 def warm_replay(course: Any, labs: list[str]) -> None:

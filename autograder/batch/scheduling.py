@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from autograder.batch.replay import cache_dir, replay_api, warm_replay
+from autograder.batch.replay import cache_dir, one_engine, replay_api, warm_replay
 from autograder.batch.submissions import (
     BatchSummary,
     Submission,
@@ -262,6 +262,7 @@ def _grade(
             for s in todo
         }
         if futures:
+            stack.enter_context(one_engine(api.coursedir.db_url))  # after the workers' fork
             with contextlib.suppress(Exception):  # the first replay then pays for it
                 warm_replay(course, sorted({s.lab for s in todo}))
         for future in as_completed(futures):

@@ -11,6 +11,7 @@ warm evaluator; the execution is stored for the coordinator to replay
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import time
@@ -24,6 +25,7 @@ from autograder.batch.replay import (
     cache_dir,
     execution_key,
     has_result,
+    one_engine,
     store_execution,
     store_result,
     stored_artifacts,
@@ -54,6 +56,7 @@ def _evaluator(labs: tuple[str, ...]) -> Any:
 
 
 _SNAPSHOTS: dict[str, tuple[str, Path]] = {}  # a course's gradebook -> this worker's copy
+_ENGINES = contextlib.ExitStack()  # one engine for each copy's gradebooks (one_engine)
 
 
 def _gradebook_read(course: Course) -> str:
@@ -95,10 +98,12 @@ def _gradebook_read(course: Course) -> str:
 
         at_exit(_drop_snapshots)
     _SNAPSHOTS[url] = (f"sqlite:///{copy}", folder)
+    _ENGINES.enter_context(one_engine(_SNAPSHOTS[url][0]))  # read by this worker alone
     return _SNAPSHOTS[url][0]
 
 
 def _drop_snapshots() -> None:
+    _ENGINES.close()
     while _SNAPSHOTS:
         remove_tree(_SNAPSHOTS.popitem()[1][1])
 

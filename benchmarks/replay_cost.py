@@ -1,0 +1,80 @@
+"""The coordinator's replay (nbgrader's own ``autograde`` of a stored execution) per
+submission, side by side in one run: as nbgrader runs it (a SQLAlchemy engine per
+gradebook it opens, the notebook validated after every preprocessor) against the batch's
+(one engine shared by the coordinator's gradebooks, ``autograder.batch.replay.one_engine``;
+one validation, after the last preprocessor).
+
+A class of N lab 3 submissions on the offline sample is graded once; then every
+submission is replayed again, ``--rounds`` times each way, the two ways alternating, in
+this one process. The script prints the mean CPU and wall seconds per replay each way and
+their ratio. Run it on an idle machine.
+
+    .venv/bin/python benchmarks/replay_cost.py [--n 4] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from batch_vs_serial import LAB, MIX
+
+from autograder.authoring.examples import example_path
+from autograder.batch.replay import cache_dir, one_engine, replay_api, warm_replay
+from autograder.batch.scheduling import _record, grade_batch
+from autograder.batch.submissions import find_submissions
+from autograder.course import create_course
+from autograder.grading.preprocessors import read_result
+
+WAYS = ("nbgrader's", "the batch's")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--n", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-replay-") as tmp:
+        course = create_course(Path(tmp) / "course", labs=[LAB])
+        for i in range(args.n):
+            course.submit(f"student{i:02d}", LAB, example_path(LAB, MIX[i % len(MIX)]))
+        summary = grade_batch(course.root, progress=False)
+        print(summary.format())
+        subs = find_submissions(course.root, [LAB], [])
+        apis = {way: replay_api(course, cache_dir(course.root)) for way in WAYS}
+        apis["nbgrader's"].config.Exporter.optimistic_validation = False  # its default
+        for api in apis.values():
+            api.config.ReplayExecute.execute_missing = False  # a replay, or a failure
+        warm_replay(course, [LAB])
+        times: dict[str, list[tuple[float, float]]] = {way: [] for way in apis}
+        for _ in range(args.rounds):
+            for way, times_of in times.items():
+                api = apis[way]
+                shared = one_engine(api.coursedir.db_url) if way == "the batch's" else None
+                with shared or contextlib.nullcontext():
+                    for s in subs:
+                        cpu, wall = time.process_time(), time.monotonic()
+                        outcome = _record(course.root, api, s, {"key": "-"}, read_result)
+                        times_of.append((time.process_time() - cpu, time.monotonic() - wall))
+                        if outcome.status != "graded":
+                            raise SystemExit(f"{s.student}: {outcome.status} {outcome.reason}")
+        mean = {
+            way: (statistics.mean(c for c, _ in t), statistics.mean(w for _, w in t))
+            for way, t in times.items()
+        }
+        for way, (cpu, wall) in mean.items():
+            print(f"replay, {way:11s}: {cpu:.3f} CPU s, {wall:.3f} s wall per submission")
+        ratio = mean["nbgrader's"][0] / mean["the batch's"][0]
+        print(
+            f"CPU per replay, nbgrader's / the batch's: {ratio:.2f} ({len(subs)} submissions, "
+            f"{args.rounds} rounds each way)"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
