@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import pwd
+import random
 import socket
 import subprocess
 import sys
@@ -33,12 +34,22 @@ PASSWORD = "day2-dl-demo"
 
 
 def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
+    """``n`` ports free now, below the kernel's ephemeral range: the kernel never picks
+    those for another socket (an outgoing connection, a bind to port 0), so they stay
+    free between this check and the hub's own binds. Ports the kernel picked and this
+    function released were open to anything in between."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    pick = random.Random()
+    ports: list[int] = []
+    while len(ports) < n:
+        port = pick.randrange(10000, max(low, 10001 + n))
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:  # taken: another
+                continue
+        if port not in ports:
+            ports.append(port)
     return ports
 
 
