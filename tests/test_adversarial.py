@@ -549,7 +549,8 @@ def test_trained_on_test_split_gets_what_its_model_does_on_held_out_digits(batch
     printed = gh.shown(gh.cell(gh.autograded(course, LAB, "trained-on-test"), "evaluate"))
     own_test_acc = float(re.search(r"test_acc: ([0-9.]+)", printed).group(1))
     # Its own test accuracy is on what it was fitted to; the held-out split is new to it.
-    assert own_test_acc > 0.94
+    # Training is not seeded: 0.935 seen on a fresh machine, so the bound is not tight.
+    assert own_test_acc > 0.9
     print(f"own test accuracy {own_test_acc:.3f}, held-out {result.metrics['accuracy']:.3f}")
     assert result.metrics["accuracy"] < own_test_acc - 0.03
 
