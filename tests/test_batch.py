@@ -11,6 +11,8 @@ import sqlite3
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
@@ -165,6 +167,59 @@ def test_a_threshold_change_rescores_stored_models_without_running_them(
     assert failed.student == "late-comer" and "without --evaluate-only" in failed.reason
 
 
+def _waited_on(lock: Path) -> bool:
+    """Whether some process is blocked waiting for ``lock``'s flock (``/proc/locks``)."""
+    ino = f":{lock.stat().st_ino} "
+    return any("->" in ln and ino in ln for ln in Path("/proc/locks").read_text().splitlines())
+
+
+def test_a_batch_and_grade_on_submit_write_a_courses_grades_in_turn(
+    cluster_graded, tmp_path, capfd
+):
+    """While grade-on-submit writes a grade (it holds the course's writing lock, as
+    tests/test_submit_queue.py::test_grade_on_submit_collects_nothing_while_another_grading_writes_the_course
+    shows), the batch records nothing: it says so, waits, and records everything after."""
+    _, graded, _ = cluster_graded
+    course = Course.open(shutil.copytree(graded.root, tmp_path / "course", symlinks=True))
+    hold = (
+        "import sys, time\nfrom pathlib import Path\n"
+        "from autograder.course_lock import writing_grades\n"
+        "with writing_grades(Path(sys.argv[1])):\n"
+        "    print('held', flush=True); sys.stdin.readline(); print(time.time(), flush=True)"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", hold, str(course.root)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdin is not None and holder.stdout is not None
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with ThreadPoolExecutor(1) as pool:
+            batch = pool.submit(
+                grade_batch, course.root, force=True, evaluate_only=True, progress=False
+            )
+            deadline = time.monotonic() + 120
+            while not _waited_on(course.root / ".autograder" / "writing.lock"):
+                assert not batch.done(), batch.result()
+                assert time.monotonic() < deadline, "the batch never came to record a grade"
+                time.sleep(0.2)
+            holder.stdin.write("\n")
+            holder.stdin.flush()
+            released = float(holder.stdout.readline())
+            summary = batch.result(timeout=300)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert summary.count("graded") == len(STABLE), summary.format()
+    for name in STABLE:
+        (state,) = (course.root / "autograded").glob(f"*-{name}/{LAB}/{STATE_FILE}")
+        graded_at = datetime.fromisoformat(json.loads(state.read_text())["graded_at"])
+        assert graded_at.timestamp() >= released, name
+    assert "waiting for grade-on-submit" in capfd.readouterr().err
+
+
 def _left_by_dead_graders() -> list[Path]:
     import tempfile
 
@@ -311,8 +366,8 @@ def test_a_second_grader_on_the_same_course_is_refused(tmp_path, staged_data):
     course = _course(tmp_path / "course", ["correct"])
     hold = (
         "import sys, time; from pathlib import Path\n"
-        "from autograder.batch.scheduling import _exclusive\n"
-        "with _exclusive(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(60)"
+        "from autograder.course_lock import one_batch\n"
+        "with one_batch(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(60)"
     )
     holder = subprocess.Popen(
         [sys.executable, "-c", hold, str(course.root)], stdout=subprocess.PIPE, text=True

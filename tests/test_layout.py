@@ -21,9 +21,10 @@ MAY_IMPORT: dict[str, set[str]] = {
     "grading": {"data", "sandbox"},
     "reports": {"grading"},
     "course": {"grading", "reports"},
-    "batch": {"data", "sandbox", "grading", "course"},
+    "batch": {"data", "sandbox", "grading", "course", "course_lock"},
     "authoring": {"data", "grading", "reports", "course", "batch"},
-    "hub": {"data", "sandbox", "grading", "reports", "course", "roster", "schedule"},
+    "hub": {"data", "sandbox", "grading", "reports", "course", "course_lock", "roster", "schedule"},
+    "course_lock": set(),  # who writes a course's grades, and when
     "roster": set(),  # the class list, into the gradebook
     "schedule": {"grading", "roster"},  # the course's dates and extensions
     "cli": {

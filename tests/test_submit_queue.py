@@ -1,9 +1,19 @@
 """The grade-on-submit queue: fair between students, resubmissions joined, statuses kept
-across a restart; and the lab dates it acts on."""
+across a restart; the lab dates it acts on; and its turns with the batch at writing grades."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -76,3 +86,94 @@ def test_a_lab_opens_on_its_date_and_grading_on_submit_is_a_switch(tmp_path):
     (tmp_path / "schedule.toml").write_text(f'[{LAB}]\ngrade_on_submit = "no"\n')
     with pytest.raises(ConfigError, match="grade_on_submit must be true or false"):
         load_schedule(tmp_path)
+
+
+_HOLD = """
+import sys, time
+from pathlib import Path
+from autograder.course_lock import writing_grades
+with writing_grades(Path(sys.argv[1])):
+    print("held", flush=True)
+    time.sleep(float(sys.argv[2]))
+    print(time.time(), flush=True)
+"""
+
+
+@contextlib.contextmanager
+def _held(course: Path, seconds: float) -> Iterator[subprocess.Popen[str]]:
+    """Another process (a batch recording a grade, say) holding ``course``'s writing lock."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD, str(course), str(seconds)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        yield holder
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_grade_on_submit_collects_nothing_while_another_grading_writes_the_course(
+    tmp_path, monkeypatch
+):
+    """``grade_one`` holds the course's writing lock (``autograder.course_lock``) from collect
+    to released feedback; a batch recording grades holds it too
+    (tests/test_batch.py::test_a_batch_and_grade_on_submit_write_a_courses_grades_in_turn)."""
+    import nbgrader.apps
+
+    from autograder.hub import on_submit
+
+    collected: list[float] = []
+
+    class _API:  # nbgrader's API as far as grade_one goes when collect fails
+        def __init__(self, config: object) -> None:
+            self.coursedir = type("Dir", (), {"student_id": "", "db_url": ""})()
+
+        def collect(self, lab: str) -> dict[str, object]:
+            collected.append(time.time())
+            return {"success": False, "error": "stopped here by the test"}
+
+    monkeypatch.setattr(nbgrader.apps, "NbGraderAPI", _API)
+    monkeypatch.setattr(on_submit, "_config", lambda course_dir: None)
+    course = tmp_path / "course"
+    with _held(course, 2.0) as holder:
+        result = on_submit.grade_one(course, "alice", LAB)
+        released = float(holder.stdout.readline())  # type: ignore[union-attr]
+    assert result == {"state": "failed", "reason": "collect: stopped here by the test"}
+    assert collected and collected[0] >= released
+
+
+def test_the_grader_account_waits_on_a_lock_file_a_root_batch_made():
+    """The lock needs no write access to its file: the grader account (``nobody`` here)
+    locks the file a root batch created in its own folder, and waits for the batch."""
+    if os.geteuid() != 0:
+        pytest.fail("a root batch and the grader account: run the tests as root (make test)")
+    from autograder.course_lock import one_batch
+
+    base = Path(tempfile.mkdtemp(prefix="autograder-lock-", dir="/tmp"))
+    try:
+        base.chmod(0o755)
+        course = base / "course"
+        with one_batch(course):  # as root: .autograder and its lock files are root's
+            pass
+        assert (course / ".autograder").stat().st_uid == 0
+        wait = (
+            "import sys, time\nfrom pathlib import Path\n"
+            "from autograder.course_lock import writing_grades\n"
+            "with writing_grades(Path(sys.argv[1])):\n    print(time.time())"
+        )
+        with _held(course, 2.0) as holder:
+            out = subprocess.run(
+                [sys.executable, "-c", wait, str(course)],
+                user="nobody",
+                group=pwd.getpwnam("nobody").pw_gid,
+                extra_groups=[],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            released = float(holder.stdout.readline())  # type: ignore[union-attr]
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert float(out.stdout) >= released
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

@@ -7,7 +7,8 @@ Dask cluster (``dask.distributed``), and records each as it finishes: nbgrader's
 ``autograde`` for that submission, replaying the worker's stored execution
 (:mod:`autograder.batch.replay`), then the submission's state, so that a later run skips it
 while the submission and the grader's inputs are unchanged and a killed batch resumes where it
-stopped. One batch per course at a time (:func:`_exclusive`).
+stopped. One batch per course at a time, and one grading writing its grades at a time
+(:mod:`autograder.course_lock`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sys
 import time
 import warnings
 from collections import Counter
@@ -34,7 +36,8 @@ from autograder.batch.submissions import (
     state_path,
 )
 from autograder.batch.worker import execute_submission, release_worker, warm_worker
-from autograder.errors import ConfigError, GradingError
+from autograder.course_lock import one_batch, writing_grades
+from autograder.errors import ConfigError
 from autograder.fstree import write_fresh
 from autograder.sandbox.files import remove_stale_temps
 
@@ -150,7 +153,7 @@ def grade_batch(
     # a killed batch that were still dying when this one started.
     remove_stale_temps()
     try:
-        with _exclusive(course_root), warnings.catch_warnings():
+        with one_batch(course_root), warnings.catch_warnings():
             # nbgrader's gradebook code trips SQLAlchemy's autoflush warnings on every
             # submission (harmless, and not the instructor's to act on): kept off the terminal.
             from sqlalchemy.exc import SAWarning
@@ -169,38 +172,6 @@ def grade_batch(
             )
     finally:
         remove_stale_temps()
-
-
-@contextlib.contextmanager
-def _exclusive(course_root: Path) -> Iterator[None]:
-    """One batch per course at a time: a second one is refused, naming the first."""
-    import fcntl
-
-    path = course_root / ".autograder" / "grade.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a+") as lock:
-        # A batch that was just killed holds the lock until its last worker is gone (tens
-        # of milliseconds): wait a moment before calling it a second grader.
-        deadline = time.monotonic() + 5
-        while True:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() < deadline:
-                    time.sleep(0.1)
-                    continue
-                lock.seek(0)
-                holder = lock.read().strip() or "unknown"
-                raise GradingError(
-                    f"another `autograder grade` (pid {holder}) is grading {course_root}: "
-                    "wait for it to finish or stop it"
-                ) from None
-        lock.seek(0)
-        lock.truncate()
-        lock.write(str(os.getpid()))
-        lock.flush()
-        yield  # the kernel drops the lock when this process ends, however it ends
 
 
 def _grade(
@@ -286,6 +257,12 @@ def _grade(
 KERNEL_FLAGS = ("kernel_ahead", "kernel_forked", "evaluator_forked")
 
 
+def _waiting() -> None:
+    from tqdm import tqdm
+
+    tqdm.write("waiting for grade-on-submit to finish a grading of this course", file=sys.stderr)
+
+
 def _record(
     course_root: Path,
     api: Any,
@@ -300,14 +277,16 @@ def _record(
     timing = {k: round(v, 3) for k, v in done.items() if k.endswith("_s") or k in KERNEL_FLAGS}
     if evaluate_only and done.get("error"):  # never executed here instead: it stays as it was
         return SubmissionOutcome(s.lab, s.student, "failed", done["error"], timing=timing)
-    result = api.autograde(s.lab, s.student, force=True, create=True)
-    timing["replay_s"] = round(time.monotonic() - begin, 3)
-    graded = read_result(course_root / "autograded" / s.student / s.lab, s.notebook.stem)
-    if not result["success"] or graded is None:
-        reason = done.get("error") or _reason(result.get("log", "") + result.get("error", ""))
-        return SubmissionOutcome(s.lab, s.student, "failed", reason, timing=timing)
-    state = {"digest": s.digest, "graded_at": datetime.now(UTC).isoformat(), "timing": timing}
-    write_fresh(state_path(course_root, s), json.dumps(state))
+    with writing_grades(course_root, waiting=_waiting):
+        result = api.autograde(s.lab, s.student, force=True, create=True)
+        timing["replay_s"] = round(time.monotonic() - begin, 3)
+        graded = read_result(course_root / "autograded" / s.student / s.lab, s.notebook.stem)
+        if not result["success"] or graded is None:
+            reason = done.get("error") or _reason(result.get("log", "") + result.get("error", ""))
+            return SubmissionOutcome(s.lab, s.student, "failed", reason, timing=timing)
+        when = datetime.now(UTC).isoformat()
+        state = {"digest": s.digest, "graded_at": when, "timing": timing}
+        write_fresh(state_path(course_root, s), json.dumps(state))
     return SubmissionOutcome(
         s.lab,
         s.student,

@@ -236,6 +236,8 @@ def grade_one(course_dir: Path, student: str, lab: str) -> dict[str, Any]:
     from nbgrader.api import Gradebook
     from nbgrader.apps import NbGraderAPI
 
+    from autograder.course_lock import writing_grades
+
     api = NbGraderAPI(config=_config(course_dir))
     api.coursedir.student_id = student  # collect: this student's submissions only
     steps = (
@@ -244,20 +246,22 @@ def grade_one(course_dir: Path, student: str, lab: str) -> dict[str, Any]:
         ("feedback", lambda: api.generate_feedback(lab, student)),
         ("release feedback", lambda: api.release_feedback(lab, student)),
     )
-    for name, step in steps:
-        outcome = step()
-        if not outcome.get("success"):
-            why = (outcome.get("error") or outcome.get("log") or "").strip().splitlines()
-            return {"state": "failed", "reason": f"{name}: {' | '.join(why[-2:])}"[:500]}
-    with Gradebook(api.coursedir.db_url) as gb:
-        sub = gb.find_submission(lab, student)
-        return {
-            "state": "graded",
-            "score": float(sub.score),
-            "max_score": float(sub.max_score),
-            "late_penalty": float(sub.late_submission_penalty or 0.0),
-            "reason": "",
-        }
+    # A batch recording grades meanwhile waits for this round, and this round for it.
+    with writing_grades(course_dir):
+        for name, step in steps:
+            outcome = step()
+            if not outcome.get("success"):
+                why = (outcome.get("error") or outcome.get("log") or "").strip().splitlines()
+                return {"state": "failed", "reason": f"{name}: {' | '.join(why[-2:])}"[:500]}
+        with Gradebook(api.coursedir.db_url) as gb:
+            sub = gb.find_submission(lab, student)
+            return {
+                "state": "graded",
+                "score": float(sub.score),
+                "max_score": float(sub.max_score),
+                "late_penalty": float(sub.late_submission_penalty or 0.0),
+                "reason": "",
+            }
 
 
 def release_lab(course_dir: Path, lab: str) -> bool:
