@@ -39,10 +39,15 @@ def free_ports(n: int) -> list[int]:
     free between this check and the hub's own binds. Ports the kernel picked and this
     function released were open to anything in between."""
     low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    start = 10000 if low >= 10000 + 100 * n else 1024  # unprivileged, clear of common ones
+    if low - start < 10 * n:
+        raise RuntimeError(f"too few ports below the ephemeral range (it starts at {low})")
     pick = random.Random()
     ports: list[int] = []
-    while len(ports) < n:
-        port = pick.randrange(10000, max(low, 10001 + n))
+    for _ in range(1000):
+        if len(ports) == n:
+            break
+        port = pick.randrange(start, low)
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
@@ -50,6 +55,8 @@ def free_ports(n: int) -> list[int]:
                 continue
         if port not in ports:
             ports.append(port)
+    if len(ports) < n:
+        raise RuntimeError(f"no {n} free ports found below {low}")
     return ports
 
 

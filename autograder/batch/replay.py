@@ -21,6 +21,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -155,20 +156,26 @@ def replay_api(course: Any, cache: Path) -> Any:
     return NbGraderAPI(config=config)
 
 
-# Gradebook URL -> [users, its engine or None], for the process that registered it.
-_SHARED: dict[str, list[Any]] = {}
-_OWNER = [0]
+@dataclass
+class _Shared:
+    users: int = 0
+    engine: Any = None  # made by the first gradebook that asks
+
+
+# Gradebook URL -> its shared engine, in this process only: a forked child starts with none.
+_SHARED: dict[str, _Shared] = {}
+os.register_at_fork(after_in_child=_SHARED.clear)
 
 
 def _create_engine(url: Any, *args: Any, **kwargs: Any) -> Any:
     import sqlalchemy
 
-    entry = _SHARED.get(str(url))
-    if entry is None or os.getpid() != _OWNER[0]:  # not shared, or a forked child's
+    shared = _SHARED.get(str(url))
+    if shared is None:
         return sqlalchemy.create_engine(url, *args, **kwargs)
-    if entry[1] is None:
-        entry[1] = sqlalchemy.create_engine(url, *args, **kwargs)
-    return entry[1]
+    if shared.engine is None:
+        shared.engine = sqlalchemy.create_engine(url, *args, **kwargs)
+    return shared.engine
 
 
 @contextlib.contextmanager
@@ -185,20 +192,17 @@ def one_engine(db_url: str) -> Iterator[None]:
     import nbgrader.api
     import sqlalchemy
 
-    if os.getpid() != _OWNER[0]:  # the parent's entries, inherited by a fork: not ours
-        _SHARED.clear()
-        _OWNER[0] = os.getpid()
-    entry = _SHARED.setdefault(db_url, [0, None])
-    entry[0] += 1
+    shared = _SHARED.setdefault(db_url, _Shared())
+    shared.users += 1
     nbgrader.api.create_engine = _create_engine
     try:
         yield
     finally:
-        entry[0] -= 1
-        if entry[0] == 0:
-            del _SHARED[db_url]
-            if entry[1] is not None:
-                entry[1].dispose()
+        shared.users -= 1
+        if shared.users == 0:
+            _SHARED.pop(db_url, None)
+            if shared.engine is not None:
+                shared.engine.dispose()
         if not _SHARED:
             nbgrader.api.create_engine = sqlalchemy.create_engine
 

@@ -55,8 +55,8 @@ def _evaluator(labs: tuple[str, ...]) -> Any:
     return _EVALUATOR
 
 
-_SNAPSHOTS: dict[str, tuple[str, Path]] = {}  # a course's gradebook -> this worker's copy
-_ENGINES = contextlib.ExitStack()  # one engine for each copy's gradebooks (one_engine)
+_SNAPSHOTS: dict[str, str] = {}  # a course's gradebook -> this worker's copy
+_HELD = contextlib.ExitStack()  # each copy's folder, and one engine for its gradebooks
 
 
 def _gradebook_read(course: Course) -> str:
@@ -68,7 +68,7 @@ def _gradebook_read(course: Course) -> str:
     workers read. Any other database, and a copy that failed: the gradebook itself."""
     url = course.db_url
     if url in _SNAPSHOTS:
-        return _SNAPSHOTS[url][0]
+        return _SNAPSHOTS[url]
     from sqlalchemy.engine import make_url
 
     database = make_url(url).database if url.startswith("sqlite:") else None
@@ -97,15 +97,15 @@ def _gradebook_read(course: Course) -> str:
         from autograder._runtime import at_exit
 
         at_exit(_drop_snapshots)
-    _SNAPSHOTS[url] = (f"sqlite:///{copy}", folder)
-    _ENGINES.enter_context(one_engine(_SNAPSHOTS[url][0]))  # read by this worker alone
-    return _SNAPSHOTS[url][0]
+    _SNAPSHOTS[url] = f"sqlite:///{copy}"
+    _HELD.callback(remove_tree, folder)
+    _HELD.enter_context(one_engine(_SNAPSHOTS[url]))  # read by this worker alone
+    return _SNAPSHOTS[url]
 
 
 def _drop_snapshots() -> None:
-    _ENGINES.close()
-    while _SNAPSHOTS:
-        remove_tree(_SNAPSHOTS.popitem()[1][1])
+    _SNAPSHOTS.clear()
+    _HELD.close()  # engines disposed, then folders removed
 
 
 def _resources(course: Course, lab: str, notebook: str, student: str) -> dict[str, Any]:
