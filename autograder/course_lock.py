@@ -1,14 +1,16 @@
 """Who writes a course's grades, and when.
 
-Two graders write a course's gradebook and its ``autograded/`` and ``feedback/`` folders:
-the batch (``autograder grade``, often as root) and the grade-on-submit service (the
-course's grader account). nbgrader takes no lock of its own, and its autograde removes and
-rewrites a submission's folder: two at once could leave a notebook from one and grades
-from the other. So each grading holds :func:`writing_grades` while it writes: the batch
-for each submission it records, grade-on-submit for each collect-to-feedback round. One
-waits for the other; neither is refused. :func:`one_batch` keeps a second batch off the
-course altogether (refused, naming the first). The formgrader's own autograde button takes
-neither (nbgrader offers no hook around a whole autograde).
+Three graders write a course's gradebook and its ``autograded/`` and ``feedback/``
+folders: the batch (``autograder grade``, often as root), the grade-on-submit service and
+the formgrader (both the course's grader account). nbgrader takes no lock of its own, and
+its autograde removes and rewrites a submission's folder: two at once could leave a
+notebook from one and grades from the other. So each grading holds :func:`writing_grades`
+while it writes: the batch for each submission it records, grade-on-submit for each
+collect-to-feedback round, the formgrader for each of its collect, autograde and feedback
+steps (:mod:`autograder.hub.server`). One waits for the other; none is refused.
+:func:`one_batch` keeps a second batch off the course altogether (refused, naming the
+first). ``nbgrader autograde`` typed in a terminal takes neither (nbgrader offers no hook
+around a whole autograde).
 
 Both are ``flock`` locks on files in ``<course>/.autograder``: the kernel drops them when
 their process ends, however it ends, and a lock needs no write access to its file (the

@@ -177,3 +177,34 @@ def test_the_grader_account_waits_on_a_lock_file_a_root_batch_made():
         assert float(out.stdout) >= released
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_the_formgraders_grading_buttons_wait_their_turn(tmp_path, monkeypatch):
+    """In the formgrader's server (the extension ``autograder.hub.server``, on its command
+    line), nbgrader's collect, autograde and feedback steps hold the course's writing lock:
+    a TA's autograde waits while the batch or grade-on-submit writes, and they wait for it."""
+    import nbgrader.apps.api as nbgrader_api
+
+    from autograder.hub import server
+    from autograder.hub.config import _FORMGRADER_ARGS
+
+    assert "--ServerApp.jpserver_extensions=autograder.hub.server=True" in _FORMGRADER_ARGS
+    assert {"module": "autograder.hub.server"} in server._jupyter_server_extension_points()
+    ran: list[tuple[str, float]] = []
+    for name in server.WRITING_STEPS:  # nbgrader's steps, as far as the lock goes
+
+        def step(api: object, *args: object, _name: str = name) -> dict[str, bool]:
+            ran.append((_name, time.time()))
+            return {"success": True}
+
+        monkeypatch.setattr(nbgrader_api.NbGraderAPI, name, step)
+    server._load_jupyter_server_extension(None)
+    server._load_jupyter_server_extension(None)  # loaded twice: wrapped once
+    course = tmp_path / "course"
+    api = type("API", (), {"coursedir": type("Dir", (), {"root": str(course)})()})()
+    with _held(course, 2.0) as holder:
+        for name in server.WRITING_STEPS:
+            assert getattr(nbgrader_api.NbGraderAPI, name)(api, LAB) == {"success": True}
+        released = float(holder.stdout.readline())  # type: ignore[union-attr]
+    assert [n for n, _ in ran] == list(server.WRITING_STEPS)
+    assert ran[0][1] >= released

@@ -211,6 +211,8 @@ def _roster_token(c: Any, s: HubSettings) -> None:
 _FORMGRADER_ARGS = [
     "--ServerApp.terminals_enabled=False",
     "--ServerApp.kernel_manager_class=autograder.hub.server.NoKernels",
+    # Its autograde and feedback buttons take turns with the batch and grade-on-submit.
+    "--ServerApp.jpserver_extensions=autograder.hub.server=True",
     *(
         f"--ServerApp.jpserver_extensions={name}=False"
         for name in (
