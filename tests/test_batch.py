@@ -217,7 +217,7 @@ def test_a_batch_and_grade_on_submit_write_a_courses_grades_in_turn(
         (state,) = (course.root / "autograded").glob(f"*-{name}/{LAB}/{STATE_FILE}")
         graded_at = datetime.fromisoformat(json.loads(state.read_text())["graded_at"])
         assert graded_at.timestamp() >= released, name
-    assert "waiting for grade-on-submit" in capfd.readouterr().err
+    assert "waiting for another grading of this course" in capfd.readouterr().err
 
 
 def _left_by_dead_graders() -> list[Path]:

@@ -260,7 +260,10 @@ KERNEL_FLAGS = ("kernel_ahead", "kernel_forked", "evaluator_forked")
 def _waiting() -> None:
     from tqdm import tqdm
 
-    tqdm.write("waiting for grade-on-submit to finish a grading of this course", file=sys.stderr)
+    tqdm.write(
+        "waiting for another grading of this course (grade-on-submit or the formgrader)",
+        file=sys.stderr,
+    )
 
 
 def _record(
