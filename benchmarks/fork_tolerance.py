@@ -2,9 +2,11 @@
 (``autograder/sandbox/forkserver.py``) imports and never runs an op.
 
 For each case a process imports numpy, TensorFlow and Keras, optionally runs one
-TensorFlow op, then forks; the child runs a matrix product and trains a small model for
-one epoch. The script prints, per case, the parent's threads at the fork and whether the
-child finished (and in how long) or hung (killed after ``--wait`` seconds).
+TensorFlow op (with TensorFlow's default thread pools, or one thread in each), then forks;
+the child either runs eager operations only (a matrix product, a small model built and
+called, as the evaluator does) or also a ``tf.function`` (Keras' ``fit``, which its
+``predict`` shares). The script prints, per case, the parent's threads at the fork and
+whether the child finished (and in how long) or hung (killed after ``--wait`` seconds).
 
     .venv/bin/python benchmarks/fork_tolerance.py [--wait 20]
 """
@@ -22,15 +24,21 @@ from autograder.settings import QUIET_TENSORFLOW
 _CASE = r"""
 import os, sys, time
 import numpy as np, tensorflow as tf, keras
-if sys.argv[1] == "op-before-fork":
+case, child = sys.argv[1], sys.argv[3]
+if case == "op-before-fork, 1 thread":
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+if case.startswith("op-before-fork"):
     float(tf.reduce_sum(tf.ones((3, 3))))
 threads = len(os.listdir("/proc/self/task"))
 pid = os.fork()
 if pid == 0:
     float(tf.reduce_sum(tf.ones((300, 300)) @ tf.ones((300, 300))))
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
-    model.compile("adam", "mse")
-    model.fit(np.ones((64, 4)), np.ones((64, 2)), epochs=1, verbose=0)
+    model(np.ones((64, 4), "float32"))
+    if child == "tf.function":
+        model.compile("adam", "mse")
+        model.fit(np.ones((64, 4)), np.ones((64, 2)), epochs=1, verbose=0)
     os._exit(0)
 start, wait = time.monotonic(), float(sys.argv[2])
 while time.monotonic() - start < wait:
@@ -51,18 +59,20 @@ def main() -> int:
     parser.add_argument("--wait", type=float, default=20.0)
     args = parser.parse_args()
     env = {**os.environ, **QUIET_TENSORFLOW}
-    for case in ("import-only", "op-before-fork"):
-        begin = time.monotonic()
-        out = subprocess.run(
-            [sys.executable, "-c", _CASE, case, str(args.wait)],
-            env=env,
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=args.wait + 120,
-        )
-        line = out.stdout.strip().splitlines()[-1:] or [f"failed: {out.stderr[-300:]}"]
-        print(f"{case:15s} {line[0]} ({time.monotonic() - begin:.1f} s in all)")
+    for case in ("import-only", "op-before-fork", "op-before-fork, 1 thread"):
+        for child in ("eager", "tf.function"):
+            begin = time.monotonic()
+            out = subprocess.run(
+                [sys.executable, "-c", _CASE, case, str(args.wait), child],
+                env=env,
+                capture_output=True,
+                text=True,
+                check=False,
+                timeout=args.wait + 120,
+            )
+            line = out.stdout.strip().splitlines()[-1:] or [f"failed: {out.stderr[-300:]}"]
+            took = time.monotonic() - begin
+            print(f"{case:25s} child {child:11s} {line[0]} ({took:.1f} s in all)")
     return 0
 
 
