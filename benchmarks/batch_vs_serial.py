@@ -128,6 +128,7 @@ def run(workload: str, n: int, workers: int | None, keep: Path | None) -> dict[s
     summary = json.loads((batch / "batch_summary.json").read_text())
     graded = [o for o in summary["outcomes"] if o["status"] == "graded"]
     overhead = [SubmissionOutcome(**o).overhead_s for o in graded]
+    parts = [SubmissionOutcome(**o).overhead_parts() for o in graded]
     startup = [o["timing"]["startup_s"] for o in graded if "startup_s" in o["timing"]]
     ahead = sum(o["timing"].get("kernel_ahead", 0) for o in graded)
     # The notebooks' own cells as they ran side by side in the batch, spread over its
@@ -157,6 +158,10 @@ def run(workload: str, n: int, workers: int | None, keep: Path | None) -> dict[s
         if graded
         else float("nan"),
         "kernels_started_ahead": ahead,
+        **{
+            f"overhead_{name.replace(' ', '_')}_s": statistics.mean(p[name] for p in parts)
+            for name in (parts[0] if parts else {})
+        },
         "cells_only_wall_s": cells_wall,
         "cells_only_ratio": s_wall / cells_wall if cells_wall else float("nan"),
         "graded": len(graded),
@@ -186,6 +191,11 @@ def run(workload: str, n: int, workers: int | None, keep: Path | None) -> dict[s
         f"max {f['overhead_s_max']:.2f} s "
         f"({f['kernels_started_ahead']:.0f} of {len(graded)} kernels started ahead)"
     )
+    if parts:
+        where = ", ".join(
+            f"{name} {statistics.mean(p[name] for p in parts):.2f}" for name in parts[0]
+        )
+        print(f"  where it went (mean s):  {where}")
     print(
         f"worker start-up (once):    mean {f['startup_s_mean']:.2f} s per worker; "
         f"overhead with start-up spread over the class: {f['overhead_with_startup_s']:.2f} s"

@@ -70,6 +70,23 @@ class SubmissionOutcome:
         t = self.timing
         return t.get("worker_s", 0.0) - t.get("cells_s", 0.0) + t.get("replay_s", 0.0)
 
+    def overhead_parts(self) -> dict[str, float]:
+        """``overhead_s``, by where it went (the parts add up to it): reading and sanitizing,
+        the execution beyond the cells (kernel taken, messages, capture, kernel ended and
+        its sandbox released), the evaluation, the coordinator's replay, and the rest of
+        the worker's time (copying, storing the execution)."""
+        t = self.timing
+        sanitize, execute, evaluate = (
+            t.get(k, 0.0) for k in ("sanitize_s", "execute_s", "evaluate_s")
+        )
+        return {
+            "sanitizing": sanitize,
+            "execution beyond the cells": execute - t.get("cells_s", 0.0),
+            "evaluation": evaluate,
+            "replay": t.get("replay_s", 0.0),
+            "other": t.get("worker_s", 0.0) - sanitize - execute - evaluate,
+        }
+
 
 @dataclass(frozen=True)
 class BatchSummary:
