@@ -7,6 +7,7 @@ import contextlib
 import os
 import pwd
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -208,3 +209,54 @@ def test_the_formgraders_grading_buttons_wait_their_turn(tmp_path, monkeypatch):
         released = float(holder.stdout.readline())  # type: ignore[union-attr]
     assert [n for n, _ in ran] == list(server.WRITING_STEPS)
     assert ran[0][1] >= released
+
+
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_the_grade_on_submit_service_stops_at_once_when_the_hub_stops_it(signame):
+    """The hub stops its services with SIGINT, then SIGTERM. The service (as the grader
+    account, ``nobody`` here) stops within seconds of either, idle as it is between
+    submissions: a handler that only scheduled the stop waited for the next request,
+    and the hub's stop for its 60 s grace."""
+    import socket
+
+    from hub_helpers import free_ports
+
+    if os.geteuid() != 0:
+        pytest.fail("the service refuses root: run the tests as root (make test)")
+    base = Path(tempfile.mkdtemp(prefix="autograder-submit-", dir="/tmp"))
+    base.chmod(0o777)
+    (port,) = free_ports(1)
+    cmd = [sys.executable, "-m", "autograder.hub.on_submit", "serve", "--course-dir"]
+    cmd += [str(base / "course"), "--exchange", str(base / "exchange"), "--course-id", "c"]
+    proc = subprocess.Popen(
+        [*cmd, "--state", str(base / "state")],
+        user="nobody",
+        group=pwd.getpwnam("nobody").pw_gid,
+        extra_groups=[],
+        cwd=base,
+        env={**os.environ, "HOME": str(base), "JUPYTERHUB_SERVICE_URL": f"http://127.0.0.1:{port}"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # up once it listens
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            assert proc.poll() is None, proc.communicate()[0][-2000:]
+            assert time.monotonic() < deadline, "the service never listened"
+            time.sleep(0.2)
+        time.sleep(5)  # idle: its first scans done, nothing to wake its loop
+        began = time.monotonic()
+        proc.send_signal(getattr(signal, signame))
+        out, _ = proc.communicate(timeout=30)
+        took = time.monotonic() - began
+        assert proc.returncode == 0, out[-2000:]
+        assert took < 10, f"{signame}: stopped after {took:.1f} s"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(base, ignore_errors=True)

@@ -16,6 +16,7 @@ leaves alone the labs whose ``grade_on_submit`` is false (exams: staff grade the
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import html
 import json
@@ -388,12 +389,16 @@ def serve(settings: SubmitSettings) -> None:
         thread.start()
     loop = IOLoop.current()
 
-    def stop(*_: Any) -> None:
+    def stop() -> None:
         service.stop()
-        loop.add_callback(loop.stop)
+        loop.stop()
 
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    # asyncio's signal handlers run in the loop, which their signal wakes. A plain
+    # ``signal.signal`` handler that schedules ``loop.stop`` from the loop's own thread
+    # does not wake it: the hub's SIGINT and SIGTERM then waited for the next request.
+    aio = asyncio.get_event_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        aio.add_signal_handler(signum, stop)
     try:
         service.scan()
         loop.start()
