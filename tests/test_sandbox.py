@@ -443,24 +443,29 @@ def test_file_size_limit_stops_a_disk_flood(tmp_path):
 
 @pytest.mark.skipif(not (SEPARATE or ISOLATED), reason="no PID namespace, no account here")
 def test_nothing_the_kernel_started_outlives_it():
+    # A command line nothing else on the machine runs: another "sleep" (a shell's, say)
+    # must not be taken for the kernel's.
+    daemon = ["sleep", "300.25"]
     code = textwrap.dedent(
-        """
+        f"""
         import subprocess
         # a daemon of its own session: out of the kernel's process group
-        p = subprocess.Popen(["sleep", "300"], start_new_session=True)
+        p = subprocess.Popen({daemon!r}, start_new_session=True)
         print("daemon", p.pid)
         """
     )
-    before = {p.pid for p in psutil.process_iter() if p.name() == "sleep"}
-    _in_kernel(code)
+
+    def the_daemon(p: psutil.Process) -> bool:
+        try:
+            return p.cmdline() == daemon
+        except psutil.Error:
+            return False
+
+    assert "daemon" in _in_kernel(code)  # it was started
     deadline = time.monotonic() + 10
     left = [1]
     while left and time.monotonic() < deadline:
-        left = [
-            p
-            for p in psutil.process_iter()
-            if p.pid not in before and p.name() == "sleep" and not _gone(p)
-        ]
+        left = [p for p in psutil.process_iter() if the_daemon(p) and not _gone(p)]
         time.sleep(0.1)
     assert not left
 
