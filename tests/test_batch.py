@@ -106,6 +106,9 @@ def test_a_dask_cluster_gives_the_grades_of_serial_nbgrader(cluster_graded):
     totals = dict(zip(expected["student"], expected["total"], strict=True))
     assert {o.student: o.score for o in summary.outcomes} == totals
     assert totals[f"s0-{STABLE[0]}"] == 10.0 and min(totals.values()) < 10.0
+    # Every notebook ran in a kernel started before it came: a worker's warm-up started its
+    # first, and each submission the next one's while the evaluator scored it.
+    assert [o.timing["kernel_ahead"] for o in summary.outcomes] == [1.0] * len(STABLE)
     # The autograded notebooks carry the grader's outputs, not the student's.
     nb = batch.root / "autograded" / f"s2-{STABLE[2]}" / LAB / f"{LAB}.ipynb"
     assert "AutograderCheckFailed" in nb.read_text() or "[pass]" in nb.read_text()
@@ -439,8 +442,9 @@ def test_the_coordinators_gradebooks_share_one_engine_and_hold_no_lock(tmp_path)
     """nbgrader opens about ten gradebooks per autograde; in the coordinator (and in each
     worker, for its copy) they share one engine (its compiled queries), and a closed
     gradebook still leaves the database free: another process takes its write lock at
-    once. A forked child, another database, and the time after, get nbgrader's engine
-    per gradebook, whatever order two sharings end in."""
+    once. Only the first gradebook of a sharing looks for (or makes) nbgrader's tables.
+    A forked child, another database, and the time after, get nbgrader's engine per
+    gradebook, whatever order two sharings end in."""
     import contextlib
 
     import nbgrader.api
@@ -460,9 +464,14 @@ def test_the_coordinators_gradebooks_share_one_engine_and_hold_no_lock(tmp_path)
     with sqlite3.connect(course.root / "gradebook.db", timeout=0) as other:
         other.execute("BEGIN EXCLUSIVE")  # raises "database is locked" if a lock is held
         other.rollback()
+    statements: list[str] = []
+    sqlalchemy.event.listen(
+        engine, "before_cursor_execute", lambda *args: statements.append(args[2])
+    )
     with Gradebook(url) as second:
         assert second.engine is engine
         assert second.find_assignment(LAB).name == LAB
+    assert statements and not [s for s in statements if "sqlite_master" in s or "PRAGMA" in s]
     pid = os.fork()
     if pid == 0:  # a forked child: an engine of its own
         with Gradebook(url) as child:
@@ -471,8 +480,12 @@ def test_the_coordinators_gradebooks_share_one_engine_and_hold_no_lock(tmp_path)
     second_sharing.enter_context(one_engine(other_url))
     with Gradebook(other_url) as elsewhere, Gradebook(other_url) as again:
         assert elsewhere.engine is not engine and again.engine is elsewhere.engine
+        again.add_assignment("made")  # the first one made its tables
+        assert [a.name for a in elsewhere.assignments] == ["made"]
     first_sharing.close()  # the first sharing ends first: the second one still holds
     with Gradebook(url) as after, Gradebook(other_url) as still:
         assert after.engine is not engine and still.engine is elsewhere.engine
     second_sharing.close()
     assert nbgrader.api.create_engine is sqlalchemy.create_engine
+    assert nbgrader.api.inspect is sqlalchemy.inspect
+    assert "create_all" not in vars(nbgrader.api.Base.metadata)

@@ -160,6 +160,7 @@ def replay_api(course: Any, cache: Path) -> Any:
 class _Shared:
     users: int = 0
     engine: Any = None  # made by the first gradebook that asks
+    tables_ready: bool = False  # nbgrader's tables found or made through this engine
 
 
 # Gradebook URL -> its shared engine, in this process only: a forked child starts with none.
@@ -178,6 +179,39 @@ def _create_engine(url: Any, *args: Any, **kwargs: Any) -> Any:
     return shared.engine
 
 
+def _shared_of(bind: Any) -> _Shared | None:
+    return next((s for s in _SHARED.values() if s.engine is not None and s.engine is bind), None)
+
+
+class _TablesReady:
+    """What nbgrader's ``Gradebook`` asks an inspector (whether the database has tables yet),
+    answered without a query for a shared engine whose tables were found or made already."""
+
+    def get_table_names(self) -> list[str]:
+        import nbgrader.api
+
+        return sorted(nbgrader.api.Base.metadata.tables)
+
+
+def _inspect(subject: Any) -> Any:
+    import sqlalchemy
+
+    shared = _shared_of(subject)
+    return _TablesReady() if shared and shared.tables_ready else sqlalchemy.inspect(subject)
+
+
+def _create_all(bind: Any = None, **kwargs: Any) -> None:
+    import nbgrader.api
+
+    shared = _shared_of(bind)
+    if shared and shared.tables_ready:
+        return
+    metadata = nbgrader.api.Base.metadata
+    type(metadata).create_all(metadata, bind=bind, **kwargs)
+    if shared is not None:
+        shared.tables_ready = True
+
+
 @contextlib.contextmanager
 def one_engine(db_url: str) -> Iterator[None]:
     """Every nbgrader ``Gradebook`` of ``db_url`` in this process shares one SQLAlchemy
@@ -187,7 +221,9 @@ def one_engine(db_url: str) -> Iterator[None]:
     preprocessor), each with an engine of its own, and an engine keeps the queries it
     compiled: a fresh one compiles them all again. Each gradebook's ``close`` still
     disposes the engine's connections, so no connection, and no lock on the database,
-    outlives the step that opened it. A process forked from this one makes its own.
+    outlives the step that opened it. Its tables are looked for (a query each, and
+    made if missing) by the first gradebook only, not again by each. A process forked
+    from this one makes its own engine.
     """
     import nbgrader.api
     import sqlalchemy
@@ -195,6 +231,8 @@ def one_engine(db_url: str) -> Iterator[None]:
     shared = _SHARED.setdefault(db_url, _Shared())
     shared.users += 1
     nbgrader.api.create_engine = _create_engine
+    nbgrader.api.inspect = _inspect
+    nbgrader.api.Base.metadata.create_all = _create_all
     try:
         yield
     finally:
@@ -205,6 +243,9 @@ def one_engine(db_url: str) -> Iterator[None]:
                 shared.engine.dispose()
         if not _SHARED:
             nbgrader.api.create_engine = sqlalchemy.create_engine
+            nbgrader.api.inspect = sqlalchemy.inspect
+            with contextlib.suppress(AttributeError):  # the class's own again
+                del nbgrader.api.Base.metadata.create_all
 
 
 def warm_replay(course: Any, labs: list[str]) -> None:

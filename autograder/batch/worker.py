@@ -161,6 +161,7 @@ def _worker_config(course: Course) -> Any:
     so the next kernel starts while a submission is evaluated and recorded."""
     config = course.config()
     config.GraderExecute.spare_kernel = True
+    config.GraderExecute.spare_kernel_later = True  # once the evaluator has the capture
     return config
 
 
@@ -296,7 +297,9 @@ def execute_submission(
         begin = time.monotonic()
         try:
             copy_files(artifacts, kept)
-            result = _evaluator((lab,)).evaluate(lab, artifacts, timeout=600)
+            pending = _evaluator((lab,)).submit(lab, artifacts, timeout=600)
+            execute.start_kernel_ahead()  # the next notebook's, while this one's is evaluated
+            result = pending()
         finally:
             remove_tree(artifacts)
         out["evaluate_s"] = time.monotonic() - begin

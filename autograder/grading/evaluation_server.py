@@ -30,6 +30,7 @@ import stat
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -94,9 +95,14 @@ class Evaluator:
         self, lab: str, artifacts: Path, *, timeout: float = 600, retry: bool = True
     ) -> GradingResult:
         """Grade one submission's artifacts in a forked child; failures become results."""
-        from autograder.grading.evaluate import failed_result
-        from autograder.rubric import load_rubric
+        return self.submit(lab, artifacts, timeout=timeout, retry=retry)()
 
+    def submit(
+        self, lab: str, artifacts: Path, *, timeout: float = 600, retry: bool = True
+    ) -> Callable[[], GradingResult]:
+        """:meth:`evaluate`, handed to the server at once: the function returned waits for
+        the result, so the caller can work meanwhile. One evaluation at a time; the
+        artifacts stay in place until the result is in."""
         out = artifacts / _RESULT
         remove_tree(out)  # whatever stands there, the server writes a new file
         proc = self._start()
@@ -105,15 +111,28 @@ class Evaluator:
         try:
             proc.stdin.write(json.dumps(request) + "\n")
             proc.stdin.flush()
-            line = proc.stdout.readline()
+            sent = True
         except (BrokenPipeError, OSError):
-            line = ""
+            sent = False
+        return lambda: self._result(proc, sent, lab, artifacts, timeout, retry)
+
+    def _result(
+        self, proc: Any, sent: bool, lab: str, artifacts: Path, timeout: float, retry: bool
+    ) -> GradingResult:
+        from autograder.grading.evaluate import failed_result
+        from autograder.rubric import load_rubric
+
+        line = ""
+        if sent:
+            with contextlib.suppress(OSError):
+                line = proc.stdout.readline()
         if not line:
             # The server itself is gone: start another for this one (once), and the next.
             self.close()
             if retry:
                 return self.evaluate(lab, artifacts, timeout=timeout, retry=False)
             return failed_result(load_rubric(lab), "unknown", "the grader's evaluator failed")
+        out = artifacts / _RESULT
         reply = json.loads(line)
         self.last_uid = reply.get("uid")
         if reply["status"] == "timeout":

@@ -123,6 +123,12 @@ class GraderExecute(Execute):
         help="Once a notebook's kernel is done, start the next notebook's kernel (for a "
         "process that grades one notebook after another, as a batch worker does)",
     ).tag(config=True)
+    spare_kernel_later = Bool(
+        False,
+        help="With spare_kernel: the next kernel is started by the caller "
+        "(start_kernel_ahead), not as this notebook's kernel ends: a batch worker starts it "
+        "once its evaluator has this notebook's capture, and both go on side by side",
+    ).tag(config=True)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("kernel_manager_class", SandboxedKernelManager)
@@ -288,7 +294,7 @@ class GraderExecute(Execute):
             # After the kernel: its account's processes killed, the artifacts reclaimed.
             box.release()
             self._sandbox, self._last_sandbox = None, box
-            if self._spares:
+            if self._spares and not self.spare_kernel_later:
                 self._start_spare(limits)
         if "autograder" in resources:
             resources["autograder"]["network_isolated"] = self._isolated
