@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -169,3 +172,47 @@ def orphaned_fork_servers() -> list[str]:
         ):
             found.append(f"{p.pid} {cmdline[:120]}")
     return found
+
+
+_HOLD = """
+import select, sys, time
+from pathlib import Path
+from autograder.course_lock import writing_grades
+with writing_grades(Path(sys.argv[1])):
+    print("held", flush=True)
+    select.select([sys.stdin], [], [], float(sys.argv[2]))  # a line, or the time, ends it
+    print(time.time(), flush=True)
+"""
+
+
+class LockHolder:
+    """Another process holding a course's writing lock (:func:`writing_lock_held`)."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self._proc = proc
+
+    def release(self) -> float:
+        """Let go now, if it has not yet; the time it let go."""
+        assert self._proc.stdin is not None and self._proc.stdout is not None
+        with contextlib.suppress(BrokenPipeError):
+            self._proc.stdin.write("\n")
+            self._proc.stdin.flush()
+        return float(self._proc.stdout.readline())
+
+
+@contextlib.contextmanager
+def writing_lock_held(course: Path, seconds: float = 600) -> Iterator[LockHolder]:
+    """Another process (a batch recording a grade, say) holding ``course``'s writing lock
+    (``autograder.course_lock.writing_grades``) for ``seconds``, or until released."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _HOLD, str(course), str(seconds)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+        yield LockHolder(proc)
+    finally:
+        proc.kill()
+        proc.wait()

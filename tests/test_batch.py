@@ -18,7 +18,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from dask_cluster import tcp_cluster
-from grading_helpers import QUICK, environment, orphaned_fork_servers, sandbox_processes
+from grading_helpers import (
+    QUICK,
+    environment,
+    orphaned_fork_servers,
+    sandbox_processes,
+    writing_lock_held,
+)
 
 from autograder.authoring.examples import example_path
 from autograder.batch.replay import cache_dir
@@ -184,37 +190,18 @@ def test_a_batch_and_grade_on_submit_write_a_courses_grades_in_turn(
     shows), the batch records nothing: it says so, waits, and records everything after."""
     _, graded, _ = cluster_graded
     course = Course.open(shutil.copytree(graded.root, tmp_path / "course", symlinks=True))
-    hold = (
-        "import sys, time\nfrom pathlib import Path\n"
-        "from autograder.course_lock import writing_grades\n"
-        "with writing_grades(Path(sys.argv[1])):\n"
-        "    print('held', flush=True); sys.stdin.readline(); print(time.time(), flush=True)"
-    )
-    holder = subprocess.Popen(
-        [sys.executable, "-c", hold, str(course.root)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert holder.stdin is not None and holder.stdout is not None
-    try:
-        assert holder.stdout.readline().strip() == "held"
-        with ThreadPoolExecutor(1) as pool:
-            batch = pool.submit(
-                grade_batch, course.root, force=True, evaluate_only=True, progress=False
-            )
-            deadline = time.monotonic() + 120
-            while not _waited_on(course.root / ".autograder" / "writing.lock"):
-                assert not batch.done(), batch.result()
-                assert time.monotonic() < deadline, "the batch never came to record a grade"
-                time.sleep(0.2)
-            holder.stdin.write("\n")
-            holder.stdin.flush()
-            released = float(holder.stdout.readline())
-            summary = batch.result(timeout=300)
-    finally:
-        holder.kill()
-        holder.wait()
+    # The holder goes first on the way out: a failed assertion leaves no batch waiting.
+    with ThreadPoolExecutor(1) as pool, writing_lock_held(course.root) as holder:
+        batch = pool.submit(
+            grade_batch, course.root, force=True, evaluate_only=True, progress=False
+        )
+        deadline = time.monotonic() + 120
+        while not _waited_on(course.root / ".autograder" / "writing.lock"):
+            assert not batch.done(), batch.result()
+            assert time.monotonic() < deadline, "the batch never came to record a grade"
+            time.sleep(0.2)
+        released = holder.release()
+        summary = batch.result(timeout=300)
     assert summary.count("graded") == len(STABLE), summary.format()
     for name in STABLE:
         (state,) = (course.root / "autograded").glob(f"*-{name}/{LAB}/{STATE_FILE}")

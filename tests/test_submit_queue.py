@@ -3,7 +3,6 @@ across a restart; the lab dates it acts on; and its turns with the batch at writ
 
 from __future__ import annotations
 
-import contextlib
 import os
 import pwd
 import shutil
@@ -12,11 +11,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from grading_helpers import writing_lock_held
 
 from autograder.errors import ConfigError
 from autograder.hub.on_submit import parse_entry
@@ -89,31 +88,6 @@ def test_a_lab_opens_on_its_date_and_grading_on_submit_is_a_switch(tmp_path):
         load_schedule(tmp_path)
 
 
-_HOLD = """
-import sys, time
-from pathlib import Path
-from autograder.course_lock import writing_grades
-with writing_grades(Path(sys.argv[1])):
-    print("held", flush=True)
-    time.sleep(float(sys.argv[2]))
-    print(time.time(), flush=True)
-"""
-
-
-@contextlib.contextmanager
-def _held(course: Path, seconds: float) -> Iterator[subprocess.Popen[str]]:
-    """Another process (a batch recording a grade, say) holding ``course``'s writing lock."""
-    holder = subprocess.Popen(
-        [sys.executable, "-c", _HOLD, str(course), str(seconds)], stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
-        yield holder
-    finally:
-        holder.kill()
-        holder.wait()
-
-
 def test_grade_on_submit_collects_nothing_while_another_grading_writes_the_course(
     tmp_path, monkeypatch
 ):
@@ -137,9 +111,9 @@ def test_grade_on_submit_collects_nothing_while_another_grading_writes_the_cours
     monkeypatch.setattr(nbgrader.apps, "NbGraderAPI", _API)
     monkeypatch.setattr(on_submit, "_config", lambda course_dir: None)
     course = tmp_path / "course"
-    with _held(course, 2.0) as holder:
+    with writing_lock_held(course, 2.0) as holder:
         result = on_submit.grade_one(course, "alice", LAB)
-        released = float(holder.stdout.readline())  # type: ignore[union-attr]
+        released = holder.release()
     assert result == {"state": "failed", "reason": "collect: stopped here by the test"}
     assert collected and collected[0] >= released
 
@@ -163,7 +137,7 @@ def test_the_grader_account_waits_on_a_lock_file_a_root_batch_made():
             "from autograder.course_lock import writing_grades\n"
             "with writing_grades(Path(sys.argv[1])):\n    print(time.time())"
         )
-        with _held(course, 2.0) as holder:
+        with writing_lock_held(course, 2.0) as holder:
             out = subprocess.run(
                 [sys.executable, "-c", wait, str(course)],
                 user="nobody",
@@ -173,7 +147,7 @@ def test_the_grader_account_waits_on_a_lock_file_a_root_batch_made():
                 text=True,
                 timeout=60,
             )
-            released = float(holder.stdout.readline())  # type: ignore[union-attr]
+            released = holder.release()
         assert out.returncode == 0, out.stderr[-2000:]
         assert float(out.stdout) >= released
     finally:
@@ -203,10 +177,10 @@ def test_the_formgraders_grading_buttons_wait_their_turn(tmp_path, monkeypatch):
     server._load_jupyter_server_extension(None)  # loaded twice: wrapped once
     course = tmp_path / "course"
     api = type("API", (), {"coursedir": type("Dir", (), {"root": str(course)})()})()
-    with _held(course, 2.0) as holder:
+    with writing_lock_held(course, 2.0) as holder:
         for name in server.WRITING_STEPS:
             assert getattr(nbgrader_api.NbGraderAPI, name)(api, LAB) == {"success": True}
-        released = float(holder.stdout.readline())  # type: ignore[union-attr]
+        released = holder.release()
     assert [n for n, _ in ran] == list(server.WRITING_STEPS)
     assert ran[0][1] >= released
 
