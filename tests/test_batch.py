@@ -397,6 +397,36 @@ def test_a_clusters_workers_get_threads_for_their_own_machine():
     }
 
 
+def test_a_worker_starts_the_next_kernel_after_an_execution_that_failed(tmp_path, monkeypatch):
+    """A worker starts the next notebook's kernel once its evaluator has a capture, and
+    also after an execution that failed before that: the submission after a failure does
+    not wait for a kernel to start."""
+    from types import SimpleNamespace
+
+    from autograder.batch import worker
+    from autograder.batch.submissions import find_submissions
+    from autograder.grading.execute import GraderExecute
+
+    course = _course(tmp_path / "course", ["untrained"])
+    (submission,) = find_submissions(course.root, [LAB], [])
+    started: list[GraderExecute] = []
+
+    def fail(self: GraderExecute, nb: object, resources: object) -> None:
+        raise RuntimeError("the grader's own error")
+
+    monkeypatch.setattr(GraderExecute, "preprocess", fail)
+    monkeypatch.setattr(GraderExecute, "start_kernel_ahead", lambda self: started.append(self))
+    monkeypatch.setattr(worker, "_evaluator", lambda labs: SimpleNamespace(warm=lambda: None))
+    try:
+        with pytest.raises(RuntimeError, match="the grader's own error"):
+            worker.execute_submission(
+                str(course.root), LAB, submission.student, submission.execution_digest, 1
+            )
+    finally:
+        worker.release_worker()
+    assert len(started) == 1 and isinstance(started[0], GraderExecute)
+
+
 def test_the_warm_ups_of_workers_and_coordinator_write_nothing(tmp_path):
     """What a worker (a lab's source notebook sanitized) and the coordinator (the
     gradebook's labs read) do once, before the first submission, to keep first-time costs

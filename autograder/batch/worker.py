@@ -278,14 +278,15 @@ def execute_submission(
     if evaluate_only:
         out["error"] = "no stored execution to re-score: grade it without --evaluate-only"
         return out
+    execute = GraderExecute(config=config)
     work = grader_temp(lab)
     kept = grader_temp(lab)  # the model and capture record, kept with the execution
+    ahead = False  # whether the next notebook's kernel was started
     try:
         # The student's other submitted files sit next to the notebook, as in nbgrader:
         # regular files only (no folders or links a student could shape against the grader).
         copy_files(source.parent, work)
         resources["metadata"] = {"path": str(work)}
-        execute = GraderExecute(config=config)
         begin = time.monotonic()
         nb, resources = execute.preprocess(nb, resources)
         out["execute_s"] = time.monotonic() - begin
@@ -299,6 +300,7 @@ def execute_submission(
             copy_files(artifacts, kept)
             pending = _evaluator((lab,)).submit(lab, artifacts, timeout=600)
             execute.start_kernel_ahead()  # the next notebook's, while this one's is evaluated
+            ahead = True
             result = pending()
         finally:
             remove_tree(artifacts)
@@ -306,6 +308,8 @@ def execute_submission(
         out["evaluator_forked"] = float(_evaluator((lab,)).forked)
         store_execution(entry, nb, resources, result, kept)
     finally:
+        if not ahead:  # this one failed before its evaluation: the next one's kernel still
+            execute.start_kernel_ahead()
         remove_tree(work)
         remove_tree(kept)
     out["worker_s"] = time.monotonic() - start
