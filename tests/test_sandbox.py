@@ -10,6 +10,7 @@ submissions is graded in one batch by tests/test_adversarial.py.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import shutil
@@ -626,6 +627,68 @@ def test_cgroups_left_by_a_killed_grader_are_removed():
     assert KernelCgroup.remove_stale("slot-test-")
     assert sleeper.wait(timeout=10) == -signal.SIGKILL
     assert not any(folder.exists() for folder in left.folders)
+
+
+SPIN = """
+import os, sys, time
+groups, processes, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+for procs in groups.split(",") if groups != "-" else []:
+    with open(procs, "w") as f:
+        f.write(str(os.getpid()))
+for _ in range(processes - 1):
+    if os.fork() == 0:
+        break
+end = time.monotonic() + seconds
+while time.monotonic() < end:
+    pass
+print(time.process_time(), flush=True)
+"""
+
+
+def _one_share_beside(many: str, one: str, processes: int) -> float:
+    """The cores' worth of CPU one busy process (in group ``one``) gets beside ``processes``
+    busy ones (in group ``many``); "-": no group. All in this session, so that the
+    scheduler's per-session groups (autogroup) do not separate them."""
+    crowd = subprocess.Popen(
+        [sys.executable, "-c", SPIN, many, str(processes), "5"],
+        stdout=subprocess.DEVNULL,
+        process_group=0,
+    )
+    try:
+        time.sleep(0.5)  # all of them busy
+        alone = subprocess.run(
+            [sys.executable, "-c", SPIN, one, "1", "2"], capture_output=True, text=True, timeout=60
+        )
+        return float(alone.stdout) / 2
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(crowd.pid, signal.SIGKILL)
+        crowd.wait()
+
+
+def test_a_kernel_that_keeps_many_processors_busy_takes_one_share():
+    """Each kernel's cpu cgroup: a notebook that keeps twice the machine's cores busy gets
+    one group's share, and the notebook beside it keeps its own (a core, on two or more);
+    without the groups, the same processes leave it well under that."""
+    from autograder.sandbox.cgroup import KernelCgroup, cgroup_unavailable
+
+    cores = os.cpu_count() or 1
+    fair = min(1.0, cores / 2)
+    without = _one_share_beside("-", "-", 2 * cores)
+    assert without < 0.7 * fair, f"the scheduler shares per process here: {without:.2f}"
+    groups = [KernelCgroup.create(f"test-cpu-{n}", memory_mb=500, processes=50) for n in (1, 2)]
+    try:
+        if None in groups:
+            pytest.skip(f"no cgroup for kernels here: {cgroup_unavailable() or 'not root'}")
+        many, one = (",".join(g.procs_files) for g in groups if g is not None)
+        if not all(g is not None and g.cpu for g in groups):
+            pytest.skip("no cpu cgroup for kernels here (the controller is not available)")
+        within = _one_share_beside(many, one, 2 * cores)
+    finally:
+        for group in groups:
+            if group is not None:
+                assert group.remove()
+    assert within > 0.85 * fair, f"{within:.2f} of a core with the groups, {without:.2f} without"
 
 
 # --- kernels forked from the fork server ----------------------------------------------------

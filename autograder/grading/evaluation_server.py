@@ -12,7 +12,7 @@ already, and decodes the data after that fork; elsewhere it is a process of its 
 
 The child gives up the grader's privileges before it reads anything the kernel wrote: the
 server copies the capture files (regular files only, each within its cap) into a folder of
-the evaluator account's, and the child joins a memory and pids cgroup of its own, sets
+the evaluator account's, and the child joins a memory, pids and cpu cgroup of its own, sets
 resource limits, switches to that account (``autograder-evaluator``, where the grader runs
 as root) and from then on reads the data only from the server's memory. It hands its
 result back as a file the server checks before storing.

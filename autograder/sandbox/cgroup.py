@@ -1,15 +1,21 @@
-"""A memory and a pids control group for one kernel: a hard cap that counts everything.
+"""A memory, a pids and a cpu control group for one kernel: a hard cap that counts
+everything, and one share of the processors however many threads it starts.
 
 The watchdog sums resident memory, which misses what a notebook keeps in memory-backed
 files (tmpfs, ``/dev/shm``, ``memfd``) and page cache. A memory cgroup charges all of it to
 the group that touched it, and the kernel's OOM killer stops the group at the limit; a pids
-cgroup caps processes and threads per kernel, not per account. Each kernel's groups are
-children of the grader's own (so the host's accounting of the grader still holds) and are
-joined by the kernel's launcher before it drops root.
+cgroup caps processes and threads per kernel, not per account. A cpu group of the default
+weight makes the scheduler share the processors between groups, not threads: a notebook
+that starts many busy threads or processes slows itself, not the notebook graded beside
+it, whose time limit keeps counting. Each kernel's groups are children of the grader's own
+(so the host's accounting of the grader still holds) and are joined by the kernel's
+launcher before it drops root.
 
-cgroup v1 (``/sys/fs/cgroup/memory``, ``/sys/fs/cgroup/pids``, as on these machines) and v2
-(where the grader's group delegates ``memory`` and ``pids``) are both handled; elsewhere,
-or without root, :meth:`KernelCgroup.create` returns None and the watchdog is the limit.
+cgroup v1 (``/sys/fs/cgroup/memory``, ``/sys/fs/cgroup/pids``, ``/sys/fs/cgroup/cpu``, as
+on these machines) and v2 (where the grader's group delegates ``memory`` and ``pids``, and
+``cpu`` for the share) are both handled; elsewhere, or without root,
+:meth:`KernelCgroup.create` returns None and the watchdog is the limit. The cpu group is
+made where it can be, and its absence alone takes nothing else away.
 """
 
 from __future__ import annotations
@@ -47,6 +53,23 @@ def cgroup_unavailable() -> str | None:
     return _WHY_NOT.get("reason")
 
 
+def _cpu_group_v1(own: dict[str, str], name: str) -> Path | None:
+    """The kernel's v1 cpu group, of the default weight (``cpu.shares`` 1024: as much as one
+    process of the grader's), where the host mounts the controller; None where it cannot
+    be made."""
+    if "cpu" not in own or not (_ROOT / "cpu" / "cpu.shares").exists():
+        return None
+    folder = _ROOT / "cpu" / own["cpu"].lstrip("/") / f"{PREFIX}{name}"
+    try:
+        folder.mkdir()
+    except OSError as exc:
+        if "cpu" not in _WHY_NOT:
+            _WHY_NOT["cpu"] = f"{type(exc).__name__}: {exc}"
+            log.warning("no cpu cgroup for student kernels: %s", _WHY_NOT["cpu"])
+        return None
+    return folder
+
+
 @dataclass(frozen=True)
 class KernelCgroup:
     """One kernel's groups: ``folders`` (one per hierarchy), the one holding the memory
@@ -55,6 +78,7 @@ class KernelCgroup:
     folders: tuple[Path, ...]
     memory: Path
     version: int
+    cpu: bool = False  # whether the kernel's threads share the processors as one group
 
     @classmethod
     def create(cls, name: str, *, memory_mb: int, processes: int) -> KernelCgroup | None:
@@ -75,7 +99,8 @@ class KernelCgroup:
                 if memsw.exists():  # swap counts too
                     memsw.write_text(limit)
                 (pids / "pids.max").write_text(str(processes))
-                return cls((memory, pids), memory, 1)
+                cpu = _cpu_group_v1(own, name)
+                return cls((memory, pids, *([cpu] if cpu else [])), memory, 1, cpu is not None)
             parent = _ROOT / own.get("", "/").lstrip("/")
             delegated = (parent / "cgroup.subtree_control").read_text().split()
             if not {"memory", "pids"} <= set(delegated):
@@ -87,7 +112,7 @@ class KernelCgroup:
             with contextlib.suppress(OSError):
                 (folder / "memory.swap.max").write_text("0")
             (folder / "pids.max").write_text(str(processes))
-            return cls((folder,), folder, 2)
+            return cls((folder,), folder, 2, "cpu" in delegated)  # of the default weight
         except (OSError, KeyError) as exc:
             for folder in made:
                 with contextlib.suppress(OSError):
@@ -105,7 +130,7 @@ class KernelCgroup:
         """Remove the groups named ``PREFIX + prefix + ...`` (left by a grader that was
         killed), killing what is still in them; False if one stays."""
         own = _own_paths()
-        parents = [_ROOT / c / own[c].lstrip("/") for c in ("memory", "pids") if c in own]
+        parents = [_ROOT / c / own[c].lstrip("/") for c in ("memory", "pids", "cpu") if c in own]
         parents.append(_ROOT / own.get("", "/").lstrip("/"))
         stale = [f for p in parents if p.is_dir() for f in p.glob(f"{PREFIX}{prefix}*")]
         folders = tuple(f for f in stale if f.is_dir())

@@ -282,6 +282,7 @@ class KernelSandbox:
             "pid_namespace": self.pid_namespace,
             "private_tmp": self.private_tmp,
             "memory_cgroup": self.cgroup is not None,
+            "cpu_cgroup": self.cgroup is not None and self.cgroup.cpu,
             "processes": self.limits.processes if acct or os.geteuid() != 0 else None,
             "file_size_mb": self.limits.file_size_mb,
             "forked": self.forked,

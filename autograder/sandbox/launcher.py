@@ -112,7 +112,7 @@ def launch(args: list[str], start: Start | None = None) -> None:
     nproc, fsize, uid, gid, watch, tmpfs, cgroups, masks, empty = args[:9]
     cmd = args[10:]
     libc = _libc()
-    if cgroups != "-":  # join the kernel's memory and pids groups while still root
+    if cgroups != "-":  # join the kernel's memory, pids and cpu groups while still root
         for procs in cgroups.split(","):
             with open(procs, "w") as f:
                 f.write(str(os.getpid()))
