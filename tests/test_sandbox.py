@@ -384,6 +384,22 @@ WHO = textwrap.dedent(
 
 
 @needs_account
+def test_an_account_that_cannot_reach_the_grader_python_is_told_apart(tmp_path, monkeypatch):
+    from autograder.sandbox.accounts import _account_can_run_python, _ensure_account
+
+    account = _ensure_account(f"{ACCOUNT_PREFIX}0")
+    probe = _account_can_run_python.__wrapped__  # uncached: each case asks again
+    assert probe(account.uid, account.gid) is None
+    # The same interpreter behind a folder only root may enter (a venv under /root, 0700).
+    hidden = tmp_path / "hidden"
+    hidden.mkdir(mode=0o700)
+    (hidden / "python").symlink_to(sys.executable)
+    monkeypatch.setattr(sys, "executable", str(hidden / "python"))
+    why = probe(account.uid, account.gid)
+    assert why is not None and "Permission" in why
+
+
+@needs_account
 def test_kernel_runs_as_an_unprivileged_account_of_its_own(tmp_path, monkeypatch, staged_data):
     from autograder.data.loaders import data_dir
 

@@ -16,7 +16,6 @@ leaves alone the labs whose ``grade_on_submit`` is false (exams: staff grade the
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import html
 import json
@@ -396,7 +395,7 @@ def serve(settings: SubmitSettings) -> None:
     # asyncio's signal handlers run in the loop, which their signal wakes. A plain
     # ``signal.signal`` handler that schedules ``loop.stop`` from the loop's own thread
     # does not wake it: the hub's SIGINT and SIGTERM then waited for the next request.
-    aio = asyncio.get_event_loop()
+    aio = loop.asyncio_loop  # type: ignore[attr-defined]  # tornado's AsyncIOMainLoop
     for signum in (signal.SIGTERM, signal.SIGINT):
         aio.add_signal_handler(signum, stop)
     try:
