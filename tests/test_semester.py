@@ -15,6 +15,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import grading_helpers as gh
 import nbformat
 import pytest
 from hub_helpers import (
@@ -118,6 +119,12 @@ class = "localprocess"
     finally:
         stop_hub(proc)
         left = processes_of(root, users)
+        # The grade-on-submit service's kernels and evaluators end with it: waited for
+        # here, so that a later test's count of sandbox processes starts from none.
+        deadline = time.monotonic() + 30
+        while (sandboxed := gh.sandbox_processes()) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        left += sandboxed
         shutil.rmtree(root, ignore_errors=True)
         for user in (*STUDENTS, "sem11", "prof", "ta1"):
             subprocess.run(["userdel", user], capture_output=True, check=False)
