@@ -7,6 +7,7 @@ relaxing a check.
 from __future__ import annotations
 
 import hashlib
+import json
 import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from autograder.errors import ConfigError
-from autograder.settings import rubric_dir
+from autograder.settings import LABS_DIR, rubric_dir
 
 __all__ = [
     "ASPECTS",
@@ -29,8 +30,10 @@ __all__ = [
     "Preprocess",
     "Rubric",
     "Threshold",
+    "calibration_path",
     "check_notebook_against_rubric",
     "lab_ids",
+    "load_calibration",
     "load_rubric",
     "rubric_file",
     "rubric_version",
@@ -445,6 +448,17 @@ def rubric_file(lab: str) -> Path:
     """Where ``lab``'s rubric lives (``autograder/labs/<lab>.toml``, or the folder
     ``AUTOGRADER_RUBRIC_DIR`` names)."""
     return rubric_dir() / f"{lab}.toml"
+
+
+def calibration_path(lab: str) -> Path:
+    """Where ``autograder calibrate`` records ``lab``'s reference runs, by data source."""
+    return LABS_DIR / f"{lab}.calibration.json"
+
+
+def load_calibration(lab: str) -> dict[str, Any]:
+    """``lab``'s calibration figures (:mod:`autograder.authoring.calibrate`); {} if none."""
+    path = calibration_path(lab)
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def rubric_version(lab: str) -> str:

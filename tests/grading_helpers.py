@@ -120,8 +120,7 @@ def separate_accounts() -> bool:
 def calibration_runs() -> Iterator[tuple[str, str, Threshold, str, dict[str, Any]]]:
     """Every recorded calibration run (reference and variants) with the rubric threshold of
     its data source: (lab, source, threshold, metric, run)."""
-    from autograder.authoring.calibrate import load_calibration
-    from autograder.rubric import lab_ids
+    from autograder.rubric import lab_ids, load_calibration
 
     for lab in lab_ids():
         calibration = load_calibration(lab)

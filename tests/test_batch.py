@@ -506,3 +506,28 @@ def test_the_coordinators_gradebooks_share_one_engine_and_hold_no_lock(tmp_path)
     assert nbgrader.api.create_engine is sqlalchemy.create_engine
     assert nbgrader.api.inspect is sqlalchemy.inspect
     assert "create_all" not in vars(nbgrader.api.Base.metadata)
+
+
+def test_a_batch_hands_out_the_labs_expected_to_run_longest_first():
+    from autograder.batch.ordering import longest_first
+
+    found = [("boston", "a"), ("boston", "b"), ("imdb", "a"), ("new", "a"), ("imdb", "b")]
+    cost = {"boston": 50.0, "imdb": 300.0, "new": None}.get
+    ordered = longest_first(found, lambda s: s[0], cost)
+    # Never measured first (it may be the longest), then by cost; a lab keeps its order.
+    assert ordered == [("new", "a"), ("imdb", "a"), ("imdb", "b"), ("boston", "a"), ("boston", "b")]
+
+
+def test_a_labs_expected_time_is_its_calibration_runs_on_the_data_staged_here(
+    monkeypatch, staged_data
+):
+    from autograder.batch.ordering import expected_seconds
+
+    monkeypatch.setenv("AUTOGRADER_TRAIN_LIMIT", "imdb=4000")
+    imdb, boston = expected_seconds("lab5_imdb_rnn"), expected_seconds("lab3_boston_regression")
+    dense = expected_seconds("lab3_mnist_dense")
+    assert imdb is not None and boston is not None and dense is not None
+    assert imdb > boston > dense  # minutes of LSTM training; seconds of a small dense net
+    # A cap no calibration ran under: not known, not guessed.
+    monkeypatch.setenv("AUTOGRADER_TRAIN_LIMIT", "imdb=123")
+    assert expected_seconds("lab5_imdb_rnn") is None

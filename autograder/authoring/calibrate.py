@@ -32,8 +32,7 @@ from autograder.course import create_course
 from autograder.data.formats import read_manifest
 from autograder.data.loaders import DATA_DIR_ENV, data_dir
 from autograder.grading.preprocessors import read_result
-from autograder.rubric import load_rubric
-from autograder.settings import LABS_DIR
+from autograder.rubric import calibration_path, load_calibration, load_rubric
 
 __all__ = [
     "calibrate",
@@ -43,15 +42,6 @@ __all__ = [
     "suggest_review",
     "suggest_threshold",
 ]
-
-
-def calibration_path(lab: str) -> Path:
-    return LABS_DIR / f"{lab}.calibration.json"
-
-
-def load_calibration(lab: str) -> dict[str, Any]:
-    path = calibration_path(lab)
-    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def suggest_threshold(values: list[float], higher_is_better: bool = True) -> float:

@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from autograder.batch.ordering import longest_first
 from autograder.batch.replay import cache_dir, one_engine, replay_api, warm_replay
 from autograder.batch.submissions import (
     BatchSummary,
@@ -137,6 +138,7 @@ def grade_batch(
     force: bool = False,
     progress: bool = True,
     evaluate_only: bool = False,
+    by_cost: bool = True,
 ) -> BatchSummary:
     """Autograde every submission of ``labs`` in parallel; see the module's docstring.
 
@@ -144,6 +146,8 @@ def grade_batch(
     Dask scheduler address. ``force`` regrades unchanged, already graded submissions.
     ``evaluate_only`` runs no notebook: each submission is scored again, with the current
     rubric, from the model its stored execution saved (none stored: failed, with why).
+    ``by_cost`` hands out the labs expected to run longest first
+    (:mod:`autograder.batch.ordering`); False keeps the order found (for comparison).
     """
     start = time.monotonic()
     course_root = course_root.resolve()
@@ -169,6 +173,7 @@ def grade_batch(
                 progress,
                 start,
                 evaluate_only,
+                by_cost,
             )
     finally:
         remove_stale_temps()
@@ -184,6 +189,7 @@ def _grade(
     progress: bool,
     start: float,
     evaluate_only: bool = False,
+    by_cost: bool = True,
 ) -> BatchSummary:
     from tqdm import tqdm
 
@@ -200,6 +206,8 @@ def _grade(
             outcomes.append(SubmissionOutcome(s.lab, s.student, "skipped"))
         else:
             todo.append(s)
+    if by_cost and not evaluate_only:  # re-scoring runs no notebook: every one is short
+        todo = longest_first(todo, lambda s: s.lab)
     cores = os.cpu_count() or 1
     workers = max(1, min(workers or cores, len(todo) or 1))
     threads = max(1, cores // workers)
