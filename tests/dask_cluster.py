@@ -29,7 +29,8 @@ def tcp_cluster(workers: int, env: Mapping[str, str], log: Path) -> Iterator[str
 
     dask = str(Path(sys.executable).parent / "dask")
     address = f"tcp://127.0.0.1:{_free_port()}"
-    full_env = {**os.environ, **env}
+    # Their scratch folders beside the log, not Dask's default in /tmp (which would stay).
+    full_env = {**os.environ, **env, "DASK_TEMPORARY_DIRECTORY": str(log.parent / "dask")}
     out = log.open("ab")
     common = {
         "env": full_env,

@@ -10,6 +10,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -278,7 +279,10 @@ def test_a_local_dask_cluster_grades_and_leaves_nothing_running(tmp_path, staged
     from autograder.sandbox.forked import forking_wanted
 
     course = _course(tmp_path / "course", ["untrained", "untrained"])  # quick: never trains
+    temp = Path(tempfile.gettempdir())
+    before = set(temp.iterdir())
     summary = grade_batch(course.root, scheduler="local", workers=2, progress=False)
+    assert set(temp.iterdir()) <= before  # nor anything in /tmp (Dask's scratch folder)
     assert (summary.engine, summary.workers) == ("dask", 2)
     assert summary.count("graded") == 2, summary.format()
     for outcome in summary.outcomes:

@@ -17,6 +17,7 @@ import contextlib
 import json
 import os
 import sys
+import tempfile
 import time
 import warnings
 from collections import Counter
@@ -39,7 +40,7 @@ from autograder.batch.submissions import (
 from autograder.batch.worker import execute_submission, release_worker, warm_worker
 from autograder.course_lock import one_batch, writing_grades
 from autograder.errors import ConfigError
-from autograder.fstree import write_fresh
+from autograder.fstree import remove_tree, write_fresh
 from autograder.sandbox.files import remove_stale_temps
 
 __all__ = ["grade_batch", "threads_per_worker"]
@@ -56,21 +57,28 @@ def _executor(
         ) as pool:
             yield pool, "local", workers
         return
+    import dask
     from dask.distributed import Client, LocalCluster
 
     if scheduler == "local":
-        cluster = LocalCluster(
-            n_workers=workers,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=None,
-        )
-        with cluster, Client(cluster) as client:
-            _warm_dask(client, warm)
-            try:
-                yield client.get_executor(pure=False), "dask", workers
-            finally:
-                _release_dask(client)
+        # Dask's scratch folder (and its lock files) would stay in /tmp after the batch.
+        scratch = tempfile.mkdtemp(prefix="autograder-dask-")
+        try:
+            with dask.config.set({"temporary-directory": scratch}):
+                cluster = LocalCluster(
+                    n_workers=workers,
+                    threads_per_worker=1,
+                    processes=True,
+                    dashboard_address=None,
+                )
+                with cluster, Client(cluster) as client:
+                    _warm_dask(client, warm)
+                    try:
+                        yield client.get_executor(pure=False), "dask", workers
+                    finally:
+                        _release_dask(client)
+        finally:
+            remove_tree(Path(scratch))
         return
     with Client(scheduler) as client:
         n = len(client.scheduler_info().get("workers", {})) or workers
