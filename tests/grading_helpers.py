@@ -159,6 +159,17 @@ def sandbox_processes(evaluator: bool = True) -> list[str]:
     ]
 
 
+def sandbox_processes_left(seconds: float, evaluator: bool = True) -> list[str]:
+    """:func:`sandbox_processes` once none is left, or as they are after ``seconds``:
+    a killed kernel's processes take a moment to be gone."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while (left := sandbox_processes(evaluator)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return left
+
+
 def orphaned_fork_servers() -> list[str]:
     """Fork servers (autograder.sandbox.forkserver) whose grading process is gone."""
     import psutil

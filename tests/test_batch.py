@@ -23,7 +23,7 @@ from grading_helpers import (
     QUICK,
     environment,
     orphaned_fork_servers,
-    sandbox_processes,
+    sandbox_processes_left,
     writing_lock_held,
 )
 
@@ -89,9 +89,7 @@ def cluster_graded(tmp_path_factory, staged_data):
         summary = grade_batch(batch.root, scheduler=address, progress=False)
         # The workers live on; what they started for the batch (the kernels they started
         # ahead) does not: killed, and gone within seconds.
-        deadline = time.monotonic() + 20
-        while (left := sandbox_processes(evaluator=False)) and time.monotonic() < deadline:
-            time.sleep(0.5)
+        left = sandbox_processes_left(20, evaluator=False)
         # Nor their evaluators, which hold the held-out data as this batch read them, nor
         # their fork servers: no process of the batch is left under a worker, or orphaned.
         with Client(address) as client:
@@ -291,9 +289,8 @@ def test_a_local_dask_cluster_grades_and_leaves_nothing_running(tmp_path, staged
     table = _gradebook(course)
     assert len(table) == 2 and table["total"].nunique() == 1 and table["total"].iloc[0] > 0
     assert _integrity(course) == "ok"
-    deadline = time.monotonic() + 20  # the cluster's workers are gone; their kernels, soon
-    while (left := sandbox_processes(evaluator=False)) and time.monotonic() < deadline:
-        time.sleep(0.5)
+    # The cluster's workers are gone; their kernels, soon.
+    left = sandbox_processes_left(20, evaluator=False)
     assert not left, left
 
 

@@ -121,10 +121,7 @@ class = "localprocess"
         left = processes_of(root, users)
         # The grade-on-submit service's kernels and evaluators end with it: waited for
         # here, so that a later test's count of sandbox processes starts from none.
-        deadline = time.monotonic() + 30
-        while (sandboxed := gh.sandbox_processes()) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        left += sandboxed
+        left += gh.sandbox_processes_left(30)
         shutil.rmtree(root, ignore_errors=True)
         for user in (*STUDENTS, "sem11", "prof", "ta1"):
             subprocess.run(["userdel", user], capture_output=True, check=False)
