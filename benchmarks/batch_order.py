@@ -22,24 +22,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from autograder.authoring.examples import EXAMPLES, example_path
+from regrade import four_labs_class
+
 from autograder.batch.ordering import expected_seconds
 from autograder.batch.scheduling import grade_batch
-from autograder.course import create_course
 from autograder.rubric import lab_ids
-
-
-def _class(root: Path, per_lab: int, imdb: int) -> int:
-    course = create_course(root, labs=lab_ids())
-    n = 0
-    for lab in lab_ids():
-        count = imdb if lab == "lab5_imdb_rnn" else per_lab
-        names = [k for k, ex in EXAMPLES[lab].items() if not ex.adversarial][:count]
-        for name in names:
-            student = f"{lab.split('_', 1)[1]}-{name}"[:32].lower()
-            course.submit(student, lab, example_path(lab, name))
-            n += 1
-    return n
 
 
 def _graded(root: Path, workers: int, by_cost: bool) -> tuple[float, int]:
@@ -59,16 +46,15 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="order-bench-"))
     try:
         found, longest = work / "found", work / "longest"
-        n = _class(found, args.per_lab, args.imdb)
+        n = len(four_labs_class(found, args.per_lab, {"lab5_imdb_rnn": args.imdb}))
         shutil.copytree(found, longest)
         costs = {lab: expected_seconds(lab) for lab in lab_ids()}
         print(f"class: {n} submissions; expected seconds per lab (calibration): {costs}")
         walls = {}
         for name, root, by_cost in (("as found", found, False), ("longest first", longest, True)):
             wall, graded = _graded(root, args.workers, by_cost)
-            ends = _worker_ends(root)
             walls[name] = wall
-            print(f"{name:14} {wall:7.1f} s wall, {graded} of {n} graded; {ends}")
+            print(f"{name:14} {wall:7.1f} s wall, {graded} of {n} graded; {_last_done(root)}")
         ratio = walls["as found"] / walls["longest first"]
         print(f"ratio (as found / longest first): {ratio:.2f}")
     finally:
@@ -76,8 +62,8 @@ def main() -> int:
     return 0
 
 
-def _worker_ends(root: Path) -> str:
-    """The last submissions' order of completion, from the batch summary: what ran last."""
+def _last_done(root: Path) -> str:
+    """The labs of the last three submissions done, from the batch summary."""
     summary = json.loads((root / "batch_summary.json").read_text())
     last = [o["lab"] for o in summary["outcomes"][-3:]]
     return f"last three done: {', '.join(last)}"

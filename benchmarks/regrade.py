@@ -46,6 +46,23 @@ def _stricter(text: str) -> str:
     return _PAIR.sub(move, text)
 
 
+def four_labs_class(
+    root: Path, per_lab: int, counts: dict[str, int] | None = None
+) -> dict[str, str]:
+    """A course at ``root`` of the four labs, with the first ``per_lab`` non-adversarial
+    examples of each (``counts`` per lab where it names one) submitted, one student each.
+    Returns each student's lab."""
+    course = create_course(root, labs=lab_ids())
+    students: dict[str, str] = {}
+    for lab in lab_ids():
+        n = (counts or {}).get(lab, per_lab)
+        for name in [k for k, ex in EXAMPLES[lab].items() if not ex.adversarial][:n]:
+            student = f"{lab.split('_', 1)[1]}-{name}"[:32].lower()
+            course.submit(student, lab, example_path(lab, name))
+            students[student] = lab
+    return students
+
+
 def _results(course: Path, students: dict[str, str]) -> dict[tuple[str, str], GradingResult]:
     found = {}
     for student, lab in students.items():
@@ -74,20 +91,14 @@ def main() -> int:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="regrade-bench-"))
     try:
-        course = create_course(work / "course", labs=lab_ids())
-        students: dict[str, str] = {}
-        for lab in lab_ids():
-            names = [n for n, ex in EXAMPLES[lab].items() if not ex.adversarial][: args.per_lab]
-            for name in names:
-                student = f"{lab.split('_', 1)[1]}-{name}"[:32].lower()
-                course.submit(student, lab, example_path(lab, name))
-                students[student] = lab
+        root = work / "course"
+        students = four_labs_class(root, args.per_lab)
         print(f"class: {len(students)} submissions over {len(lab_ids())} labs")
         begin = time.monotonic()
-        first = grade_batch(course.root, workers=args.workers, progress=False)
+        first = grade_batch(root, workers=args.workers, progress=False)
         full_s = time.monotonic() - begin
         print(f"graded once: {full_s:.1f} s ({first.count('graded')} graded)")
-        before = _results(course.root, students)
+        before = _results(root, students)
 
         rubrics = work / "rubrics"
         shutil.copytree(rubric_dir(), rubrics)
@@ -98,13 +109,11 @@ def main() -> int:
         print("new rubric versions:", ", ".join(rubric_version(lab) for lab in lab_ids()))
 
         again = work / "again"
-        shutil.copytree(course.root, again, symlinks=True)
+        shutil.copytree(root, again, symlinks=True)
         shutil.rmtree(cache_dir(again))  # grading again: every notebook runs
 
         begin = time.monotonic()
-        rescored = grade_batch(
-            course.root, workers=args.workers, progress=False, evaluate_only=True
-        )
+        rescored = grade_batch(root, workers=args.workers, progress=False, evaluate_only=True)
         evaluate_s = time.monotonic() - begin
         print(rescored.format().splitlines()[0])
         if args.grade_again:
@@ -113,7 +122,7 @@ def main() -> int:
             full_s = time.monotonic() - begin
             print(regraded.format().splitlines()[0])
 
-        after = _results(course.root, students)
+        after = _results(root, students)
         same_other, metric_ok, checked = 0, 0, 0
         for key, old in before.items():
             new = after.get(key)

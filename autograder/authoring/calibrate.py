@@ -36,9 +36,7 @@ from autograder.rubric import calibration_path, load_calibration, load_rubric
 
 __all__ = [
     "calibrate",
-    "calibration_path",
     "fresh_split",
-    "load_calibration",
     "suggest_review",
     "suggest_threshold",
 ]
