@@ -21,6 +21,7 @@ __all__ = [
     "FORK_KERNELS_ENV",
     "HUB_SETTINGS_ENV",
     "IMDB_ARCHIVE_ENV",
+    "KERNEL_CPU_WEIGHT",
     "LABS_DIR",
     "LIMIT_ENV",
     "PACKAGE_DIR",
@@ -53,6 +54,14 @@ FORK_KERNELS_ENV: Final = "AUTOGRADER_FORK_KERNELS"  # "off": kernels started, n
 HUB_SETTINGS_ENV: Final = "AUTOGRADER_HUB_SETTINGS"  # the hub's course.toml
 PROXY_COMMAND_ENV: Final = "AUTOGRADER_PROXY_COMMAND"  # the hub's configurable-http-proxy
 RUBRIC_DIR_ENV: Final = "AUTOGRADER_RUBRIC_DIR"  # the course's own rubrics (default: LABS_DIR)
+
+# --- scheduling ------------------------------------------------------------------------------
+
+# A student kernel's cpu cgroup weight, as a share of one grader process's (an evaluation
+# child has a whole one): on busy cores the grader's short steps between notebooks (capture,
+# evaluation, recording the grade) go first instead of waiting behind training, and
+# kernels share the rest among themselves equally. Idle cores are anyone's.
+KERNEL_CPU_WEIGHT: Final = 0.25
 
 
 def rubric_dir() -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -224,6 +225,63 @@ def test_the_model_is_read_by_an_unprivileged_child(keras, tmp_path, staged_data
     # 2 epochs of 24 batches; this process has no fit() record, and the grader says so.
     assert optimizer_iterations(tmp_path / "model.keras") == 48
     assert any(r.startswith("training record missing") for r in result.review), result.review
+
+
+def _children(pid: int) -> list:
+    import psutil
+
+    return [c for c in psutil.Process(pid).children() if c.status() != psutil.STATUS_ZOMBIE]
+
+
+def _wait_for(predicate, seconds: float = 60):
+    deadline = time.monotonic() + seconds
+    while not (found := predicate()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return found
+
+
+def test_the_next_evaluations_child_waits_confined_and_goes_when_unused(
+    keras, tmp_path, staged_data
+):
+    """``Evaluator.prepare`` forks the next evaluation's child ahead: before any capture is
+    handed over it already runs as the evaluator account (as root) in a cgroup of its own;
+    it then evaluates the next submission, and exits. One prepared and never used is gone
+    when the evaluator closes, with its cgroup and folders."""
+    import os
+    import pwd
+
+    from autograder.grading.evaluation_server import Evaluator
+    from autograder.sandbox.accounts import EVALUATOR_ACCOUNT
+    from autograder.sandbox.cgroup import PREFIX
+    from autograder.sandbox.files import grader_work_dir
+
+    _capture({"network": _dense(keras, hidden=8)}, tmp_path)  # untrained: a model to score
+    as_root = os.geteuid() == 0
+    with Evaluator((LAB,)) as evaluator:
+        assert evaluator.wait_ready()
+        server = evaluator._proc.pid
+        assert not _children(server)  # none until asked for
+        evaluator.prepare()
+        children = _wait_for(lambda: _children(server))
+        assert len(children) == 1, children
+        ahead = children[0]
+        if as_root:
+            account = pwd.getpwnam(EVALUATOR_ACCOUNT).pw_uid
+            assert _wait_for(lambda: ahead.uids().real == account), ahead.uids()
+            groups = Path(f"/proc/{ahead.pid}/cgroup").read_text()
+            assert f"{PREFIX}evaluation-" in groups, groups
+        result = evaluator.evaluate(LAB, tmp_path, timeout=300)
+        assert not ahead.is_running()  # it took this evaluation and ended
+        assert result.error is None, result.error
+        assert "accuracy" in result.metrics
+        if as_root:
+            assert evaluator.last_uid == account
+        evaluator.prepare()
+        unused = _wait_for(lambda: _children(server))
+        assert unused and unused[0].pid != ahead.pid
+    assert not unused[0].is_running()
+    assert not list(Path(grader_work_dir()).glob("evaluation-*"))
+    assert not list(Path("/sys/fs/cgroup").glob(f"*/**/{PREFIX}evaluation-{server}-*"))
 
 
 def _memory_holds(pid: int, needle: bytes) -> bool:

@@ -52,7 +52,7 @@ def test_an_execution_the_grader_aborts_leaves_no_capture_folder(monkeypatch):
 
     from autograder.sandbox.files import grader_work_dir
 
-    def boom(self, nb, resources, limits, grants=None):
+    def boom(self, nb, resources, limits, **_):
         raise RuntimeError("the grader's own error")
 
     monkeypatch.setattr(GraderExecute, "_execute", boom)

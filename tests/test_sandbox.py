@@ -16,6 +16,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -657,14 +658,15 @@ for _ in range(processes - 1):
 end = time.monotonic() + seconds
 while time.monotonic() < end:
     pass
-print(time.process_time(), flush=True)
+os.write(1, f"{time.process_time()}\\n".encode())  # one write: lines never interleave
 """
 
 
-def _one_share_beside(many: str, one: str, processes: int) -> float:
-    """The cores' worth of CPU one busy process (in group ``one``) gets beside ``processes``
-    busy ones (in group ``many``); "-": no group. All in this session, so that the
-    scheduler's per-session groups (autogroup) do not separate them."""
+def _one_share_beside(many: str, one: str, processes: int, ones: int = 1) -> float:
+    """The cores' worth of CPU one busy process (in group ``one``; of ``ones`` such, their
+    mean) gets beside ``processes`` busy ones (in group ``many``); "-": no group. All in
+    this session, so that the scheduler's per-session groups (autogroup) do not separate
+    them."""
     crowd = subprocess.Popen(
         [sys.executable, "-c", SPIN, many, str(processes), "5"],
         stdout=subprocess.DEVNULL,
@@ -673,9 +675,12 @@ def _one_share_beside(many: str, one: str, processes: int) -> float:
     try:
         time.sleep(0.5)  # all of them busy
         alone = subprocess.run(
-            [sys.executable, "-c", SPIN, one, "1", "2"], capture_output=True, text=True, timeout=60
+            [sys.executable, "-c", SPIN, one, str(ones), "2"],
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
-        return float(alone.stdout) / 2
+        return statistics.mean(float(line) for line in alone.stdout.split()) / 2
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(crowd.pid, signal.SIGKILL)
@@ -705,6 +710,72 @@ def test_a_kernel_that_keeps_many_processors_busy_takes_one_share():
             if group is not None:
                 assert group.remove()
     assert within > 0.85 * fair, f"{within:.2f} of a core with the groups, {without:.2f} without"
+
+
+def test_the_graders_own_steps_go_before_busy_kernels():
+    """A kernel's cpu group weighs KERNEL_CPU_WEIGHT of a grader process: grader processes
+    (capturing, evaluating, recording; one per core) beside a kernel that keeps twice the
+    cores busy get clearly more of the cores than beside a group of a grader process's
+    weight."""
+    from autograder.sandbox.cgroup import KernelCgroup, cgroup_unavailable
+    from autograder.settings import KERNEL_CPU_WEIGHT
+
+    cores = os.cpu_count() or 1
+    weights = {"kernel": KERNEL_CPU_WEIGHT, "equal": 1.0}
+    groups = {
+        name: KernelCgroup.create(
+            f"test-weight-{name}", memory_mb=500, processes=50, cpu_weight=weight
+        )
+        for name, weight in weights.items()
+    }
+    try:
+        if None in groups.values():
+            pytest.skip(f"no cgroup for kernels here: {cgroup_unavailable() or 'not root'}")
+        if not all(g is not None and g.cpu for g in groups.values()):
+            pytest.skip("no cpu cgroup for kernels here (the controller is not available)")
+        for name, group in groups.items():
+            assert group is not None
+            folder = group.folders[-1]
+            written = (folder / "cpu.shares").read_text() if group.version == 1 else ""
+            written = written or (folder / "cpu.weight").read_text()
+            base = 1024 if group.version == 1 else 100
+            assert int(written) == round(base * weights[name]), (name, written)
+        share = {
+            name: _one_share_beside(",".join(g.procs_files), "-", 2 * cores, ones=cores)
+            for name, g in groups.items()
+            if g is not None
+        }
+    finally:
+        for group in groups.values():
+            if group is not None:
+                assert group.remove()
+    # Each of the group's per-core parts weighs in against a grader process on that core:
+    # 1024 / (1024 + 256), 0.8 of a core, against 0.5 (0.81 and 0.50 measured on 2 cores).
+    assert share["kernel"] > 0.7, share
+    assert share["kernel"] > 1.3 * share["equal"], share
+
+
+CPU_WEIGHT_SEEN = """
+import pathlib
+for line in open("/proc/self/cgroup"):
+    _, ctl, path = line.strip().split(":", 2)
+    if "cpu" in ctl.split(","):
+        print("v1", pathlib.Path("/sys/fs/cgroup/" + ctl + path, "cpu.shares").read_text())
+    elif ctl == "" and pathlib.Path("/sys/fs/cgroup" + path, "cpu.weight").exists():
+        print("v2", pathlib.Path("/sys/fs/cgroup" + path, "cpu.weight").read_text())
+"""
+
+
+def test_a_students_cells_run_at_the_kernel_cpu_weight(tmp_path):
+    """GraderExecute lowers the kernel's cpu group to KERNEL_CPU_WEIGHT for the student's
+    cells (as the cell itself reads it from its own cgroup)."""
+    from autograder.settings import KERNEL_CPU_WEIGHT
+
+    out, record = _run_recorded(tmp_path, CPU_WEIGHT_SEEN)
+    if not record.get("cpu_cgroup"):
+        pytest.skip("no cpu cgroup for kernels here")
+    version, value = out.split()[:2]
+    assert int(value) == round((1024 if version == "v1" else 100) * KERNEL_CPU_WEIGHT), out
 
 
 # --- kernels forked from the fork server ----------------------------------------------------

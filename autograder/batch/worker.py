@@ -279,6 +279,9 @@ def execute_submission(
         out["error"] = "no stored execution to re-score: grade it without --evaluate-only"
         return out
     execute = GraderExecute(config=config)
+    evaluator = _evaluator((lab,))
+    # The evaluation's child is forked and warmed up while the cells run, not after them.
+    execute.on_notebook_start = lambda **_: evaluator.prepare()
     work = grader_temp(lab)
     kept = grader_temp(lab)  # the model and capture record, kept with the execution
     ahead = False  # whether the next notebook's kernel was started

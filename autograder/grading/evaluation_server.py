@@ -3,19 +3,22 @@
 Evaluating a saved model in a fresh interpreter costs about 5 s of TensorFlow import per
 submission. The batch grader instead keeps one server process per worker that has imported
 TensorFlow and decoded the data (without running any TensorFlow op, so forking stays safe)
-and forks a child for each evaluation; a serial ``nbgrader autograde`` starts a server for
-one. Each child starts from that clean state and exits when done, so nothing one
-submission's model does can reach the next one, and the grade is still computed outside
-the student's kernel. Where kernels are forked (:mod:`autograder.sandbox.forked`), the
-server is itself forked from the kernels' fork server, which has imported TensorFlow
-already, and decodes the data after that fork; elsewhere it is a process of its own.
+and forks a child for each evaluation (:mod:`autograder.grading.evaluation_child`), ahead
+of its submission when the client asks (:meth:`Evaluator.prepare`: a batch's worker does
+while each notebook runs); a serial ``nbgrader autograde`` starts a server for one. Each
+child starts from that clean state and exits when done, so nothing one submission's model
+does can reach the next one, and the grade is still computed outside the student's kernel.
+Where kernels are forked (:mod:`autograder.sandbox.forked`), the server is itself forked
+from the kernels' fork server, which has imported TensorFlow already, and decodes the data
+after that fork; elsewhere it is a process of its own.
 
 The child gives up the grader's privileges before it reads anything the kernel wrote: the
 server copies the capture files (regular files only, each within its cap) into a folder of
-the evaluator account's, and the child joins a memory, pids and cpu cgroup of its own, sets
-resource limits, switches to that account (``autograder-evaluator``, where the grader runs
-as root) and from then on reads the data only from the server's memory. It hands its
-result back as a file the server checks before storing.
+the evaluator account's and only then hands the child its request; the child has joined a
+memory, pids and cpu cgroup of its own, set resource limits and switched to that account
+(``autograder-evaluator``, where the grader runs as root) when it was forked, and reads the
+data only from the server's memory. It hands its result back as a file the server checks
+before storing.
 """
 
 from __future__ import annotations
@@ -23,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import resource
 import select
 import signal
 import stat
@@ -35,14 +37,13 @@ from pathlib import Path
 from typing import IO, Any
 
 from autograder.fstree import remove_tree, write_fresh
+from autograder.grading.evaluation_child import MAX_RESULT, RESULT, Child, fork_child
 from autograder.results import GradingResult
 from autograder.settings import QUIET_TENSORFLOW
 
 __all__ = ["Evaluator", "grade_in_subprocess"]
 
 _MODULE = "autograder.grading.evaluation_server"
-_RESULT = "result.json"
-_MAX_RESULT = 16 * 2**20  # a result is a few KiB; a larger one is not read
 _MAX_LIMIT_RECORD = 2**16
 
 
@@ -103,7 +104,7 @@ class Evaluator:
         """:meth:`evaluate`, handed to the server at once: the function returned waits for
         the result, so the caller can work meanwhile. One evaluation at a time; the
         artifacts stay in place until the result is in."""
-        out = artifacts / _RESULT
+        out = artifacts / RESULT
         remove_tree(out)  # whatever stands there, the server writes a new file
         proc = self._start()
         assert proc.stdin is not None and proc.stdout is not None
@@ -115,6 +116,15 @@ class Evaluator:
         except (BrokenPipeError, OSError):
             sent = False
         return lambda: self._result(proc, sent, lab, artifacts, timeout, retry)
+
+    def prepare(self) -> None:
+        """Have the server fork the next evaluation's child and warm it up now (while a
+        notebook runs, say), not once the result is wanted. No reply; the server may be
+        gone, which the next evaluation finds."""
+        proc = self._start()
+        with contextlib.suppress(OSError):
+            proc.stdin.write(json.dumps({"prepare": True}) + "\n")
+            proc.stdin.flush()
 
     def _result(
         self, proc: Any, sent: bool, lab: str, artifacts: Path, timeout: float, retry: bool
@@ -132,7 +142,7 @@ class Evaluator:
             if retry:
                 return self.evaluate(lab, artifacts, timeout=timeout, retry=False)
             return failed_result(load_rubric(lab), "unknown", "the grader's evaluator failed")
-        out = artifacts / _RESULT
+        out = artifacts / RESULT
         reply = json.loads(line)
         self.last_uid = reply.get("uid")
         if reply["status"] == "timeout":
@@ -239,57 +249,23 @@ def _private_copy(artifacts: Path, account: Any) -> Path:
 def _read_result(work: Path) -> tuple[str, int] | None:
     """The child's result file, if it is a regular file of a sane size, and its owner
     (the account the child ran as)."""
-    found = _read_regular(work / _RESULT, _MAX_RESULT + 1)
-    if found is None or len(found[0]) > _MAX_RESULT:
+    found = _read_regular(work / RESULT, MAX_RESULT + 1)
+    if found is None or len(found[0]) > MAX_RESULT:
         return None
     return found[0].decode(errors="replace"), found[1].st_uid
 
 
-def _become(account: Any, cgroup: Any) -> None:
-    """In the child: its own cgroup, resource limits, then the evaluator account."""
-    if cgroup is not None:
-        for procs in cgroup.procs_files:
-            Path(procs).write_text(str(os.getpid()))
-    for res, value in (
-        (resource.RLIMIT_CORE, 0),
-        (resource.RLIMIT_FSIZE, _MAX_RESULT),
-        (resource.RLIMIT_NOFILE, 1024),
-    ):
-        resource.setrlimit(res, (value, value))
-    if account is not None:
-        os.setgroups([])
-        os.setresgid(account.gid, account.gid, account.gid)
-        os.setresuid(account.uid, account.uid, account.uid)
-        if os.getuid() == 0 or os.geteuid() == 0:
-            raise RuntimeError("could not give up root")
-
-
-def _child(request: dict[str, Any], work: Path, account: Any, cgroup: Any) -> int:
-    from autograder.data.loaders import only_kept
-    from autograder.grading.evaluate import evaluate_artifacts
-    from autograder.rubric import load_rubric
-
-    only_kept()
-    rubric = load_rubric(request["lab"])  # the rubric's folder may be closed to the account
-    _become(account, cgroup)
-    os.chdir(work)
-    result = evaluate_artifacts(request["lab"], work, rubric)
-    write_fresh(work / _RESULT, result.to_json())
-    return 0
-
-
-def _evaluate(request: dict[str, Any], account: Any, serial: int) -> dict[str, Any]:
-    """Fork, wait and store one evaluation; the reply for the client."""
+def _evaluate(request: dict[str, Any], account: Any, child: Child) -> dict[str, Any]:
+    """One evaluation, handed to ``child`` (left waiting when there are no files to read),
+    waited for and stored; the reply for the client."""
     from autograder.grading.artifacts import files_problem
     from autograder.grading.evaluate import failed_result
     from autograder.rubric import load_rubric
-    from autograder.sandbox.cgroup import KernelCgroup
-    from autograder.settings import Limits
 
     artifacts = Path(request["artifacts"])
     problem = files_problem(artifacts)
     if problem is not None:
-        # Nothing to read: the result is known without a child.
+        # Nothing to read: the result is known without the child.
         result = failed_result(
             load_rubric(request["lab"]),
             _source(request["lab"]),
@@ -298,31 +274,17 @@ def _evaluate(request: dict[str, Any], account: Any, serial: int) -> dict[str, A
         write_fresh(request["out"], result.to_json())
         return {"status": "ok", "exit": 0}
     work = _private_copy(artifacts, account)
-    cgroup = None
-    if account is not None:
-        memory_mb = Limits.from_env().memory_mb
-        name = f"autograder-evaluation-{os.getpid()}-{serial}"
-        cgroup = KernelCgroup.create(name, memory_mb=memory_mb, processes=512)
     try:
-        pid = os.fork()
-        if pid == 0:
-            os.setsid()  # its own process group: a timeout kills everything it started
-            code = 1
-            try:
-                code = _child(request, work, account, cgroup)
-            except BaseException as exc:
-                print(f"evaluation failed: {exc!r}", file=sys.stderr)
-            finally:
-                os._exit(code)
-        exit_code = _wait(pid, float(request.get("timeout", 600)))
-        found = _read_result(work) if exit_code == 0 else None
+        handed = child.hand({"lab": request["lab"], "work": str(work)})
+        timeout = float(request.get("timeout", 600)) if handed else 60.0
+        exit_code = _wait(child.pid, timeout)
+        found = _read_result(work) if exit_code == 0 and handed else None
         if found is not None:
             write_fresh(request["out"], found[0])
         status = "timeout" if exit_code is None else "ok" if found is not None else "failed"
         return {"status": status, "exit": exit_code, "uid": found[1] if found else None}
     finally:
-        if cgroup is not None:
-            cgroup.remove()
+        child.remove_cgroup()
         remove_tree(work)
 
 
@@ -370,16 +332,45 @@ def serve(labs: list[str], requests: IO[str], replies: IO[str]) -> None:
 
     for lab in labs:
         preload(lab)
-    for serial, line in enumerate(requests):
-        request = json.loads(line)
-        if request.get("ping"):
-            replies.write(json.dumps({"status": "ready"}) + "\n")
+    own = tuple(_fileno(stream) for stream in (requests, replies))
+    serial = iter(range(1 << 62))
+    spare: Child | None = None
+
+    def fork() -> Child:
+        return fork_child(frozenset(loaded), account, next(serial), own)
+
+    try:
+        for line in requests:
+            request = json.loads(line)
+            if request.get("prepare"):
+                spare = spare or fork()
+                continue
+            if request.get("ping"):
+                replies.write(json.dumps({"status": "ready"}) + "\n")
+                replies.flush()
+                continue
+            preload(request["lab"])
+            if spare is not None and request["lab"] not in spare.labs:
+                spare.discard()  # forked before this lab's data was decoded
+                spare = None
+            child, spare = spare or fork(), None
+            try:
+                reply = _evaluate(request, account, child)
+            finally:
+                if child.waiting:  # not needed (nothing to read): the next one's
+                    spare = child
+            replies.write(json.dumps(reply) + "\n")
             replies.flush()
-            continue
-        preload(request["lab"])
-        reply = _evaluate(request, account, serial)
-        replies.write(json.dumps(reply) + "\n")
-        replies.flush()
+    finally:
+        if spare is not None:
+            spare.discard()
+
+
+def _fileno(stream: IO[str]) -> int:
+    try:
+        return stream.fileno()
+    except (OSError, ValueError):  # not a file (a test's StringIO)
+        return -1
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -43,7 +43,7 @@ from autograder.sandbox.stops import (
     record_stop,
 )
 from autograder.sandbox.watchdog import Watchdog
-from autograder.settings import QUIET_TENSORFLOW, Limits
+from autograder.settings import KERNEL_CPU_WEIGHT, QUIET_TENSORFLOW, Limits
 
 __all__ = ["GraderExecute"]
 
@@ -154,6 +154,8 @@ class GraderExecute(Execute):
         self._sandbox: KernelSandbox | None = None
         self._last_sandbox: KernelSandbox | None = None  # released, kept for its record
         self._output = OutputBudget(limits)
+        self._grader_cell: NotebookNode | None = None  # the capture, appended to the notebook
+        self._weight = 1.0  # the kernel's cpu group's, as made
 
     def limits(self) -> Limits:
         """This run's limits: traits set here, else environment, else ``timeout``/defaults."""
@@ -182,7 +184,9 @@ class GraderExecute(Execute):
         aborted = True
         try:
             with environment(QUIET_TENSORFLOW):
-                nb, resources = self._execute(nb, resources, limits, grants=[artifacts])
+                nb, resources = self._execute(
+                    nb, resources, limits, grants=[artifacts], grader_cell=cell
+                )
             aborted = False
         finally:
             # The grader's cell never reaches the autograded notebook or the feedback.
@@ -240,8 +244,10 @@ class GraderExecute(Execute):
         resources: Any,
         limits: Limits,
         grants: list[Path] | None = None,
+        grader_cell: NotebookNode | None = None,
     ) -> tuple[NotebookNode, Any]:
         self._reset_for_notebook(limits)
+        self._grader_cell = grader_cell
         spare = None
         if self._spares:
             spare = take_spare_kernel(limits, self._kernel_name(nb), self._kernel_arguments())
@@ -400,6 +406,7 @@ class GraderExecute(Execute):
             self._mark_stopped(cell)
             return cell, resources
         self._next_cell = index + 1
+        self._weigh(1.0 if cell is self._grader_cell else KERNEL_CPU_WEIGHT)
         try:
             cell, resources = super().preprocess_cell(cell, resources, index)
         except DeadKernelError:
@@ -410,6 +417,15 @@ class GraderExecute(Execute):
         if any(o.get("ename") == "CellTimeoutError" for o in cell.get("outputs", [])):
             self._cell_timeouts += 1
         return cell, resources
+
+    def _weigh(self, weight: float) -> None:
+        """The kernel's cpu weight: a quarter of a grader process's for the student's cells
+        (the grader's steps between notebooks go first), a whole one for the kernel's
+        start and the grader's capture."""
+        group = self._sandbox.cgroup if self._sandbox is not None else None
+        if group is not None and weight != self._weight:
+            group.weigh(weight)
+            self._weight = weight
 
     def _death_reason(self) -> str:
         if self._watchdog is not None and self._watchdog.reason:

@@ -4,12 +4,14 @@ everything, and one share of the processors however many threads it starts.
 The watchdog sums resident memory, which misses what a notebook keeps in memory-backed
 files (tmpfs, ``/dev/shm``, ``memfd``) and page cache. A memory cgroup charges all of it to
 the group that touched it, and the kernel's OOM killer stops the group at the limit; a pids
-cgroup caps processes and threads per kernel, not per account. A cpu group of the default
-weight makes the scheduler share the processors between groups, not threads: a notebook
-that starts many busy threads or processes slows itself, not the notebook graded beside
-it, whose time limit keeps counting. Each kernel's groups are children of the grader's own
-(so the host's accounting of the grader still holds) and are joined by the kernel's
-launcher before it drops root.
+cgroup caps processes and threads per kernel, not per account. A cpu group makes the
+scheduler share the processors between groups, not threads: a notebook that starts many
+busy threads or processes slows itself, not the notebook graded beside it, whose time
+limit keeps counting. While the student's cells run, the group weighs a quarter of a
+grader process (``KERNEL_CPU_WEIGHT``, set by ``GraderExecute``): the grader's short steps
+between notebooks do not wait behind training. Each kernel's groups are children of the
+grader's own (so the host's accounting of the grader still holds) and are joined by the
+kernel's launcher before it drops root.
 
 cgroup v1 (``/sys/fs/cgroup/memory``, ``/sys/fs/cgroup/pids``, ``/sys/fs/cgroup/cpu``, as
 on these machines) and v2 (where the grader's group delegates ``memory`` and ``pids``, and
@@ -54,9 +56,8 @@ def cgroup_unavailable() -> str | None:
 
 
 def _cpu_group_v1(own: dict[str, str], name: str) -> Path | None:
-    """The kernel's v1 cpu group, of the default weight (``cpu.shares`` 1024: as much as one
-    process of the grader's), where the host mounts the controller; None where it cannot
-    be made."""
+    """The kernel's v1 cpu group, where the host mounts the controller; None where it
+    cannot be made."""
     if "cpu" not in own or not (_ROOT / "cpu" / "cpu.shares").exists():
         return None
     folder = _ROOT / "cpu" / own["cpu"].lstrip("/") / f"{PREFIX}{name}"
@@ -81,7 +82,11 @@ class KernelCgroup:
     cpu: bool = False  # whether the kernel's threads share the processors as one group
 
     @classmethod
-    def create(cls, name: str, *, memory_mb: int, processes: int) -> KernelCgroup | None:
+    def create(
+        cls, name: str, *, memory_mb: int, processes: int, cpu_weight: float = 1.0
+    ) -> KernelCgroup | None:
+        """The groups, or None where they cannot be made. ``cpu_weight``: the cpu group's
+        weight as a share of one grader process's (``KERNEL_CPU_WEIGHT`` for kernels)."""
         if os.geteuid() != 0 or not _ROOT.is_dir() or "reason" in _WHY_NOT:
             return None
         own = _own_paths()
@@ -100,7 +105,9 @@ class KernelCgroup:
                     memsw.write_text(limit)
                 (pids / "pids.max").write_text(str(processes))
                 cpu = _cpu_group_v1(own, name)
-                return cls((memory, pids, *([cpu] if cpu else [])), memory, 1, cpu is not None)
+                group = cls((memory, pids, *([cpu] if cpu else [])), memory, 1, cpu is not None)
+                group.weigh(cpu_weight)
+                return group
             parent = _ROOT / own.get("", "/").lstrip("/")
             delegated = (parent / "cgroup.subtree_control").read_text().split()
             if not {"memory", "pids"} <= set(delegated):
@@ -112,7 +119,9 @@ class KernelCgroup:
             with contextlib.suppress(OSError):
                 (folder / "memory.swap.max").write_text("0")
             (folder / "pids.max").write_text(str(processes))
-            return cls((folder,), folder, 2, "cpu" in delegated)  # of the default weight
+            group = cls((folder,), folder, 2, "cpu" in delegated)
+            group.weigh(cpu_weight)
+            return group
         except (OSError, KeyError) as exc:
             for folder in made:
                 with contextlib.suppress(OSError):
@@ -124,6 +133,21 @@ class KernelCgroup:
                 _WHY_NOT["reason"],
             )
             return None
+
+    def weigh(self, weight: float) -> None:
+        """The cpu group's weight, as a share of one grader process's (v1 ``cpu.shares``
+        1024, v2 ``cpu.weight`` 100); left as it was where it cannot be set."""
+        if not self.cpu:
+            return
+        name, value = (
+            ("cpu.shares", max(2, round(1024 * weight)))
+            if self.version == 1
+            else ("cpu.weight", max(1, round(100 * weight)))
+        )
+        try:
+            (self.folders[-1] / name).write_text(str(value))
+        except OSError as exc:
+            log.warning("the cpu weight of %s could not be set: %s", self.folders[-1], exc)
 
     @classmethod
     def remove_stale(cls, prefix: str) -> bool:
