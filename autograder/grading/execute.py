@@ -217,10 +217,19 @@ class GraderExecute(Execute):
         info = resources.get("nbgrader", {})
         if not self.restore_missing_cells or not {"db_url", "notebook"} <= set(info):
             return nb
+        from nbgrader.api import Gradebook
         from nbgrader.preprocessors import OverwriteCells
 
         before = {c.metadata.get("nbgrader", {}).get("grade_id") for c in nb.cells}
-        nb, _ = OverwriteCells(add_missing_cells=True, parent=self).preprocess(nb, resources)
+        # Only its putting back: its pass over every cell (a query each) was nbgrader's
+        # sanitizing step, OverwriteCells itself, which runs before execution.
+        step = OverwriteCells(add_missing_cells=True, parent=self)
+        step.notebook_id, step.assignment_id = info["notebook"], info["assignment"]
+        step.db_url = info["db_url"]
+        step.gradebook = Gradebook(step.db_url)
+        with step.gradebook:
+            nb, _ = step.add_missing_grade_cells(nb, resources)
+            nb, _ = step.add_missing_task_cells(nb, resources)
         added = []
         with_ids = any("id" in c for c in nb.cells)  # nbformat 4.5 and later
         for cell in nb.cells:
