@@ -221,7 +221,7 @@ def test_the_model_is_read_by_an_unprivileged_child(keras, tmp_path, staged_data
         assert uid == pwd.getpwnam(EVALUATOR_ACCOUNT).pw_uid != 0
     else:
         assert uid == os.geteuid()
-    assert not list(Path(grader_work_dir()).glob("evaluation-*"))
+    assert not list(Path(grader_work_dir()).glob("autograder-*-evaluation-*"))
     # 2 epochs of 24 batches; this process has no fit() record, and the grader says so.
     assert optimizer_iterations(tmp_path / "model.keras") == 48
     assert any(r.startswith("training record missing") for r in result.review), result.review
@@ -280,7 +280,7 @@ def test_the_next_evaluations_child_waits_confined_and_goes_when_unused(
         unused = _wait_for(lambda: _children(server))
         assert unused and unused[0].pid != ahead.pid
     assert not unused[0].is_running()
-    assert not list(Path(grader_work_dir()).glob("evaluation-*"))
+    assert not list(Path(grader_work_dir()).glob("autograder-*-evaluation-*"))
     assert not list(Path("/sys/fs/cgroup").glob(f"*/**/{PREFIX}evaluation-{server}-*"))
 
 

@@ -755,6 +755,35 @@ def test_the_graders_own_steps_go_before_busy_kernels():
     assert share["kernel"] > 1.3 * share["equal"], share
 
 
+def test_evaluation_cgroups_of_a_killed_evaluator_are_removed_and_no_others():
+    """An evaluator server killed while its next evaluation's child waited leaves that
+    child's cgroup (named after the server's pid); the next batch's clean-up removes it,
+    and never the group of a server still running."""
+    from autograder.sandbox.cgroup import EVALUATION_CGROUP, PREFIX, KernelCgroup
+    from autograder.sandbox.files import remove_stale_temps
+
+    code = "import os; print(os.getpid())"
+    gone = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    dead_pid = int(gone.stdout)
+    assert not psutil.pid_exists(dead_pid)
+    names = {
+        "dead": f"{EVALUATION_CGROUP}{dead_pid}-0",
+        "live": f"{EVALUATION_CGROUP}{os.getpid()}-0",
+    }
+    groups = {k: KernelCgroup.create(n, memory_mb=100, processes=10) for k, n in names.items()}
+    try:
+        if None in groups.values():
+            pytest.skip("no cgroup for kernels here (not root, or no controller)")
+        remove_stale_temps()
+        assert not any(f.exists() for f in groups["dead"].folders), groups["dead"].folders
+        assert all(f.is_dir() for f in groups["live"].folders), groups["live"].folders
+        assert all(f.name.startswith(PREFIX + EVALUATION_CGROUP) for f in groups["live"].folders)
+    finally:
+        for group in groups.values():
+            if group is not None:
+                assert group.remove()
+
+
 CPU_WEIGHT_SEEN = """
 import pathlib
 for line in open("/proc/self/cgroup"):

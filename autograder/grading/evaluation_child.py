@@ -81,12 +81,12 @@ def fork_child(labs: frozenset[str], account: Any, serial: int, close: tuple[int
     """A child for the next evaluation of one of ``labs``, warming up; ``close``: the
     server's own descriptors (its request and reply streams), which the child must not keep
     open (the worker sees the server's end by its replies' end)."""
-    from autograder.sandbox.cgroup import KernelCgroup
+    from autograder.sandbox.cgroup import EVALUATION_CGROUP, KernelCgroup
     from autograder.settings import KERNEL_CPU_WEIGHT, Limits
 
     cgroup = None
     if account is not None:
-        name = f"autograder-evaluation-{os.getpid()}-{serial}"
+        name = f"{EVALUATION_CGROUP}{os.getpid()}-{serial}"  # the server's pid: see files
         # Its warm-up weighs no more than a notebook's cells, beside which it runs.
         cgroup = KernelCgroup.create(
             name,

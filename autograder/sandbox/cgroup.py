@@ -30,12 +30,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["KernelCgroup", "cgroup_unavailable"]
+__all__ = ["EVALUATION_CGROUP", "KernelCgroup", "cgroup_unavailable"]
 
 log = logging.getLogger(__name__)
 
 _ROOT = Path("/sys/fs/cgroup")
 PREFIX = "autograder-"
+EVALUATION_CGROUP = "evaluation-"  # + the evaluator server's pid: removed once it is gone
 _WHY_NOT: dict[str, str] = {}
 
 
@@ -150,15 +151,31 @@ class KernelCgroup:
             log.warning("the cpu weight of %s could not be set: %s", self.folders[-1], exc)
 
     @classmethod
-    def remove_stale(cls, prefix: str) -> bool:
-        """Remove the groups named ``PREFIX + prefix + ...`` (left by a grader that was
-        killed), killing what is still in them; False if one stays."""
+    def _named(cls, prefix: str) -> list[Path]:
+        """The groups named ``PREFIX + prefix + ...``, in every hierarchy."""
         own = _own_paths()
         parents = [_ROOT / c / own[c].lstrip("/") for c in ("memory", "pids", "cpu") if c in own]
         parents.append(_ROOT / own.get("", "/").lstrip("/"))
-        stale = [f for p in parents if p.is_dir() for f in p.glob(f"{PREFIX}{prefix}*")]
-        folders = tuple(f for f in stale if f.is_dir())
+        found = [f for p in parents if p.is_dir() for f in p.glob(f"{PREFIX}{prefix}*")]
+        return [f for f in found if f.is_dir()]
+
+    @classmethod
+    def remove_stale(cls, prefix: str) -> bool:
+        """Remove the groups named ``PREFIX + prefix + ...`` (left by a grader that was
+        killed), killing what is still in them; False if one stays."""
+        folders = tuple(cls._named(prefix))
         return not folders or cls(folders, folders[0], 1).remove()
+
+    @classmethod
+    def remove_orphans(cls, prefix: str) -> None:
+        """Remove the groups named ``PREFIX + prefix + <pid>-...`` whose maker, process
+        ``pid``, is gone (an evaluator server that was killed), with what is in them."""
+        import psutil
+
+        for folder in cls._named(prefix):
+            pid = folder.name[len(PREFIX + prefix) :].split("-")[0]
+            if pid.isdigit() and not psutil.pid_exists(int(pid)):
+                cls.remove_stale(folder.name[len(PREFIX) :])
 
     @property
     def procs_files(self) -> list[str]:

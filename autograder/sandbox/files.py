@@ -93,8 +93,12 @@ def grader_temp(kind: str) -> Path:
 
 
 def remove_stale_temps() -> None:
-    """Remove the folders of :func:`grader_temp`, and public data copies, whose grader is
-    gone (killed mid-batch)."""
+    """Remove the folders of :func:`grader_temp`, public data copies, and evaluation
+    cgroups, whose grader is gone (killed mid-batch)."""
+    from autograder.sandbox.cgroup import EVALUATION_CGROUP, KernelCgroup
+
+    if os.geteuid() == 0:
+        KernelCgroup.remove_orphans(EVALUATION_CGROUP)
     _remove_stale_public_copies(grader_work_dir())
     shared = tempfile.gettempdir()
     for base in {grader_work_dir(), shared}:
