@@ -735,10 +735,8 @@ def test_the_graders_own_steps_go_before_busy_kernels():
             pytest.skip("no cpu cgroup for kernels here (the controller is not available)")
         for name, group in groups.items():
             assert group is not None
-            folder = group.folders[-1]
-            written = (folder / "cpu.shares").read_text() if group.version == 1 else ""
-            written = written or (folder / "cpu.weight").read_text()
-            base = 1024 if group.version == 1 else 100
+            file, base = ("cpu.shares", 1024) if group.version == 1 else ("cpu.weight", 100)
+            written = (group.folders[-1] / file).read_text()
             assert int(written) == round(base * weights[name]), (name, written)
         share = {
             name: _one_share_beside(",".join(g.procs_files), "-", 2 * cores, ones=cores)

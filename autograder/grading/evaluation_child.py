@@ -86,7 +86,8 @@ def fork_child(labs: frozenset[str], account: Any, serial: int, close: tuple[int
 
     cgroup = None
     if account is not None:
-        name = f"{EVALUATION_CGROUP}{os.getpid()}-{serial}"  # the server's pid: see files
+        # Named after the server: remove_stale_temps removes those of a server gone.
+        name = f"{EVALUATION_CGROUP}{os.getpid()}-{serial}"
         # Its warm-up weighs no more than a notebook's cells, beside which it runs.
         cgroup = KernelCgroup.create(
             name,

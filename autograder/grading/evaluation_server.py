@@ -24,6 +24,7 @@ before storing.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import select
@@ -333,7 +334,7 @@ def serve(labs: list[str], requests: IO[str], replies: IO[str]) -> None:
     for lab in labs:
         preload(lab)
     own = tuple(_fileno(stream) for stream in (requests, replies))
-    serial = iter(range(1 << 62))
+    serial = itertools.count()
     spare: Child | None = None
 
     def fork() -> Child:

@@ -172,10 +172,11 @@ class KernelCgroup:
         ``pid``, is gone (an evaluator server that was killed), with what is in them."""
         import psutil
 
-        for folder in cls._named(prefix):
-            pid = folder.name[len(PREFIX + prefix) :].split("-")[0]
+        # One name per group, whatever the number of hierarchies it is in.
+        for name in sorted({folder.name[len(PREFIX) :] for folder in cls._named(prefix)}):
+            pid = name[len(prefix) :].split("-")[0]
             if pid.isdigit() and not psutil.pid_exists(int(pid)):
-                cls.remove_stale(folder.name[len(PREFIX) :])
+                cls.remove_stale(name)
 
     @property
     def procs_files(self) -> list[str]:
