@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import atexit
+import gc
 import os
 import sys
 from pathlib import Path
@@ -58,7 +60,7 @@ def _example_labs() -> set[str]:
 
 def _grade(args: argparse.Namespace) -> int:
     from autograder.batch.scheduling import grade_batch
-    from autograder.reports.gradebook import check_table, format_table
+    from autograder.reports.gradebook import check_table, format_table, warm_table
 
     os.environ.update(
         limit_environment(
@@ -74,6 +76,7 @@ def _grade(args: argparse.Namespace) -> int:
         force=args.force,
         progress=not args.no_progress,
         evaluate_only=args.evaluate_only,
+        warm_up=warm_table,
     )
     labs = sorted({o.lab for o in summary.outcomes})
     if labs:
@@ -398,6 +401,11 @@ def main(argv: list[str] | None = None) -> int:
     for key, value in QUIET_TENSORFLOW.items():
         os.environ.setdefault(key, value)
     skip_iri_format_checks()
+    # When the process ends, Python's last garbage collections pass over every object the
+    # grader's imports made (some 400,000): 0.4 s of one core after the work is done, for
+    # nothing. Frozen first, they are left to the process's end.
+    atexit.unregister(gc.freeze)
+    atexit.register(gc.freeze)
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))

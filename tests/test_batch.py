@@ -3,6 +3,7 @@ re-scored from stored models after a rubric change."""
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import shutil
@@ -242,7 +243,17 @@ def test_killed_batch_resumes_with_what_is_left(tmp_path, staged_data):
     assert 1 <= len(finished) < len(names)
     assert _integrity(course) == "ok"
 
-    summary = grade_batch(course.root, workers=2, progress=False)
+    frozen: list[int] = []  # while the caller's warm-up ran: objects left out of collections
+    summary = grade_batch(
+        course.root,
+        workers=2,
+        progress=False,
+        warm_up=lambda: frozen.append(gc.get_freeze_count()),
+    )
+    # The warm-up ran once, beside the workers', with the coordinator's imports held out of
+    # its garbage collections; afterwards they are the collector's again.
+    assert len(frozen) == 1 and frozen[0] > 10_000
+    assert gc.get_freeze_count() == 0
     # What the killed batch's processes left (copies, captures) is gone with the next run.
     assert not _left_by_dead_graders()
     skipped = {o.student for o in summary.outcomes if o.status == "skipped"}
@@ -255,8 +266,9 @@ def test_killed_batch_resumes_with_what_is_left(tmp_path, staged_data):
     assert all(score is not None for score in scores.values())
 
     # Unchanged: nothing to do. One submission changed: only that one is graded again.
-    again = grade_batch(course.root, workers=2, progress=False)
+    again = grade_batch(course.root, workers=2, progress=False, warm_up=lambda: frozen.append(0))
     assert again.count("skipped") == len(names)
+    assert len(frozen) == 1  # no worker started: nothing to warm up beside
     course.submit("s1-untrained", LAB, example_path(LAB, "correct"))
     again = grade_batch(course.root, workers=2, progress=False)
     assert {o.student for o in again.outcomes if o.status == "graded"} == {"s1-untrained"}

@@ -28,6 +28,7 @@ handlers), so the server is single-threaded in effect when it forks.
 
 import atexit
 import contextlib
+import gc
 import importlib.util
 import json
 import os
@@ -281,6 +282,10 @@ def main() -> None:
     except BaseException as exc:
         sock.send(json.dumps({"error": f"{type(exc).__name__}: {exc}"}).encode())
         return
+    # The imports' objects (some 400,000) frozen: no garbage collection in a kernel passes
+    # over them (0.1 s or more each full one) or writes to their pages, which stay shared with
+    # this process (Python's advice to a process that forks).
+    gc.freeze()
     server = _Server(sock)
     server.send(
         {
