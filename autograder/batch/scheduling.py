@@ -92,7 +92,7 @@ def _executor(
 
 @contextlib.contextmanager
 def _frozen_heap() -> Iterator[None]:
-    """The coordinator's objects as they are now (its imports: some 400,000) left out of
+    """The coordinator's objects as they are now (its imports: some 150,000) left out of
     its garbage collections while the batch runs: a full collection passes over all of
     them (0.1 s each, inside some submission's replay), and in forked workers it would
     copy every page they share. Given back to the collector afterwards."""
