@@ -2,7 +2,8 @@
 submission, side by side in one run: as nbgrader runs it (a SQLAlchemy engine per
 gradebook it opens, the notebook validated after every preprocessor) against the batch's
 (one engine shared by the coordinator's gradebooks, ``autograder.batch.replay.one_engine``;
-one validation, after the last preprocessor).
+one validation, after the last preprocessor; no sanitizing pass, the worker's sanitized
+notebook being replayed under the key the worker names).
 
 A class of N lab 3 submissions on the offline sample is graded once; then every
 submission is replayed again, ``--rounds`` times each way, the two ways alternating, in
@@ -22,15 +23,26 @@ import time
 from pathlib import Path
 
 from batch_vs_serial import LAB, MIX
+from nbformat import reads
 
 from autograder.authoring.examples import example_path
-from autograder.batch.replay import cache_dir, one_engine, replay_api, warm_replay
+from autograder.batch.replay import cache_dir, execution_key, one_engine, replay_api, warm_replay
 from autograder.batch.scheduling import _record, grade_batch
-from autograder.batch.submissions import find_submissions
-from autograder.course import create_course
+from autograder.batch.submissions import Submission, find_submissions
+from autograder.batch.worker import _resources, _sanitize, _worker_config
+from autograder.course import Course, create_course
 from autograder.grading.preprocessors import read_result
 
 WAYS = ("nbgrader's", "the batch's")
+
+
+def _stored_key(course: Course, s: Submission) -> str:
+    """The key the batch's worker stored ``s``'s execution under (it sanitizes the notebook
+    as the worker did), which the batch's replay is told."""
+    config = _worker_config(course)
+    nb = reads(s.notebook.read_text(), as_version=4)
+    nb = _sanitize(nb, _resources(course, s.lab, s.notebook.stem, s.student), config)
+    return execution_key(nb, s.execution_digest)
 
 
 def main() -> int:
@@ -46,7 +58,12 @@ def main() -> int:
         print(summary.format())
         subs = find_submissions(course.root, [LAB], [])
         apis = {way: replay_api(course, cache_dir(course.root)) for way in WAYS}
-        apis["nbgrader's"].config.Exporter.optimistic_validation = False  # its default
+        nbgrader = apis["nbgrader's"].config
+        nbgrader.Exporter.optimistic_validation = False  # its default
+        # and its sanitizing pass before the replay, not in it
+        nbgrader.Autograde.sanitize_preprocessors = nbgrader.ReplayExecute.sanitize_steps
+        nbgrader.ReplayExecute.sanitize_steps = []
+        keys = {s: _stored_key(course, s) for s in find_submissions(course.root, [LAB], [])}
         for api in apis.values():
             api.config.ReplayExecute.execute_missing = False  # a replay, or a failure
         warm_replay(course, [LAB])
@@ -58,7 +75,8 @@ def main() -> int:
                 with shared or contextlib.nullcontext():
                     for s in subs:
                         cpu, wall = time.process_time(), time.monotonic()
-                        outcome = _record(course.root, api, s, {"key": "-"}, read_result)
+                        key = keys[s] if way == "the batch's" else ""  # "": found by nbgrader's
+                        outcome = _record(course.root, api, s, {"key": key}, read_result)
                         times_of.append((time.process_time() - cpu, time.monotonic() - wall))
                         if outcome.status != "graded":
                             raise SystemExit(f"{s.student}: {outcome.status} {outcome.reason}")

@@ -27,6 +27,7 @@ from grading_helpers import (
     sandbox_processes_left,
     writing_lock_held,
 )
+from nbgrader.preprocessors import ClearOutput
 
 from autograder.authoring.examples import example_path
 from autograder.batch.replay import cache_dir
@@ -281,6 +282,30 @@ def test_killed_batch_resumes_with_what_is_left(tmp_path, staged_data):
     assert not any("execute_s" in o.timing for o in forced.outcomes)
     summary_file = json.loads((course.root / "batch_summary.json").read_text())
     assert len(summary_file["outcomes"]) == len(names)
+
+
+def test_with_nothing_stored_the_coordinator_sanitizes_then_executes(tmp_path, staged_data):
+    """The replay skips nbgrader's sanitizing pass (the worker sanitized what it stored);
+    where nothing is stored the coordinator executes the notebook itself, sanitized first:
+    test cells a student edited run as the course wrote them, and score as a batch's."""
+    from autograder.batch.replay import replay_api
+    from autograder.batch.submissions import find_submissions
+
+    course = _course(tmp_path / "course", ["edited-test-cells"])
+    shutil.copytree(course.root, tmp_path / "batch")
+    (s,) = find_submissions(course.root, [LAB], [])
+    api = replay_api(course, cache_dir(course.root))
+    assert api.config.Autograde.sanitize_preprocessors == [ClearOutput]
+    api.config.ReplayExecute.submission_digest = s.execution_digest
+    api.config.ReplayExecute.execution_key = "0" * 64  # named by a worker, never stored
+    with environment(QUICK):
+        assert api.autograde(LAB, s.student, force=True, create=True)["success"]
+    here = read_result(course.root / "autograded" / s.student / LAB, LAB)
+    autograded = (course.root / "autograded" / s.student / LAB / f"{LAB}.ipynb").read_text()
+    assert "[pass] Held-out accuracy: 4/4" not in autograded  # the student's print, gone
+    summary = grade_batch(tmp_path / "batch", workers=1, progress=False)
+    (outcome,) = summary.outcomes
+    assert here is not None and here.score == outcome.score < 10, (here.score, outcome)
 
 
 def test_a_local_dask_cluster_grades_and_leaves_nothing_running(tmp_path, staged_data):

@@ -9,7 +9,8 @@ without running the notebook.
 The coordinator then runs nbgrader's real ``autograde`` with :class:`ReplayExecute` in place of
 ``GraderExecute`` (:func:`replay_api`): it finds the stored execution and replays it, so the
 gradebook, the autograded notebook and the feedback are exactly what a serial
-``nbgrader autograde`` writes, from a single writer.
+``nbgrader autograde`` writes, from a single writer. Its sanitizing steps, which the worker
+ran already, run only where nothing stored is found (the notebook is then executed here).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from nbformat import NotebookNode, from_dict
-from traitlets import Bool, Unicode
+from traitlets import Bool, List, Unicode
 
 from autograder.errors import GradingError
 from autograder.fstree import copy_files, write_fresh
@@ -101,7 +102,10 @@ def store_execution(
     (``artifacts``) and the result, under ``entry``, whole or not at all."""
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=entry.parent))
     (tmp / "cells.json").write_text(json.dumps(nb.cells))
-    extra = {"capture_outputs": resources.get("autograder", {}).get("capture_outputs", [])}
+    extra = {
+        "capture_outputs": resources.get("autograder", {}).get("capture_outputs", []),
+        "metadata": nb.metadata,  # the sanitizing's kernelspec, the execution's language
+    }
     (tmp / "meta.json").write_text(json.dumps(extra))
     if artifacts is not None:
         copy_files(artifacts, tmp / "artifacts")
@@ -114,24 +118,48 @@ def store_execution(
 
 class ReplayExecute(GraderExecute):
     """``GraderExecute`` that replays an execution stored by a batch worker when one
-    matches the notebook, and executes as usual when none does."""
+    matches the notebook, and executes as usual when none does.
+
+    nbgrader's sanitizing pass before it is left empty (:func:`replay_api`): the worker
+    sanitized the notebook it executed, and a replay takes its cells and metadata. The
+    steps (``sanitize_steps``) run here instead, on a notebook to execute, and on one to
+    find the execution of when the worker did not name it (``execution_key``)."""
 
     replay_dir = Unicode("", help="Folder of stored executions").tag(config=True)
     submission_digest = Unicode("", help="Submission.digest of the one being graded").tag(
         config=True
     )
     execute_missing = Bool(True, help="Execute a notebook with no stored result").tag(config=True)
+    execution_key = Unicode("", help="The stored execution's key, as its worker named it").tag(
+        config=True
+    )
+    sanitize_steps: List[Any] = List(help="nbgrader's sanitizing preprocessors, run here").tag(
+        config=True
+    )
+
+    def _sanitized(self, nb: NotebookNode, resources: Any) -> NotebookNode:
+        for step in self.sanitize_steps:
+            nb, resources = step(parent=self).preprocess(nb, resources)
+        return nb
 
     def preprocess(self, nb: NotebookNode, resources: Any) -> tuple[NotebookNode, Any]:
-        entry = Path(self.replay_dir) / execution_key(nb, self.submission_digest)
+        sanitized = not self.execution_key
+        if sanitized:  # found as the worker keyed it: by the notebook it sanitized
+            nb = self._sanitized(nb, resources)
+        key = self.execution_key or execution_key(nb, self.submission_digest)
+        entry = Path(self.replay_dir) / key
         result = _result_file(entry, rubric_version(resources["nbgrader"]["assignment"]))
         if not self.replay_dir or not result.is_file():
             if not self.execute_missing:
                 raise GradingError("no stored result to replay, and this run executes nothing")
             self.log.warning("no stored execution for this notebook: executing it here")
-            return super().preprocess(nb, resources)
+            return super().preprocess(
+                nb if sanitized else self._sanitized(nb, resources), resources
+            )
         nb.cells = [from_dict(c) for c in json.loads((entry / "cells.json").read_text())]
         meta = json.loads((entry / "meta.json").read_text())
+        if "metadata" in meta:  # stored before it was: the notebook's, unsanitized
+            nb.metadata = from_dict(meta["metadata"])
         resources.setdefault("autograder", {}).update(
             result=GradingResult.from_json(result.read_text()),
             capture_outputs=meta["capture_outputs"],
@@ -141,6 +169,8 @@ class ReplayExecute(GraderExecute):
 
 def replay_api(course: Any, cache: Path) -> Any:
     from nbgrader.apps import NbGraderAPI
+    from nbgrader.converters import Autograde
+    from nbgrader.preprocessors import ClearOutput
 
     from autograder._runtime import ensure_tool_path
 
@@ -148,6 +178,11 @@ def replay_api(course: Any, cache: Path) -> Any:
     config.Autograde.autograde_preprocessors = [
         ReplayExecute if step is GraderExecute else step for step in autograde_preprocessors()
     ]
+    # The course's sanitizing steps, moved from nbgrader's first pass into the replay. That
+    # pass keeps ClearOutput (its outputs are replaced by the replay's): after no step at
+    # all nbconvert's one validation fails (UnboundLocalError in Exporter._preprocess).
+    config.ReplayExecute.sanitize_steps = list(Autograde(config=config).sanitize_preprocessors)
+    config.Autograde.sanitize_preprocessors = [ClearOutput]
     config.ReplayExecute.replay_dir = str(cache)
     # The notebook is validated once, after the last preprocessor, not after each of them
     # (nbconvert's option; seventeen validations a submission): invalid still fails.

@@ -317,6 +317,7 @@ def _record(
     """nbgrader's autograde for one submission (replaying its execution), and the state."""
     begin = time.monotonic()
     api.config.ReplayExecute.submission_digest = s.execution_digest  # read by its autograde
+    api.config.ReplayExecute.execution_key = done.get("key") or ""
     timing = {k: round(v, 3) for k, v in done.items() if k.endswith("_s") or k in KERNEL_FLAGS}
     if evaluate_only and done.get("error"):  # never executed here instead: it stays as it was
         return SubmissionOutcome(s.lab, s.student, "failed", done["error"], timing=timing)
