@@ -257,6 +257,21 @@ def test_the_grader_puts_its_own_environment_back_after_a_kernel(monkeypatch):
     assert dict(os.environ) == before
 
 
+def test_a_discarded_spare_kernel_leaves_no_socket_open():
+    """A spare kernel never used is stopped with its manager's control socket closed: left
+    to the garbage collector, ending that context can wait for ever (a test session hung
+    there, at its end, with a trial version that connected a second client to it)."""
+    from autograder.sandbox import spare
+
+    try:
+        GraderExecute(spare_kernel=True).start_kernel_ahead()
+        (ahead,) = spare._SPARE
+        assert ahead.km._control_socket is not None
+    finally:
+        spare.discard_spare_kernel()
+    assert ahead.km._control_socket is None
+
+
 def test_cell_timeout_interrupts_the_cell_and_says_so(tmp_path):
     nb = _run(
         tmp_path,

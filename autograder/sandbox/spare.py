@@ -95,4 +95,8 @@ def _stop(km: SandboxedKernelManager, box: KernelSandbox) -> None:
             process.wait(timeout=10)
     with contextlib.suppress(Exception):
         km.cleanup_connection_file()
+    # Closed now, not left to the garbage collector, whose end of the manager's context
+    # waits for ever on a socket it cannot close (seen once a client of our own had used it).
+    with contextlib.suppress(Exception):
+        km._close_control_socket()
     box.release()  # the account's processes, the PID namespace's init: all ended
