@@ -114,6 +114,19 @@ def test_idempotent_and_still_a_notebook(executed):
     assert neutralise_notebook(copy.deepcopy(once)) == once
 
 
+def test_markdown_seen_before_comes_out_as_it_did_the_first_time(executed):
+    """Markdown without attachments is made safe once per text in a process (a lab's own
+    cells come back in every submission of a class): the payloads seen again come out of
+    the cache exactly as they did when first made safe."""
+    from autograder.grading import sanitize
+
+    sanitize._safe_markdown.cache_clear()
+    first = neutralise_notebook(copy.deepcopy(executed))
+    hits = sanitize._safe_markdown.cache_info().hits
+    assert neutralise_notebook(copy.deepcopy(executed)) == first
+    assert sanitize._safe_markdown.cache_info().hits > hits
+
+
 def test_notebook_without_html_is_unchanged():
     png = {"image/png": BENIGN_PNG}
     cells = [

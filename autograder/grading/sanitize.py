@@ -22,6 +22,7 @@ from __future__ import annotations
 import html
 import re
 from collections.abc import Callable
+from functools import lru_cache
 from html.parser import HTMLParser
 from itertools import count
 from typing import Any, ClassVar
@@ -160,6 +161,18 @@ def _made_safe(text: str, render: Callable[[str], str]) -> str:
     return ""
 
 
+@lru_cache(maxsize=1024)
+def _safe_markdown(text: str) -> str:
+    """``_made_safe`` for markdown without attachments, rendered once per text in a
+    process: the lab's own cells come back in every submission of a class."""
+    return _made_safe(text, _plain_markdown)
+
+
+@lru_cache(maxsize=1024)
+def _plain_markdown(text: str) -> str:
+    return _markdown(text, {})
+
+
 def _text(source: Any) -> str:
     return "".join(source) if isinstance(source, list) else str(source)
 
@@ -178,7 +191,10 @@ def _text_cell(cell: NotebookNode) -> None:
         cell["attachments"] = images
     markdown = cell.get("cell_type") == "markdown"
     source = _text(cell.get("source", ""))
-    made = _made_safe(source, (lambda s: _markdown(s, images)) if markdown else (lambda s: s))
+    if markdown and not images:
+        made = _safe_markdown(source)
+    else:
+        made = _made_safe(source, (lambda s: _markdown(s, images)) if markdown else str)
     if made != source:
         cell["source"] = made
 
@@ -211,8 +227,7 @@ def _output(output: NotebookNode) -> None:
             kept[mime] = _MATH_UNSAFE.sub(r"\\text", _text(value))
     shown = _text(data.get("text/html", ""))
     if "text/markdown" in data and "text/html" not in data:  # HTML: templates don't check it
-        shown = _made_safe(_text(data["text/markdown"]), lambda s: _markdown(s, {}))
-        shown = _markdown(shown, {})
+        shown = _plain_markdown(_safe_markdown(_text(data["text/markdown"])))
     shown = shown if _safe(shown) else clean_html(shown)
     if shown and _safe(shown):
         kept["text/html"] = shown
