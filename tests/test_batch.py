@@ -308,6 +308,30 @@ def test_with_nothing_stored_the_coordinator_sanitizes_then_executes(tmp_path, s
     assert here is not None and here.score == outcome.score < 10, (here.score, outcome)
 
 
+def test_a_notebook_changed_after_its_worker_read_it_is_not_replayed(tmp_path, staged_data):
+    """The coordinator replays a worker's execution only while the submitted notebook holds
+    the bytes that worker read: one collected again in between (a resubmission, mid-batch)
+    is looked for by what nbgrader reads, and executed there when nothing matches (here a
+    run that executes nothing: it fails, never scored from the notebook before)."""
+    from autograder.batch.replay import notebook_digest, replay_api
+    from autograder.batch.scheduling import _record
+    from autograder.batch.submissions import find_submissions
+
+    course = _course(tmp_path / "course", ["correct"])
+    (graded,) = grade_batch(course.root, workers=1, progress=False).outcomes
+    assert graded.score == 10.0
+    (s,) = find_submissions(course.root, [LAB], [])
+    (key,) = [p.name for p in cache_dir(course.root).iterdir() if len(p.name) == 64]
+    done = {"key": key, "notebook_digest": notebook_digest(s.notebook.read_bytes())}
+    api = replay_api(course, cache_dir(course.root))
+    api.config.ReplayExecute.execute_missing = False
+    assert _record(course.root, api, s, done, read_result).score == 10.0  # replayed
+    shutil.copy(example_path(LAB, "wrong-architecture"), s.notebook)
+    again = _record(course.root, api, s, done, read_result)
+    assert again.status == "failed", again
+    assert again.reason.startswith("autograder.errors.GradingError: no stored result"), again
+
+
 def test_a_local_dask_cluster_grades_and_leaves_nothing_running(tmp_path, staged_data):
     """`--scheduler local`: the batch starts a Dask LocalCluster of its own, whose workers
     warm up and grade as local processes do, and stops it; nothing of theirs stays."""

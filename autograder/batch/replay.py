@@ -41,6 +41,7 @@ __all__ = [
     "cache_dir",
     "execution_key",
     "has_result",
+    "notebook_digest",
     "one_engine",
     "replay_api",
     "store_execution",
@@ -48,6 +49,12 @@ __all__ = [
     "stored_artifacts",
     "warm_replay",
 ]
+
+
+def notebook_digest(data: bytes) -> str:
+    """A submitted notebook's bytes as a worker read them: the coordinator replays that
+    worker's execution only while the file still holds the same."""
+    return hashlib.sha256(data).hexdigest()
 
 
 def execution_key(nb: NotebookNode, submission_digest: str) -> str:

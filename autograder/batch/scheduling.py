@@ -17,6 +17,7 @@ import contextlib
 import gc
 import json
 import os
+import re
 import sys
 import tempfile
 import time
@@ -29,7 +30,13 @@ from pathlib import Path
 from typing import Any
 
 from autograder.batch.ordering import longest_first
-from autograder.batch.replay import cache_dir, one_engine, replay_api, warm_replay
+from autograder.batch.replay import (
+    cache_dir,
+    notebook_digest,
+    one_engine,
+    replay_api,
+    warm_replay,
+)
 from autograder.batch.submissions import (
     BatchSummary,
     Submission,
@@ -146,8 +153,15 @@ def threads_per_worker(workers: dict[str, Any], cores: dict[str, Any]) -> dict[s
 
 
 def _reason(log: str) -> str:
-    lines = [ln for ln in log.strip().splitlines() if "ERROR" in ln or "Error" in ln]
-    return (lines[-1] if lines else (log.strip().splitlines() or ["no log"])[-1])[:300]
+    lines = log.strip().splitlines() or ["no log"]
+    # The exception itself, not nbgrader's "Please see the above traceback" after it.
+    raised = [
+        ln
+        for ln in lines
+        if re.match(r"[\w.]+(Error|Exception): ", ln.strip()) and "NbGraderException" not in ln
+    ]
+    errors = [ln for ln in lines if "ERROR" in ln or "Error" in ln]
+    return (raised or errors or lines)[-1].strip()[:300]
 
 
 def grade_batch(
@@ -317,7 +331,13 @@ def _record(
     """nbgrader's autograde for one submission (replaying its execution), and the state."""
     begin = time.monotonic()
     api.config.ReplayExecute.submission_digest = s.execution_digest  # read by its autograde
-    api.config.ReplayExecute.execution_key = done.get("key") or ""
+    # The worker's execution, found by the key it names, unless the notebook changed since
+    # it read it (a resubmission collected mid-batch): then found by what nbgrader reads.
+    try:
+        same = done.get("notebook_digest") == notebook_digest(s.notebook.read_bytes())
+    except OSError:
+        same = False
+    api.config.ReplayExecute.execution_key = (done.get("key") or "") if same else ""
     timing = {k: round(v, 3) for k, v in done.items() if k.endswith("_s") or k in KERNEL_FLAGS}
     if evaluate_only and done.get("error"):  # never executed here instead: it stays as it was
         return SubmissionOutcome(s.lab, s.student, "failed", done["error"], timing=timing)

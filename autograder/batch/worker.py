@@ -25,6 +25,7 @@ from autograder.batch.replay import (
     cache_dir,
     execution_key,
     has_result,
+    notebook_digest,
     one_engine,
     store_execution,
     store_result,
@@ -228,7 +229,7 @@ def execute_submission(
     submission without a stored execution is an error.
 
     Returns a plain dict (it crosses process and cluster boundaries):
-    ``{"key", "worker_s", "cells_s", "error"}``.
+    ``{"key", "notebook_digest", "worker_s", "cells_s", "error"}``.
     """
     start = time.monotonic()
     os.environ.update(_threads_env(_THREADS.get("n", threads)))
@@ -242,7 +243,9 @@ def execute_submission(
     if "s" in _STARTUP:  # reported once per worker, with its first submission
         out["startup_s"] = _STARTUP.pop("s")
     try:
-        nb = reads(source.read_text(), as_version=4)
+        data = source.read_bytes()  # hashed as read: the coordinator compares (_record)
+        out["notebook_digest"] = notebook_digest(data)
+        nb = reads(data.decode("utf-8"), as_version=4)
     except Exception as exc:
         out["error"] = f"the notebook could not be read: {type(exc).__name__}: {exc}"[:300]
         return out
