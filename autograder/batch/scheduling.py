@@ -49,6 +49,7 @@ from autograder.batch.worker import execute_submission, release_worker, warm_wor
 from autograder.course_lock import one_batch, writing_grades
 from autograder.errors import ConfigError
 from autograder.fstree import remove_tree, write_fresh
+from autograder.sandbox.accounts import clean_free_slots
 from autograder.sandbox.files import remove_stale_temps
 
 __all__ = ["grade_batch", "threads_per_worker"]
@@ -193,8 +194,10 @@ def grade_batch(
     if not (course_root / "gradebook.db").exists() and not (course_root / "source").is_dir():
         raise ConfigError(f"{course_root} is not a course directory (no source/, no gradebook)")
     # What batches killed mid-run left behind; once more at the end, for the processes of
-    # a killed batch that were still dying when this one started.
+    # a killed batch that were still dying when this one started. Their slots are cleaned
+    # before any is taken, each once.
     remove_stale_temps()
+    clean_free_slots()
     try:
         with one_batch(course_root), warnings.catch_warnings():
             # nbgrader's gradebook code trips SQLAlchemy's autoflush warnings on every

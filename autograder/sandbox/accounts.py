@@ -8,9 +8,10 @@ groups and ``no_new_privs``; the evaluation of a saved model runs as
 long as a kernel uses account ``n``, so two kernels never share one. Before a slot is used
 and after its kernel ends, everything of the account's is killed and removed: a notebook's
 processes, its files in the shared temporary folders and its cgroups; an account whose
-clean-up fails is retired, never used again. ``RLIMIT_NPROC`` is enforced only for such an
-unprivileged account. Without root the kernel runs as the grader's own user (a warning
-says so).
+clean-up fails is retired, never used again. A batch cleans every free slot when it
+starts (:func:`clean_free_slots`): what a killed grader left on a slot never taken again
+goes too. ``RLIMIT_NPROC`` is enforced only for such an unprivileged account. Without root
+the kernel runs as the grader's own user (a warning says so).
 """
 
 from __future__ import annotations
@@ -27,12 +28,14 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import IO
 
 import psutil
 
 from autograder.errors import ConfigError
 from autograder.fstree import remove_tree
+from autograder.sandbox.cgroup import PREFIX as CGROUP_PREFIX
 from autograder.sandbox.cgroup import KernelCgroup
 from autograder.sandbox.files import KERNELS_DIR, SLOT_DIR, WORK_DIR, sandbox_dirs
 from autograder.sandbox.isolation import accounts_wanted, give_up_accounts, warn_once
@@ -43,6 +46,7 @@ __all__ = [
     "Account",
     "acquire_slot",
     "clean_account",
+    "clean_free_slots",
     "evaluator_account",
     "kill_account_processes",
     "retire",
@@ -187,6 +191,39 @@ def clean_account(account: Account, slot: int) -> str | None:
         time.sleep(pause)
         pause = min(pause * 2, 0.05)
     return None
+
+
+def clean_free_slots() -> None:
+    """Clean every slot no grader holds now, as :func:`acquire_slot` would: what a grader
+    killed mid-run left on a slot goes when the next batch starts, not when that slot is
+    next used (which may be never), and so do its kernels' cgroups wherever in the
+    hierarchies that grader ran. A slot that stays unclean is retired."""
+    if not accounts_wanted():
+        return
+    groups: list[Path] | None = None
+    for path in sorted(SLOT_DIR.glob("slot-*.lock")):
+        n = path.name.removeprefix("slot-").removesuffix(".lock")
+        if not n.isdigit() or (SLOT_DIR / f"slot-{n}.retired").exists():
+            continue
+        try:
+            entry = pwd.getpwnam(f"{ACCOUNT_PREFIX}{n}")
+            lock = path.open("a+")
+        except (KeyError, OSError):
+            continue
+        with lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # a live grader's
+            if groups is None:
+                groups = KernelCgroup.named_anywhere("slot")
+            name = CGROUP_PREFIX + slot_cgroup(int(n))
+            left = clean_account(Account(entry.pw_name, entry.pw_uid, entry.pw_gid), int(n))
+            elsewhere = [g for g in groups if g.name.startswith(name) and g.exists()]
+            if left is None and not KernelCgroup.remove_folders(elsewhere):
+                left = f"cgroups of slot {n} could not be removed"
+            if left is not None:
+                retire(int(n), left)
 
 
 def acquire_slot() -> _Slot | None:

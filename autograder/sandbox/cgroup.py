@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["EVALUATION_CGROUP", "KernelCgroup", "cgroup_unavailable"]
+__all__ = ["EVALUATION_CGROUP", "PREFIX", "KernelCgroup", "cgroup_unavailable"]
 
 log = logging.getLogger(__name__)
 
@@ -160,11 +160,31 @@ class KernelCgroup:
         return [f for f in found if f.is_dir()]
 
     @classmethod
+    def named_anywhere(cls, prefix: str) -> list[Path]:
+        """The groups named ``PREFIX + prefix + ...`` wherever they are in the hierarchies: a
+        grader that ran in another group (another session or service) made its kernels'
+        groups there. One walk of every hierarchy: for a sweep, not for each kernel."""
+        roots = [_ROOT / c for c in ("memory", "pids", "cpu") if (_ROOT / c).is_dir()]
+        if (_ROOT / "cgroup.controllers").exists():
+            roots.append(_ROOT)  # v2
+        found: set[Path] = set()
+        for root in {r.resolve() for r in roots}:
+            for folder, dirs, _ in os.walk(root, onerror=lambda _: None):
+                found.update(Path(folder, d) for d in dirs if d.startswith(PREFIX + prefix))
+                # Kernels' and evaluations' groups have no groups inside.
+                dirs[:] = [d for d in dirs if not d.startswith(PREFIX)]
+        return sorted(found)
+
+    @classmethod
     def remove_stale(cls, prefix: str) -> bool:
         """Remove the groups named ``PREFIX + prefix + ...`` (left by a grader that was
         killed), killing what is still in them; False if one stays."""
-        folders = tuple(cls._named(prefix))
-        return not folders or cls(folders, folders[0], 1).remove()
+        return cls.remove_folders(cls._named(prefix))
+
+    @classmethod
+    def remove_folders(cls, folders: list[Path]) -> bool:
+        """Remove these groups, killing what is still in them; False if one stays."""
+        return not folders or cls(tuple(folders), folders[0], 1).remove()
 
     @classmethod
     def remove_orphans(cls, prefix: str) -> None:
