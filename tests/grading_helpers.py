@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import nbformat
+import pytest
 
 from autograder._runtime import environment
 from autograder.authoring.demo import DEMO_ADVERSARIAL_LIMITS
@@ -226,3 +231,60 @@ def writing_lock_held(course: Path, seconds: float = 600) -> Iterator[LockHolder
     finally:
         proc.kill()
         proc.wait()
+
+
+@dataclass
+class Leftovers:
+    """What :func:`leftovers_of_a_killed_grader` planted on free slot ``slot``."""
+
+    slot: int
+    sleeper: subprocess.Popen[bytes]
+    paths: tuple[Path, ...]  # the group, the kernel folder, the stray file
+    retired: Path  # the slot's retirement mark, which must not appear
+
+    def remaining(self) -> list[str]:
+        """What is still there of it (the sleeper aside)."""
+        return [str(p) for p in (*self.paths, self.retired) if p.exists()]
+
+
+@contextlib.contextmanager
+def leftovers_of_a_killed_grader() -> Iterator[Leftovers]:
+    """What a grader killed while it ran in another cgroup (another session or service)
+    leaves on a slot no grader holds now: a process of the slot's account inside a pids
+    group under another parent, a kernel folder and a file in /tmp; all removed again on
+    the way out. Skips where there are no sandbox accounts or no v1 pids hierarchy."""
+    from autograder.sandbox.accounts import acquire_slot, slot_cgroup
+    from autograder.sandbox.cgroup import PREFIX, cgroup_unavailable
+    from autograder.sandbox.files import KERNELS_DIR, SLOT_DIR
+
+    slot = acquire_slot()
+    if slot is None:
+        pytest.skip("no sandbox accounts here (not root)")
+    account, n = slot.account, slot.number
+    slot.release()
+    pids_root = Path("/sys/fs/cgroup/pids")
+    if cgroup_unavailable() or not pids_root.is_dir():
+        pytest.skip("no v1 pids hierarchy to plant a group in here")
+    other = pids_root / f"another-session-{os.getpid()}"
+    group = other / f"{PREFIX}{slot_cgroup(n)}agk-planted"
+    folder = KERNELS_DIR / "agk-planted"
+    stray = Path(tempfile.gettempdir()) / f"left-by-slot-{n}"
+    sleeper = None
+    try:
+        group.mkdir(parents=True)
+        folder.mkdir()
+        stray.write_text("a copy of a submission")
+        for path in (folder, stray):
+            os.chown(path, account.uid, account.gid)
+        sleeper = subprocess.Popen(["sleep", "600"], user=account.uid, group=account.gid)
+        (group / "cgroup.procs").write_text(str(sleeper.pid))
+        yield Leftovers(n, sleeper, (group, folder, stray), SLOT_DIR / f"slot-{n}.retired")
+    finally:
+        if sleeper is not None and sleeper.poll() is None:
+            sleeper.kill()
+            sleeper.wait()
+        for path in (group, other):
+            with contextlib.suppress(OSError):
+                path.rmdir()
+        shutil.rmtree(folder, ignore_errors=True)
+        stray.unlink(missing_ok=True)

@@ -5,16 +5,20 @@ real hub (tests/test_hub.py::test_student_to_feedback)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pwd
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import grading_helpers as gh
 import nbformat
 import pytest
 
@@ -34,8 +38,9 @@ except Exception as exc:
 """
 
 
-@pytest.fixture(scope="module")
-def service():
+@contextlib.contextmanager
+def _started_service() -> Iterator[Path]:
+    """A grading service of its own (a course of one lab), until its socket is there."""
     if os.geteuid() != 0:
         pytest.fail("the grading service runs as root: run the tests as root (make test)")
     base = Path(tempfile.mkdtemp(prefix="autograder-svc-", dir="/tmp"))
@@ -58,6 +63,20 @@ def service():
         proc.wait(timeout=30)
         shutil.rmtree(base, ignore_errors=True)
     assert not sock.exists()
+
+
+@pytest.fixture(scope="module")
+def service():
+    with _started_service() as sock:
+        yield sock
+
+
+def test_a_service_starting_cleans_what_a_killed_grader_left():
+    """A service killed mid-request leaves its children's slots as a killed batch does:
+    the next service start cleans every free slot (its socket appears after that)."""
+    with gh.leftovers_of_a_killed_grader() as left, _started_service():
+        assert left.sleeper.wait(timeout=10) == -signal.SIGKILL
+        assert left.remaining() == []
 
 
 def _ask_as(user: str, sock: Path) -> str:

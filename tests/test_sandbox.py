@@ -666,43 +666,12 @@ def test_a_free_slot_left_by_a_grader_killed_in_another_cgroup_is_cleaned():
     service) left a slot's kernel behind: a process, a kernel folder, a file, and groups
     under that other cgroup. The next batch's sweep removes them all, though this grader
     neither takes that slot nor sees those groups from its own."""
-    from autograder.sandbox.accounts import acquire_slot, clean_free_slots, slot_cgroup
-    from autograder.sandbox.cgroup import PREFIX, cgroup_unavailable
-    from autograder.sandbox.files import KERNELS_DIR, SLOT_DIR
+    from autograder.sandbox.accounts import clean_free_slots
 
-    slot = acquire_slot()
-    if slot is None:
-        pytest.skip("no sandbox accounts here (not root)")
-    account, n = slot.account, slot.number
-    slot.release()
-    pids_root = Path("/sys/fs/cgroup/pids")
-    if cgroup_unavailable() or not pids_root.is_dir() or os.geteuid() != 0:
-        pytest.skip("no v1 pids hierarchy to plant a group in here")
-    other = pids_root / f"another-session-{os.getpid()}"
-    group = other / f"{PREFIX}{slot_cgroup(n)}agk-planted"
-    folder = KERNELS_DIR / "agk-planted"
-    stray = Path(tempfile.gettempdir()) / f"left-by-slot-{n}"
-    sleeper = None
-    try:
-        group.mkdir(parents=True)
-        folder.mkdir()
-        stray.write_text("a copy of a submission")
-        for path in (folder, stray):
-            os.chown(path, account.uid, account.gid)
-        sleeper = subprocess.Popen(["sleep", "600"], user=account.uid, group=account.gid)
-        (group / "cgroup.procs").write_text(str(sleeper.pid))
+    with gh.leftovers_of_a_killed_grader() as left:
         clean_free_slots()
-        assert sleeper.wait(timeout=10) == -signal.SIGKILL
-        assert not group.exists() and not folder.exists() and not stray.exists()
-        assert not (SLOT_DIR / f"slot-{n}.retired").exists()
-    finally:
-        if sleeper is not None and sleeper.poll() is None:
-            sleeper.kill()
-        for path in (group, other):
-            with contextlib.suppress(OSError):
-                path.rmdir()
-        shutil.rmtree(folder, ignore_errors=True)
-        stray.unlink(missing_ok=True)
+        assert left.sleeper.wait(timeout=10) == -signal.SIGKILL
+        assert left.remaining() == []
 
 
 SPIN = """

@@ -183,6 +183,13 @@ def serve(settings_path: Path) -> None:
     if os.geteuid() != 0:
         raise GradingError("the grading service starts sandboxed kernels: run it as root")
     settings = HelperSettings.read(settings_path)
+    # What a service killed mid-request left: its children's temporary folders, and their
+    # slots, which the next requests might never take again.
+    from autograder.sandbox.accounts import clean_free_slots
+    from autograder.sandbox.files import remove_stale_temps
+
+    remove_stale_temps()
+    clean_free_slots()
     # The hub stops its services with SIGTERM: leave through the clean-up below.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     with _Server(settings, settings_path) as server:
