@@ -193,6 +193,19 @@ def clean_account(account: Account, slot: int) -> str | None:
     return None
 
 
+def _lock_if_free(n: int) -> IO[str] | None:
+    """Slot ``n``'s lock, taken; None where the slot is retired or a live grader holds it."""
+    if (SLOT_DIR / f"slot-{n}.retired").exists():
+        return None
+    lock = (SLOT_DIR / f"slot-{n}.lock").open("a+")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        return None
+    return lock
+
+
 def clean_free_slots() -> None:
     """Clean every slot no grader holds now, as :func:`acquire_slot` would: what a grader
     killed mid-run left on a slot goes when the next batch starts, not when that slot is
@@ -202,28 +215,27 @@ def clean_free_slots() -> None:
         return
     groups: list[Path] | None = None
     for path in sorted(SLOT_DIR.glob("slot-*.lock")):
-        n = path.name.removeprefix("slot-").removesuffix(".lock")
-        if not n.isdigit() or (SLOT_DIR / f"slot-{n}.retired").exists():
+        number = path.name.removeprefix("slot-").removesuffix(".lock")
+        if not number.isdigit():
             continue
+        n = int(number)
         try:
             entry = pwd.getpwnam(f"{ACCOUNT_PREFIX}{n}")
-            lock = path.open("a+")
+            lock = _lock_if_free(n)
         except (KeyError, OSError):
             continue
+        if lock is None:
+            continue
         with lock:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                continue  # a live grader's
             if groups is None:
                 groups = KernelCgroup.named_anywhere("slot")
-            name = CGROUP_PREFIX + slot_cgroup(int(n))
-            left = clean_account(Account(entry.pw_name, entry.pw_uid, entry.pw_gid), int(n))
+            name = CGROUP_PREFIX + slot_cgroup(n)
+            left = clean_account(Account(entry.pw_name, entry.pw_uid, entry.pw_gid), n)
             elsewhere = [g for g in groups if g.name.startswith(name) and g.exists()]
             if left is None and not KernelCgroup.remove_folders(elsewhere):
                 left = f"cgroups of slot {n} could not be removed"
             if left is not None:
-                retire(int(n), left)
+                retire(n, left)
 
 
 def acquire_slot() -> _Slot | None:
@@ -233,13 +245,8 @@ def acquire_slot() -> _Slot | None:
     try:
         sandbox_dirs()
         for n in range(4096):
-            if (SLOT_DIR / f"slot-{n}.retired").exists():
-                continue
-            lock = (SLOT_DIR / f"slot-{n}.lock").open("a+")
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                lock.close()
+            lock = _lock_if_free(n)
+            if lock is None:
                 continue
             try:
                 account = _ensure_account(f"{ACCOUNT_PREFIX}{n}")
