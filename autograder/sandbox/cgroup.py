@@ -189,14 +189,18 @@ class KernelCgroup:
     @classmethod
     def remove_orphans(cls, prefix: str) -> None:
         """Remove the groups named ``PREFIX + prefix + <pid>-...`` whose maker, process
-        ``pid``, is gone (an evaluator server that was killed), with what is in them."""
+        ``pid``, is gone (an evaluator server that was killed), with what is in them;
+        wherever they are, as a killed grader may have run in another group (another
+        session or service) of this machine's PID namespace."""
         import psutil
 
-        # One name per group, whatever the number of hierarchies it is in.
-        for name in sorted({folder.name[len(PREFIX) :] for folder in cls._named(prefix)}):
+        by_name: dict[str, list[Path]] = {}  # one group: a folder in each hierarchy
+        for folder in cls.named_anywhere(prefix):
+            by_name.setdefault(folder.name[len(PREFIX) :], []).append(folder)
+        for name, folders in sorted(by_name.items()):
             pid = name[len(prefix) :].split("-")[0]
             if pid.isdigit() and not psutil.pid_exists(int(pid)):
-                cls.remove_stale(name)
+                cls.remove_folders(folders)
 
     @property
     def procs_files(self) -> list[str]:
