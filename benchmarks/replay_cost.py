@@ -26,7 +26,14 @@ from batch_vs_serial import LAB, MIX
 from nbformat import reads
 
 from autograder.authoring.examples import example_path
-from autograder.batch.replay import cache_dir, execution_key, one_engine, replay_api, warm_replay
+from autograder.batch.replay import (
+    cache_dir,
+    execution_key,
+    notebook_digest,
+    one_engine,
+    replay_api,
+    warm_replay,
+)
 from autograder.batch.scheduling import _record, grade_batch
 from autograder.batch.submissions import Submission, find_submissions
 from autograder.batch.worker import _resources, _sanitize, _worker_config
@@ -63,7 +70,8 @@ def main() -> int:
         # and its sanitizing pass before the replay, not in it
         nbgrader.Autograde.sanitize_preprocessors = nbgrader.ReplayExecute.sanitize_steps
         nbgrader.ReplayExecute.sanitize_steps = []
-        keys = {s: _stored_key(course, s) for s in find_submissions(course.root, [LAB], [])}
+        keys = {s: _stored_key(course, s) for s in subs}
+        digests = {s: notebook_digest(s.notebook.read_bytes()) for s in subs}
         for api in apis.values():
             api.config.ReplayExecute.execute_missing = False  # a replay, or a failure
         warm_replay(course, [LAB])
@@ -75,8 +83,12 @@ def main() -> int:
                 with shared or contextlib.nullcontext():
                     for s in subs:
                         cpu, wall = time.process_time(), time.monotonic()
-                        key = keys[s] if way == "the batch's" else ""  # "": found by nbgrader's
-                        outcome = _record(course.root, api, s, {"key": key}, read_result)
+                        # As a worker reports it: the key, with the digest of the bytes it
+                        # read (without which the replay sanitizes and looks the key up).
+                        done = {"key": keys[s], "notebook_digest": digests[s]}
+                        if way != "the batch's":
+                            done = {"key": ""}  # found by what nbgrader reads
+                        outcome = _record(course.root, api, s, done, read_result)
                         times_of.append((time.process_time() - cpu, time.monotonic() - wall))
                         if outcome.status != "graded":
                             raise SystemExit(f"{s.student}: {outcome.status} {outcome.reason}")
