@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import nbformat
+import psutil
 import pytest
 
 from autograder._runtime import environment
@@ -248,13 +249,35 @@ class Leftovers:
 
 
 @contextlib.contextmanager
+def group_in_another_session(name: str) -> Iterator[Path]:
+    """A v1 pids group ``name`` under a parent that is not this grader's cgroup, as a
+    grader that ran in another session or service made it; removed on the way out, and
+    its parent once empty (what was put in it must be gone by then). Skips where there is
+    no v1 pids hierarchy, or not as root."""
+    from autograder.sandbox.cgroup import cgroup_unavailable
+
+    pids_root = Path("/sys/fs/cgroup/pids")
+    if os.geteuid() != 0 or cgroup_unavailable() or not pids_root.is_dir():
+        pytest.skip("no v1 pids hierarchy to plant a group in here (or not root)")
+    other = pids_root / f"another-session-{os.getpid()}"
+    group = other / name
+    group.mkdir(parents=True)
+    try:
+        yield group
+    finally:
+        for path in (group, other):
+            with contextlib.suppress(OSError):
+                path.rmdir()
+
+
+@contextlib.contextmanager
 def leftovers_of_a_killed_grader() -> Iterator[Leftovers]:
     """What a grader killed while it ran in another cgroup (another session or service)
     leaves on a slot no grader holds now: a process of the slot's account inside a pids
     group under another parent, a kernel folder and a file in /tmp; all removed again on
     the way out. Skips where there are no sandbox accounts or no v1 pids hierarchy."""
     from autograder.sandbox.accounts import acquire_slot, slot_cgroup
-    from autograder.sandbox.cgroup import PREFIX, cgroup_unavailable
+    from autograder.sandbox.cgroup import PREFIX
     from autograder.sandbox.files import KERNELS_DIR, SLOT_DIR
 
     slot = acquire_slot()
@@ -262,29 +285,29 @@ def leftovers_of_a_killed_grader() -> Iterator[Leftovers]:
         pytest.skip("no sandbox accounts here (not root)")
     account, n = slot.account, slot.number
     slot.release()
-    pids_root = Path("/sys/fs/cgroup/pids")
-    if cgroup_unavailable() or not pids_root.is_dir():
-        pytest.skip("no v1 pids hierarchy to plant a group in here")
-    other = pids_root / f"another-session-{os.getpid()}"
-    group = other / f"{PREFIX}{slot_cgroup(n)}agk-planted"
     folder = KERNELS_DIR / "agk-planted"
     stray = Path(tempfile.gettempdir()) / f"left-by-slot-{n}"
-    sleeper = None
-    try:
-        group.mkdir(parents=True)
-        folder.mkdir()
-        stray.write_text("a copy of a submission")
-        for path in (folder, stray):
-            os.chown(path, account.uid, account.gid)
-        sleeper = subprocess.Popen(["sleep", "600"], user=account.uid, group=account.gid)
-        (group / "cgroup.procs").write_text(str(sleeper.pid))
-        yield Leftovers(n, sleeper, (group, folder, stray), SLOT_DIR / f"slot-{n}.retired")
-    finally:
-        if sleeper is not None and sleeper.poll() is None:
-            sleeper.kill()
-            sleeper.wait()
-        for path in (group, other):
-            with contextlib.suppress(OSError):
-                path.rmdir()
-        shutil.rmtree(folder, ignore_errors=True)
-        stray.unlink(missing_ok=True)
+    with group_in_another_session(f"{PREFIX}{slot_cgroup(n)}agk-planted") as group:
+        sleeper = None
+        try:
+            folder.mkdir()
+            stray.write_text("a copy of a submission")
+            for path in (folder, stray):
+                os.chown(path, account.uid, account.gid)
+            sleeper = subprocess.Popen(["sleep", "600"], user=account.uid, group=account.gid)
+            (group / "cgroup.procs").write_text(str(sleeper.pid))
+            yield Leftovers(n, sleeper, (group, folder, stray), SLOT_DIR / f"slot-{n}.retired")
+        finally:
+            if sleeper is not None and sleeper.poll() is None:
+                sleeper.kill()
+                sleeper.wait()
+            shutil.rmtree(folder, ignore_errors=True)
+            stray.unlink(missing_ok=True)
+
+
+def pid_of_a_process_gone() -> int:
+    """The pid of a process that has ended (and was reaped)."""
+    code = "import os; print(os.getpid())"
+    pid = int(subprocess.run([sys.executable, "-c", code], capture_output=True).stdout)
+    assert not psutil.pid_exists(pid)
+    return pid

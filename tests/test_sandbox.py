@@ -788,10 +788,7 @@ def test_evaluation_cgroups_of_a_killed_evaluator_are_removed_and_no_others():
     from autograder.sandbox.cgroup import EVALUATION_CGROUP, PREFIX, KernelCgroup
     from autograder.sandbox.files import remove_stale_temps
 
-    code = "import os; print(os.getpid())"
-    gone = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    dead_pid = int(gone.stdout)
-    assert not psutil.pid_exists(dead_pid)
+    dead_pid = gh.pid_of_a_process_gone()
     names = {
         "dead": f"{EVALUATION_CGROUP}{dead_pid}-0",
         "live": f"{EVALUATION_CGROUP}{os.getpid()}-0",
@@ -815,35 +812,26 @@ def test_evaluation_cgroups_a_killed_evaluator_left_in_another_group_are_removed
     service) left its child's group, and the child in it, under that parent: the next
     clean-up finds it there, kills the child and removes the group; a group there whose
     server still runs stays."""
-    from autograder.sandbox.cgroup import EVALUATION_CGROUP, PREFIX, cgroup_unavailable
+    from autograder.sandbox.cgroup import EVALUATION_CGROUP, PREFIX
     from autograder.sandbox.files import remove_stale_temps
 
-    pids_root = Path("/sys/fs/cgroup/pids")
-    if os.geteuid() != 0 or cgroup_unavailable() or not pids_root.is_dir():
-        pytest.skip("no v1 pids hierarchy to plant a group in here (or not root)")
-    code = "import os; print(os.getpid())"
-    dead_pid = int(subprocess.run([sys.executable, "-c", code], capture_output=True).stdout)
-    assert not psutil.pid_exists(dead_pid)
-    other = pids_root / f"another-session-{os.getpid()}"
-    dead = other / f"{PREFIX}{EVALUATION_CGROUP}{dead_pid}-0"
-    live = other / f"{PREFIX}{EVALUATION_CGROUP}{os.getpid()}-0"
-    child = None
-    try:
-        for group in (dead, live):
-            group.mkdir(parents=True)
+    dead_name = f"{PREFIX}{EVALUATION_CGROUP}{gh.pid_of_a_process_gone()}-0"
+    live_name = f"{PREFIX}{EVALUATION_CGROUP}{os.getpid()}-0"
+    with (
+        gh.group_in_another_session(live_name) as live,
+        gh.group_in_another_session(dead_name) as dead,
+    ):
         child = subprocess.Popen(["sleep", "600"])
-        (dead / "cgroup.procs").write_text(str(child.pid))
-        remove_stale_temps()
-        assert not dead.exists()
-        assert child.wait(timeout=10) == -signal.SIGKILL
-        assert live.is_dir()
-    finally:
-        if child is not None and child.poll() is None:
-            child.kill()
-            child.wait()
-        for group in (dead, live, other):
-            with contextlib.suppress(FileNotFoundError):
-                group.rmdir()
+        try:
+            (dead / "cgroup.procs").write_text(str(child.pid))
+            remove_stale_temps()
+            assert not dead.exists()
+            assert child.wait(timeout=10) == -signal.SIGKILL
+            assert live.is_dir()
+        finally:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
 
 
 CPU_WEIGHT_SEEN = """
