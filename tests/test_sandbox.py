@@ -674,6 +674,45 @@ def test_a_free_slot_left_by_a_grader_killed_in_another_cgroup_is_cleaned():
         assert left.remaining() == []
 
 
+def test_a_process_whose_first_thread_ended_is_still_found_and_killed():
+    """A process of a sandbox account whose first thread has ended while another runs on
+    shows in /proc as a zombie: it still runs as the account, and cleaning the account
+    must kill it, not take it for dead and leave it to the next kernel on that account."""
+    from autograder.sandbox.accounts import acquire_slot, clean_account
+
+    slot = acquire_slot()
+    if slot is None:
+        pytest.skip("no sandbox accounts here (not root)")
+    code = (
+        "import ctypes, threading, time\n"
+        "threading.Thread(target=time.sleep, args=(600,)).start()\n"
+        "print('ready', flush=True)\n"
+        "ctypes.CDLL(None).pthread_exit(None)\n"
+    )
+    account = slot.account
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code],
+        user=account.uid,
+        group=account.gid,
+        cwd="/",
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
+        deadline = time.monotonic() + 10
+        while psutil.Process(proc.pid).status() != psutil.STATUS_ZOMBIE:
+            assert time.monotonic() < deadline, "its first thread did not end"
+            time.sleep(0.01)
+        assert psutil.Process(proc.pid).num_threads() == 2  # the other thread runs on
+        assert clean_account(account, slot.number) is None
+        assert proc.wait(timeout=10) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        slot.release()
+
+
 SPIN = """
 import os, sys, time
 groups, processes, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
