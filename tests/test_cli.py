@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -72,3 +75,31 @@ def test_a_hub_that_dies_at_start_is_reported_at_once_with_its_output(tmp_path):
         wait_until_up(url, timeout=1, log=log)
     assert "did not answer within 1 s" in str(silent.value)
     assert "port in use" in str(silent.value)
+
+
+def test_the_hub_supervisor_ends_a_process_whose_first_thread_ended(tmp_path):
+    """Whatever the supervised command left runs to its end with it, a process whose first
+    thread ended while another runs on (it shows as a zombie in /proc) included."""
+    pid_file = tmp_path / "left.pid"
+    left = (
+        "import ctypes, os, sys, threading, time\n"
+        "if os.fork() == 0:\n"
+        "    os.setsid()\n"
+        "    threading.Thread(target=time.sleep, args=(120,)).start()\n"
+        f"    open({str(pid_file)!r}, 'w').write(str(os.getpid()))\n"
+        "    ctypes.CDLL(None).pthread_exit(None)\n"
+        f"while not os.path.exists({str(pid_file)!r}):\n"
+        "    time.sleep(0.01)\n"
+    )
+    supervise = [sys.executable, "-m", "autograder.hub.supervise", "--grace", "1"]
+    done = subprocess.run([*supervise, "--", sys.executable, "-c", left], timeout=60, check=False)
+    pid = int(pid_file.read_text())
+    try:
+        assert done.returncode == 0
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and os.path.exists(f"/proc/{pid}"):
+            time.sleep(0.05)  # killed, then reaped by init
+        assert not os.path.exists(f"/proc/{pid}"), "left running after its supervisor"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)

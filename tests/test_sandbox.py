@@ -216,6 +216,24 @@ def test_watchdog_kills_a_sleeper_at_the_notebook_time_limit():
     assert dog.reason == "time limit exceeded: the notebook ran longer than 1 s"
 
 
+def test_watchdog_still_watches_a_process_whose_first_thread_ended():
+    """A process whose first thread ended while another runs on shows as a zombie; it still
+    runs, and is still killed at the time limit."""
+    proc = _python(
+        "import ctypes, threading, time\n"
+        "threading.Thread(target=time.sleep, args=(120,)).start()\n"
+        "ctypes.CDLL(None).pthread_exit(None)\n"
+    )
+    try:
+        with Watchdog(proc.pid, Limits(notebook_timeout_s=2)) as dog:
+            assert proc.wait(timeout=10) == -9
+        assert dog.kind == "notebook_time"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def test_watchdog_leaves_a_process_within_its_limits_alone():
     proc = _python("import time; time.sleep(1.5)")
     with Watchdog(proc.pid, Limits(memory_mb=500, notebook_timeout_s=30)) as dog:

@@ -38,9 +38,10 @@ def _prctl(option: int, value: int) -> None:
         raise OSError(ctypes.get_errno(), f"prctl({option}) failed")
 
 
-def _parents() -> dict[int, tuple[int, str]]:
-    """Every process's parent and state, from ``/proc/<pid>/stat``."""
-    table: dict[int, tuple[int, str]] = {}
+def _parents() -> dict[int, tuple[int, bool]]:
+    """Every process's parent and whether it is a zombie, from ``/proc/<pid>/stat``. One
+    whose first thread ended while others run on shows as a zombie too: it is not one."""
+    table: dict[int, tuple[int, bool]] = {}
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
@@ -51,7 +52,7 @@ def _parents() -> dict[int, tuple[int, str]]:
             continue  # gone meanwhile
         # The command name is in parentheses and may hold spaces or parentheses itself.
         fields = stat[stat.rindex(")") + 2 :].split()
-        table[int(entry.name)] = (int(fields[1]), fields[0])
+        table[int(entry.name)] = (int(fields[1]), fields[0] == "Z" and int(fields[17]) <= 1)
     return table
 
 
@@ -67,7 +68,7 @@ def descendants(pid: int, *, living: bool = True) -> list[int]:
         p = todo.pop()
         found.append(p)
         todo.extend(children.get(p, ()))
-    return [p for p in found if not living or table[p][1] != "Z"]
+    return [p for p in found if not living or not table[p][1]]
 
 
 def _reap() -> list[tuple[int, int]]:

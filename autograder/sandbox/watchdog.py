@@ -89,7 +89,7 @@ class Watchdog:
         deadline = self._started + self.limits.notebook_timeout_s
         while True:
             try:
-                if not root.is_running() or root.status() == psutil.STATUS_ZOMBIE:
+                if _ended(root):
                     return
                 procs = [root, *root.children(recursive=True)]
                 launcher = {root.pid}
@@ -137,6 +137,12 @@ class Watchdog:
         if pgid != os.getpgid(0):
             with contextlib.suppress(OSError):
                 os.killpg(pgid, signal.SIGKILL)
+
+
+def _ended(p: psutil.Process) -> bool:
+    """Ended, or a zombie: one whose first thread ended while others run on shows as a
+    zombie too, and is still running."""
+    return not p.is_running() or (p.status() == psutil.STATUS_ZOMBIE and p.num_threads() <= 1)
 
 
 def _rss(p: psutil.Process) -> int:
