@@ -122,3 +122,54 @@ def test_the_metadata_check_keeps_nbgraders_verdicts_and_checks_its_schema_once(
         assert ours == theirs, nb
     assert theirs is not None and "may be corrupted" in theirs
     assert len(checks) <= 1  # nbgrader's own: once per cell and pass, six here
+
+
+VALID_OUTPUTS = [
+    {"output_type": "stream", "name": "stdout", "text": "Epoch 1/5\n"},
+    {"output_type": "stream", "name": "stderr", "text": ["a", "b"]},
+    {
+        "output_type": "display_data",
+        "data": {"text/plain": "x", "image/png": "iVBO"},
+        "metadata": {},
+    },
+    {
+        "output_type": "execute_result",
+        "data": {"text/plain": "1"},
+        "metadata": {},
+        "execution_count": 3,
+    },
+    {"output_type": "error", "ename": "ValueError", "evalue": "v", "traceback": ["t"]},
+]
+REFUSED_OUTPUTS = [
+    {"output_type": "stream", "name": "stdout", "text": 5},
+    {"output_type": "display_data", "metadata": {}},
+    {"output_type": "execute_result", "data": {}, "metadata": {}, "execution_count": "x"},
+    {"output_type": "error", "ename": "E", "evalue": "v", "traceback": [1]},
+    {"output_type": "stream", "name": "stdout", "text": "", "extra": 1},
+]
+
+
+def test_outputs_checked_compiled_get_nbformats_verdicts():
+    """Each output nbclient makes is checked by a compiled check of its part of the schema
+    (check_outputs_compiled): what nbformat's own check accepts passes, and what it refuses
+    fails with nbformat's error."""
+    from nbformat import ValidationError, from_dict
+    from nbformat.v4 import nbbase
+
+    from autograder._runtime import _CompiledNodeCheck
+
+    GraderExecute()  # installs it
+    check = nbbase.validate
+    assert isinstance(check, _CompiledNodeCheck)
+    for output in VALID_OUTPUTS:
+        check(from_dict(output), output["output_type"])
+        check.original(from_dict(output), output["output_type"])
+    for output in REFUSED_OUTPUTS:
+        errors = []
+        for validate in (check, check.original):
+            with pytest.raises(ValidationError) as caught:
+                validate(from_dict(output), output["output_type"])
+            errors.append(str(caught.value))
+        assert errors[0] == errors[1]
+    kinds = {o["output_type"] for o in VALID_OUTPUTS}
+    assert all(check._checks[kind] is not None for kind in kinds)  # compiled, not nbformat's

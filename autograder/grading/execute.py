@@ -23,7 +23,7 @@ from nbformat.v4 import new_code_cell, new_output
 from nbgrader.preprocessors import Execute
 from traitlets import Bool, Integer
 
-from autograder._runtime import environment
+from autograder._runtime import check_outputs_compiled, environment
 from autograder.fstree import remove_tree
 from autograder.grading.capture import FIT_RECORDER_SOURCE, capture_source
 from autograder.grading.output_budget import NOT_OUTPUT, OutputBudget, shorten_error
@@ -138,6 +138,7 @@ class GraderExecute(Execute):
         # killed, not asked to shut down and waited for.
         kwargs.setdefault("shutdown_kernel", "immediate")
         super().__init__(*args, **kwargs)
+        check_outputs_compiled()
         self._kernel_setup = ""  # the grader's code run in the kernel before the first cell
         # A bad setting fails when the pipeline is built, not once per notebook.
         self._reset_for_notebook(self.limits())
