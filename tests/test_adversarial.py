@@ -371,6 +371,17 @@ def test_the_batch_grades_everything_but_the_unreadable_notebook(batch):
     assert (course.root / "batch_summary.json").is_file()
 
 
+def test_a_next_kernel_is_started_only_while_a_submission_may_come(batch):
+    """A worker starts the next notebook's kernel while one is evaluated, but not once all
+    of the batch's submissions have been started: at most one per worker is evaluated
+    then, and a kernel started for none would only take CPU from the last evaluations."""
+    _, summary, *_ = batch
+    flags = [o.timing["next_kernel_ahead"] for o in summary.outcomes if o.status == "graded"]
+    assert len(flags) == summary.count("graded")
+    assert flags.count(1.0) >= len(flags) - summary.workers
+    assert 1 <= flags.count(0.0) <= summary.workers
+
+
 @pytest.mark.parametrize("student", sorted(ORDINARY))
 def test_ordinary_submissions_get_their_usual_scores(batch, student):
     course, summary, *_ = batch

@@ -265,6 +265,9 @@ def test_killed_batch_resumes_with_what_is_left(tmp_path, staged_data):
     assert _integrity(course) == "ok"
     scores = {o.student: o.score for o in summary.outcomes if o.status == "graded"}
     assert all(score is not None for score in scores.values())
+    # The last submission started starts no kernel ahead: none can come after it.
+    ahead = [o.timing["next_kernel_ahead"] for o in summary.outcomes if o.status == "graded"]
+    assert 0.0 in ahead
 
     # Unchanged: nothing to do. One submission changed: only that one is graded again.
     again = grade_batch(course.root, workers=2, progress=False, warm_up=lambda: frozen.append(0))
@@ -273,6 +276,8 @@ def test_killed_batch_resumes_with_what_is_left(tmp_path, staged_data):
     course.submit("s1-untrained", LAB, example_path(LAB, "correct"))
     again = grade_batch(course.root, workers=2, progress=False)
     assert {o.student for o in again.outcomes if o.status == "graded"} == {"s1-untrained"}
+    (alone,) = [o for o in again.outcomes if o.status == "graded"]
+    assert alone.timing["next_kernel_ahead"] == 0.0  # graded alone: no next one to start
     rescored = next(o.score for o in again.outcomes if o.student == "s1-untrained")
     assert rescored is not None and rescored > 9  # was untrained (6 of 10), now trained
 

@@ -57,12 +57,16 @@ __all__ = ["grade_batch", "threads_per_worker"]
 
 @contextlib.contextmanager
 def _executor(
-    workers: int, scheduler: str | None, warm: tuple[Any, ...]
+    workers: int, scheduler: str | None, warm: tuple[Any, ...], tasks: int
 ) -> Iterator[tuple[Executor, str, int]]:
-    """Worker processes, each warmed up (``warm_worker(*warm)``) before its first task."""
+    """Worker processes, each warmed up (``warm_worker(*warm)``) before its first task;
+    local ones also share the count of the ``tasks`` none of them has started."""
     if scheduler is None:
+        from multiprocessing import Value
+
+        unstarted = Value("i", tasks)  # counted down by the workers as they start each
         with ProcessPoolExecutor(
-            max_workers=workers, initializer=warm_worker, initargs=warm
+            max_workers=workers, initializer=warm_worker, initargs=(*warm, unstarted)
         ) as pool:
             yield pool, "local", workers
         return
@@ -272,7 +276,9 @@ def _grade(
         if not todo:  # nothing to grade: no worker started, nothing warmed up
             pool: Executor | None = None
         else:
-            pool, engine, workers = stack.enter_context(_executor(workers, scheduler, warm))
+            pool, engine, workers = stack.enter_context(
+                _executor(workers, scheduler, warm, len(todo))
+            )
         futures: dict[Future[dict[str, Any]], Submission] = {
             pool.submit(  # type: ignore[union-attr]
                 execute_submission,
@@ -310,8 +316,9 @@ def _grade(
     return summary
 
 
-# Per submission, 1 or 0: its kernel started before it came; forked from the fork server.
-KERNEL_FLAGS = ("kernel_ahead", "kernel_forked", "evaluator_forked")
+# Per submission, 1 or 0: its kernel started before it came; forked from the fork server;
+# its evaluator forked; a kernel started while it was evaluated, for a next submission.
+KERNEL_FLAGS = ("kernel_ahead", "kernel_forked", "evaluator_forked", "next_kernel_ahead")
 
 
 def _waiting() -> None:

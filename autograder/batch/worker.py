@@ -156,6 +156,25 @@ def _threads_env(threads: int) -> dict[str, str]:
 
 _STARTUP: dict[str, float] = {}  # this worker's start-up seconds, reported with its first
 
+# The batch's submissions that no worker has started yet, shared by a local pool's workers
+# (a multiprocessing Value), None where the worker cannot know (a Dask cluster's).
+_UNSTARTED: list[Any] = [None]
+
+
+def _starting_one() -> None:
+    counter = _UNSTARTED[0]
+    if counter is not None:
+        with counter.get_lock():
+            counter.value -= 1
+
+
+def _more_to_come() -> bool:
+    """Whether a submission may still come to this worker: none can once every one of the
+    batch's has been started (by this worker or another). A kernel started ahead for none
+    would only take CPU from the last evaluations, then be stopped unused."""
+    counter = _UNSTARTED[0]
+    return counter is None or counter.value > 0
+
 
 def _worker_config(course: Course) -> Any:
     """The course's nbgrader config as a worker grades with it: one notebook after another,
@@ -167,12 +186,18 @@ def _worker_config(course: Course) -> Any:
 
 
 def warm_worker(
-    course_root: str, labs: tuple[str, ...], threads: int, kernels: bool = True
+    course_root: str,
+    labs: tuple[str, ...],
+    threads: int,
+    kernels: bool = True,
+    unstarted: Any = None,
 ) -> float:
     """In a worker, before its first submission: the evaluator's TensorFlow and data, the
     grader's imports, the sandbox's set-up and the first kernel, done once and waited
-    for, so that no submission carries them. Returns the seconds it took."""
+    for, so that no submission carries them. Returns the seconds it took. ``unstarted``:
+    the batch's count of submissions no worker has started (:func:`_more_to_come`)."""
     start = time.monotonic()
+    _UNSTARTED[0] = unstarted
     _THREADS["n"] = threads  # a cluster's worker: sized for its own machine, not the coordinator's
     os.environ.update(_threads_env(threads))
     try:
@@ -242,6 +267,7 @@ def execute_submission(
     out: dict[str, Any] = {"key": None, "worker_s": 0.0, "cells_s": 0.0, "error": None}
     if "s" in _STARTUP:  # reported once per worker, with its first submission
         out["startup_s"] = _STARTUP.pop("s")
+    _starting_one()
     try:
         data = source.read_bytes()  # hashed as read: the coordinator compares (_record)
         out["notebook_digest"] = notebook_digest(data)
@@ -305,8 +331,12 @@ def execute_submission(
         try:
             copy_files(artifacts, kept)
             pending = _evaluator((lab,)).submit(lab, artifacts, timeout=600)
-            execute.start_kernel_ahead()  # the next notebook's, while this one's is evaluated
             ahead = True
+            if _more_to_come():
+                execute.start_kernel_ahead()  # the next notebook's, while this is evaluated
+                out["next_kernel_ahead"] = 1.0
+            else:
+                out["next_kernel_ahead"] = 0.0
             result = pending()
         finally:
             remove_tree(artifacts)
@@ -314,8 +344,8 @@ def execute_submission(
         out["evaluator_forked"] = float(_evaluator((lab,)).forked)
         store_execution(entry, nb, resources, result, kept)
     finally:
-        if not ahead:  # this one failed before its evaluation: the next one's kernel still
-            execute.start_kernel_ahead()
+        if not ahead and _more_to_come():  # this one failed before its evaluation: the
+            execute.start_kernel_ahead()  # next one's kernel still
         remove_tree(work)
         remove_tree(kept)
     out["worker_s"] = time.monotonic() - start
