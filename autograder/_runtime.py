@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import sys
@@ -114,7 +115,10 @@ class _CompiledNodeCheck:
     to nbformat's own check, which raises nbformat's error."""
 
     def __init__(self, original: Callable[..., None]) -> None:
+        import fastjsonschema
+
         self.original = original
+        self._refused = fastjsonschema.JsonSchemaException
         self._checks: dict[str, Callable[[Any], object] | None] = {}
 
     def __call__(self, node: Any, ref: str | None = None) -> None:
@@ -124,24 +128,28 @@ class _CompiledNodeCheck:
             self._checks[ref] = _compile_part(ref)
         check = self._checks[ref]
         if check is not None:
-            import fastjsonschema
-
             try:
                 check(node)
                 return None
-            except fastjsonschema.JsonSchemaException:
+            except self._refused:
                 pass
         return self.original(node, ref)
 
 
-def _compile_part(ref: str) -> Callable[[Any], object] | None:
-    """The check of the schema's ``definitions/<ref>``, from the schema nbbase validates
-    against (the current minor version's)."""
-    import fastjsonschema
+@functools.cache
+def _node_schema() -> dict[str, Any]:
+    """The schema nbbase validates against (the current minor version's), read once."""
     from nbformat.v4 import nbbase
 
     name = nbbase.nbformat_schema[(nbbase.nbformat, nbbase.nbformat_minor)]
-    schema = json.loads(Path(nbbase.__file__).with_name(name).read_text(encoding="utf-8"))
+    return cast(dict[str, Any], json.loads(Path(nbbase.__file__).with_name(name).read_bytes()))
+
+
+def _compile_part(ref: str) -> Callable[[Any], object] | None:
+    """The check of the schema's ``definitions/<ref>``."""
+    import fastjsonschema
+
+    schema = _node_schema()
     part = {
         "$schema": schema.get("$schema", "http://json-schema.org/draft-04/schema#"),
         "definitions": schema["definitions"],

@@ -216,14 +216,19 @@ def test_watchdog_kills_a_sleeper_at_the_notebook_time_limit():
     assert dog.reason == "time limit exceeded: the notebook ran longer than 1 s"
 
 
+# A process whose first thread ends while another sleeps on: /proc shows it as a zombie.
+FIRST_THREAD_ENDS = (
+    "import ctypes, threading, time\n"
+    "threading.Thread(target=time.sleep, args=(120,)).start()\n"
+    "print('ready', flush=True)\n"
+    "ctypes.CDLL(None).pthread_exit(None)\n"
+)
+
+
 def test_watchdog_still_watches_a_process_whose_first_thread_ended():
     """A process whose first thread ended while another runs on shows as a zombie; it still
     runs, and is still killed at the time limit."""
-    proc = _python(
-        "import ctypes, threading, time\n"
-        "threading.Thread(target=time.sleep, args=(120,)).start()\n"
-        "ctypes.CDLL(None).pthread_exit(None)\n"
-    )
+    proc = _python(FIRST_THREAD_ENDS)
     try:
         with Watchdog(proc.pid, Limits(notebook_timeout_s=2)) as dog:
             assert proc.wait(timeout=10) == -9
@@ -701,15 +706,9 @@ def test_a_process_whose_first_thread_ended_is_still_found_and_killed():
     slot = acquire_slot()
     if slot is None:
         pytest.skip("no sandbox accounts here (not root)")
-    code = (
-        "import ctypes, threading, time\n"
-        "threading.Thread(target=time.sleep, args=(600,)).start()\n"
-        "print('ready', flush=True)\n"
-        "ctypes.CDLL(None).pthread_exit(None)\n"
-    )
     account = slot.account
     proc = subprocess.Popen(
-        [sys.executable, "-c", code],
+        [sys.executable, "-c", FIRST_THREAD_ENDS],
         user=account.uid,
         group=account.gid,
         cwd="/",
