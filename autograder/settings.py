@@ -30,11 +30,13 @@ __all__ = [
     "QUIET_TENSORFLOW",
     "RUBRIC_DIR_ENV",
     "SANDBOX_USER_ENV",
+    "STATE_FILE",
     "TRAIN_LIMIT_ENV",
     "Limits",
     "execution_settings",
     "limit_environment",
     "rubric_dir",
+    "threads_environment",
 ]
 
 # --- paths -----------------------------------------------------------------------------------
@@ -43,6 +45,7 @@ PACKAGE_DIR: Final = Path(__file__).resolve().parent
 LABS_DIR: Final = PACKAGE_DIR / "labs"  # rubrics, example lists, calibrations
 EXAMPLES_DIR: Final = PACKAGE_DIR / "examples"  # example submissions, per lab
 PROJECT_DIR: Final = PACKAGE_DIR.parent  # a source checkout: source/, release/, hub_config/
+STATE_FILE: Final = ".autograder-batch.json"  # in an autograded folder: what the batch graded
 
 # --- environment variables -------------------------------------------------------------------
 
@@ -62,6 +65,16 @@ RUBRIC_DIR_ENV: Final = "AUTOGRADER_RUBRIC_DIR"  # the course's own rubrics (def
 # evaluation, recording the grade) go first instead of waiting behind training, and
 # kernels share the rest among themselves equally. Idle cores are anyone's.
 KERNEL_CPU_WEIGHT: Final = 0.25
+
+
+def threads_environment(threads: int) -> dict[str, str]:
+    """TensorFlow's and OpenMP's threads in a batch worker's kernels and evaluations, sized
+    so that the workers of one machine times ``threads`` match its cores."""
+    return {
+        "TF_NUM_INTRAOP_THREADS": str(threads),
+        "TF_NUM_INTEROP_THREADS": "1",
+        "OMP_NUM_THREADS": str(threads),
+    }
 
 
 def rubric_dir() -> Path:

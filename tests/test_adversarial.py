@@ -32,9 +32,9 @@ from autograder.authoring.examples import EXAMPLES, example_path
 from autograder.batch.scheduling import grade_batch
 from autograder.course import create_course
 from autograder.data.loaders import data_dir
-from autograder.grading.preprocessors import STATE_FILE
 from autograder.reports.gradebook import check_table
 from autograder.sandbox.isolation import isolation_prefix
+from autograder.settings import STATE_FILE
 
 pytestmark = pytest.mark.slow
 

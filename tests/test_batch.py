@@ -3,6 +3,7 @@ re-scored from stored models after a rubric change."""
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import os
@@ -35,11 +36,11 @@ from autograder.batch.scheduling import grade_batch
 from autograder.cli import main
 from autograder.course import Course, create_course
 from autograder.errors import GradingError
-from autograder.grading.preprocessors import STATE_FILE, read_result
+from autograder.grading.preprocessors import read_result
 from autograder.grading.rubric_record import read_rubric_versions
 from autograder.reports.gradebook import check_table
 from autograder.rubric import load_rubric, rubric_version
-from autograder.settings import RUBRIC_DIR_ENV, rubric_dir
+from autograder.settings import RUBRIC_DIR_ENV, STATE_FILE, rubric_dir
 
 pytestmark = pytest.mark.slow
 LAB = "lab3_mnist_dense"
@@ -226,6 +227,19 @@ def _left_by_dead_graders() -> list[Path]:
     ]
 
 
+def _fork_servers_here() -> set[int]:
+    """This process's child fork servers (an earlier test's own may be among them), and
+    any child it has not reaped."""
+    import psutil
+
+    found = set()
+    for p in psutil.Process().children():
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if p.status() == psutil.STATUS_ZOMBIE or "forkserver.py" in " ".join(p.cmdline()):
+                found.add(p.pid)
+    return found
+
+
 def test_killed_batch_resumes_with_what_is_left(tmp_path, staged_data):
     names = ["correct", "untrained", "not-reshaped"]
     course = _course(tmp_path / "course", names)
@@ -245,6 +259,7 @@ def test_killed_batch_resumes_with_what_is_left(tmp_path, staged_data):
     assert _integrity(course) == "ok"
 
     frozen: list[int] = []  # while the caller's warm-up ran: objects left out of collections
+    servers_before = _fork_servers_here()
     summary = grade_batch(
         course.root,
         workers=2,
@@ -255,6 +270,13 @@ def test_killed_batch_resumes_with_what_is_left(tmp_path, staged_data):
     # its garbage collections; afterwards they are the collector's again.
     assert len(frozen) == 1 and frozen[0] > 10_000
     assert gc.get_freeze_count() == 0
+    from autograder.sandbox.forked import forking_wanted
+
+    # Each worker's fork server was one this process started ahead, before its own imports,
+    # and none of them is left (nor a zombie) once the batch is done.
+    firsts = [o for o in summary.outcomes if "startup_s" in o.timing]
+    assert firsts and all(o.timing["server_ahead"] == float(forking_wanted()) for o in firsts)
+    assert _fork_servers_here() <= servers_before
     # What the killed batch's processes left (copies, captures) is gone with the next run.
     assert not _left_by_dead_graders()
     skipped = {o.student for o in summary.outcomes if o.status == "skipped"}

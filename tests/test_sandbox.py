@@ -1002,6 +1002,78 @@ def test_forked_kernels_share_nothing_from_one_notebook_to_the_next(tmp_path, mo
     assert all(p.status() == psutil.STATUS_ZOMBIE for p in left), left
 
 
+# Speaks the fork server's protocol without its imports: ready after a moment, then one
+# empty answer per request until its client's end closes.
+_STAND_IN_SERVER = """
+import json, socket, sys, time
+sock = socket.socket(fileno=int(sys.argv[1]))
+time.sleep(0.3)
+sock.send(json.dumps({"ready": {"modules": []}}).encode())
+while sock.recv(65536):
+    sock.send(b"{}")
+"""
+
+
+def _claim_and_use(index: int, env: dict[str, str], answers: object) -> None:
+    """A batch worker, forked after the servers were started ahead: it claims one, and its
+    first kernel asks for a server for ``env``."""
+    from autograder.sandbox import forked
+
+    forked.claim_started_ahead(index)
+    server = forked._server(env)
+    assert server is not None
+    answers.put((index, server.process.pid, bool(server.info.get("started_ahead"))))  # type: ignore[attr-defined]
+    forked.stop_fork_server()
+
+
+def test_fork_servers_started_ahead_serve_one_worker_each_and_none_is_left(tmp_path, monkeypatch):
+    import multiprocessing
+
+    from autograder.sandbox import forked
+
+    if not forked.forking_wanted():
+        pytest.skip("kernels are not forked here (no pidfd_open, or AUTOGRADER_FORK_KERNELS)")
+    script = tmp_path / "server.py"
+    script.write_text(_STAND_IN_SERVER)
+    monkeypatch.setattr(forked, "_SERVER_SCRIPT", script)
+    env = {"PATH": os.environ["PATH"], "TF_NUM_INTRAOP_THREADS": "1"}
+    forked.stop_fork_server()
+    own = forked._server({**env, "OWN": "1"})  # this process's own, which workers inherit
+    assert own is not None
+    assert forked.start_servers_ahead(env, 3) == 3
+    ahead = [server.process.pid for server in forked._AHEAD]
+    context = multiprocessing.get_context("fork")
+    answers = context.Queue()
+    # Worker 0's kernels have the environment the servers were started for; worker 1's
+    # another one (its threads). Nobody claims the third.
+    workers = [
+        context.Process(target=_claim_and_use, args=(0, env, answers)),
+        context.Process(
+            target=_claim_and_use, args=(1, {**env, "TF_NUM_INTRAOP_THREADS": "2"}, answers)
+        ),
+    ]
+    for worker in workers:
+        worker.start()
+    forked.hand_over_started_ahead()
+    got = sorted(answers.get(timeout=60) for _ in workers)
+    for worker in workers:
+        worker.join(60)
+    forked.reap_started_ahead()
+    assert [w.exitcode for w in workers] == [0, 0]
+    assert got[0] == (0, ahead[0], True)  # adopted
+    assert got[1][0] == 1 and got[1][1] not in ahead and got[1][2] is False  # its own
+    # Every server ended and was reaped: the one adopted, the one that did not fit (stopped
+    # by its worker), the one nobody claimed; the starter holds none of their ends.
+    assert not any(psutil.pid_exists(pid) for pid in ahead)
+    zombies = [c for c in psutil.Process().children() if c.status() == psutil.STATUS_ZOMBIE]
+    assert not zombies, zombies
+    assert not forked._AHEAD and not forked._HANDED and not forked._CLAIMED
+    # The workers left this process's own server alone (their copies closed, nothing sent).
+    assert own.alive() and [own] == forked._SERVERS
+    forked.stop_fork_server()
+    assert not psutil.pid_exists(own.process.pid)
+
+
 def test_kernels_are_started_anew_where_forking_is_off_or_fails(tmp_path, monkeypatch, caplog):
     from autograder.sandbox import forked, isolation
 

@@ -9,6 +9,10 @@ Dask cluster (``dask.distributed``), and records each as it finishes: nbgrader's
 while the submission and the grader's inputs are unchanged and a killed batch resumes where it
 stopped. One batch per course at a time, and one grading writing its grades at a time
 (:mod:`autograder.course_lock`).
+
+Local workers' fork servers are started before this process imports nbgrader and the
+grader's execution (:func:`_start_servers_ahead`): their TensorFlow imports fill the cores
+that those single-threaded imports would leave idle. This module imports those lazily.
 """
 
 from __future__ import annotations
@@ -30,13 +34,6 @@ from pathlib import Path
 from typing import Any
 
 from autograder.batch.ordering import longest_first
-from autograder.batch.replay import (
-    cache_dir,
-    notebook_digest,
-    one_engine,
-    replay_api,
-    warm_replay,
-)
 from autograder.batch.submissions import (
     BatchSummary,
     Submission,
@@ -45,12 +42,17 @@ from autograder.batch.submissions import (
     find_submissions,
     state_path,
 )
-from autograder.batch.worker import execute_submission, release_worker, warm_worker
 from autograder.course_lock import one_batch, writing_grades
 from autograder.errors import ConfigError
 from autograder.fstree import remove_tree, write_fresh
 from autograder.sandbox.accounts import clean_free_slots
 from autograder.sandbox.files import remove_stale_temps
+from autograder.sandbox.forked import (
+    forking_wanted,
+    hand_over_started_ahead,
+    reap_started_ahead,
+    start_servers_ahead,
+)
 
 __all__ = ["grade_batch", "threads_per_worker"]
 
@@ -61,12 +63,15 @@ def _executor(
 ) -> Iterator[tuple[Executor, str, int]]:
     """Worker processes, each warmed up (``warm_worker(*warm)``) before its first task;
     local ones also share the count of the ``tasks`` none of them has started."""
+    from autograder.batch.worker import warm_worker
+
     if scheduler is None:
         from multiprocessing import Value
 
         unstarted = Value("i", tasks)  # counted down by the workers as they start each
+        claims = Value("i", 0)  # the fork servers started ahead that workers have claimed
         with ProcessPoolExecutor(
-            max_workers=workers, initializer=warm_worker, initargs=(*warm, unstarted)
+            max_workers=workers, initializer=warm_worker, initargs=(*warm, unstarted, claims)
         ) as pool:
             yield pool, "local", workers
         return
@@ -115,9 +120,36 @@ def _frozen_heap() -> Iterator[None]:
         gc.unfreeze()
 
 
+def _start_servers_ahead(workers: int, threads: int) -> None:
+    """One fork server per local worker, started now, before this process's heavy imports
+    and its workers' fork, for the environment a worker's kernels will have (each worker
+    claims one; a worker whose kernel environment differs starts its own, with a warning).
+    Computed as a worker computes it: this process's environment as the workers will
+    inherit it (the tool path put first, as the replay's set-up does), their threads, and
+    TensorFlow quiet."""
+    if not forking_wanted():
+        return
+    from autograder._runtime import ensure_tool_path, environment
+    from autograder.sandbox.kernel import kernel_environment
+    from autograder.settings import QUIET_TENSORFLOW, Limits, threads_environment
+
+    ensure_tool_path()
+    try:
+        with environment({**threads_environment(threads), **QUIET_TENSORFLOW}):
+            env = kernel_environment(Limits.from_env())
+    except Exception as exc:  # the workers then start their own, as without this
+        import logging
+
+        logging.getLogger(__name__).warning("no fork server started ahead: %s", exc)
+        return
+    start_servers_ahead(env, workers)
+
+
 def _release_dask(client: Any) -> None:
     """Each worker stops the kernel it started ahead: a cluster's workers outlive the
     batch, and a kernel waiting for a submission that never comes holds a sandbox."""
+    from autograder.batch.worker import release_worker
+
     with contextlib.suppress(Exception):
         client.run(release_worker)
 
@@ -126,6 +158,8 @@ def _warm_dask(client: Any, warm: tuple[Any, ...]) -> None:
     """``warm_worker`` once on each worker of the cluster, with TensorFlow threads sized for
     that worker's machine (a worker that joins later warms up with its first submission,
     sized for the coordinator's)."""
+    from autograder.batch.worker import warm_worker
+
     workers = client.scheduler_info().get("workers", {})
     cores = client.run(os.cpu_count)  # each worker's machine
     threads = threads_per_worker(workers, cores)
@@ -239,12 +273,6 @@ def _grade(
     by_cost: bool = True,
     warm_up: Callable[[], object] | None = None,
 ) -> BatchSummary:
-    from tqdm import tqdm
-
-    from autograder.course import Course
-    from autograder.grading.preprocessors import read_result
-
-    course = Course.open(course_root)
     labs = labs or sorted(p.name for p in (course_root / "source").iterdir() if p.is_dir())
     submissions = find_submissions(course_root, labs, students or [])
     outcomes: list[SubmissionOutcome] = []
@@ -259,19 +287,32 @@ def _grade(
     cores = os.cpu_count() or 1
     workers = max(1, min(workers or cores, len(todo) or 1))
     threads = max(1, cores // workers)
-    api = replay_api(course, cache_dir(course_root))
-    api.config.ReplayExecute.execute_missing = not evaluate_only
-    bar = tqdm(
-        total=len(submissions),
-        initial=len(outcomes),
-        unit="nb",
-        desc="grading",
-        disable=not progress,
-        dynamic_ncols=True,
-    )
     warm = (str(course_root), tuple(sorted({s.lab for s in todo})), threads, not evaluate_only)
     engine = "local" if scheduler is None else "dask"
     with contextlib.ExitStack() as stack:
+        if todo and scheduler is None and not evaluate_only:
+            stack.callback(reap_started_ahead)  # once the workers have ended
+            _start_servers_ahead(workers, threads)
+        # The grader's own imports, while those servers import TensorFlow.
+        from tqdm import tqdm
+
+        from autograder.batch.replay import cache_dir, one_engine, replay_api, warm_replay
+        from autograder.batch.worker import execute_submission
+        from autograder.course import Course
+        from autograder.grading.preprocessors import read_result
+
+        course = Course.open(course_root)
+        api = replay_api(course, cache_dir(course_root))
+        api.config.ReplayExecute.execute_missing = not evaluate_only
+        bar = tqdm(
+            total=len(submissions),
+            initial=len(outcomes),
+            unit="nb",
+            desc="grading",
+            disable=not progress,
+            dynamic_ncols=True,
+        )
+        stack.callback(bar.close)
         stack.enter_context(_frozen_heap())
         if not todo:  # nothing to grade: no worker started, nothing warmed up
             pool: Executor | None = None
@@ -291,6 +332,7 @@ def _grade(
             ): s
             for s in todo
         }
+        hand_over_started_ahead()  # the workers are forked: each holds its own server
         if futures:
             stack.enter_context(one_engine(api.coursedir.db_url))  # after the workers' fork
             with contextlib.suppress(Exception):  # the first replay then pays for it
@@ -310,15 +352,21 @@ def _grade(
             outcomes.append(outcome)
             bar.update(1)
             bar.set_postfix(failed=sum(o.status == "failed" for o in outcomes), refresh=False)
-    bar.close()
     summary = BatchSummary(tuple(outcomes), time.monotonic() - start, workers, engine)
     (course_root / "batch_summary.json").write_text(summary.to_json())
     return summary
 
 
 # Per submission, 1 or 0: its kernel started before it came; forked from the fork server;
-# its evaluator forked; a kernel started while it was evaluated, for a next submission.
-KERNEL_FLAGS = ("kernel_ahead", "kernel_forked", "evaluator_forked", "next_kernel_ahead")
+# its evaluator forked; a kernel started while it was evaluated, for a next submission; and
+# with a worker's first, its fork server one that the coordinator started ahead.
+KERNEL_FLAGS = (
+    "kernel_ahead",
+    "kernel_forked",
+    "evaluator_forked",
+    "next_kernel_ahead",
+    "server_ahead",
+)
 
 
 def _waiting() -> None:
@@ -339,6 +387,8 @@ def _record(
     evaluate_only: bool = False,
 ) -> SubmissionOutcome:
     """nbgrader's autograde for one submission (replaying its execution), and the state."""
+    from autograder.batch.replay import notebook_digest
+
     begin = time.monotonic()
     api.config.ReplayExecute.submission_digest = s.execution_digest  # read by its autograde
     # The worker's execution, found by the key it names, unless the notebook changed since

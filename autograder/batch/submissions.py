@@ -17,9 +17,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from autograder.grading.preprocessors import STATE_FILE
 from autograder.rubric import load_rubric, rubric_version
-from autograder.settings import PACKAGE_DIR, execution_settings
+from autograder.settings import PACKAGE_DIR, STATE_FILE, execution_settings
 
 __all__ = [
     "BatchSummary",
@@ -60,7 +59,9 @@ class SubmissionOutcome:
     # submission, startup_s (its warm-up, before any submission); kernel_ahead: 1 when the
     # notebook ran in a kernel started before it came (0: started for it); kernel_forked: 1
     # when that kernel was forked from the worker's fork server (0: started anew);
-    # evaluator_forked: 1 when the worker's evaluator was forked from that server too.
+    # evaluator_forked: 1 when the worker's evaluator was forked from that server too;
+    # server_ahead (with startup_s): 1 when that server was one the coordinator started
+    # ahead, before its own imports.
     timing: dict[str, float] = field(default_factory=dict)
     review: tuple[str, ...] = ()  # why it is flagged for review (autograder.grading.review)
 

@@ -36,6 +36,7 @@ from autograder.fstree import copy_files, remove_tree
 from autograder.grading.execute import GraderExecute
 from autograder.rubric import load_rubric
 from autograder.sandbox.files import grader_temp
+from autograder.settings import threads_environment
 
 __all__ = ["execute_submission", "release_worker", "warm_worker"]
 
@@ -144,17 +145,9 @@ def _sanitize(nb: NotebookNode, resources: dict[str, Any], config: Any) -> Noteb
 
 _THREADS: dict[str, int] = {}  # this worker's TensorFlow threads, set by warm_worker
 
-
-def _threads_env(threads: int) -> dict[str, str]:
-    # Sized so that the workers of one machine x threads matches its cores.
-    return {
-        "TF_NUM_INTRAOP_THREADS": str(threads),
-        "TF_NUM_INTEROP_THREADS": "1",
-        "OMP_NUM_THREADS": str(threads),
-    }
-
-
-_STARTUP: dict[str, float] = {}  # this worker's start-up seconds, reported with its first
+# This worker's start-up, reported with its first submission: its seconds, and whether its
+# fork server was one the coordinator started ahead.
+_STARTUP: dict[str, float] = {}
 
 # The batch's submissions that no worker has started yet, shared by a local pool's workers
 # (a multiprocessing Value), None where the worker cannot know (a Dask cluster's).
@@ -191,24 +184,36 @@ def warm_worker(
     threads: int,
     kernels: bool = True,
     unstarted: Any = None,
+    claims: Any = None,
 ) -> float:
     """In a worker, before its first submission: the evaluator's TensorFlow and data, the
     grader's imports, the sandbox's set-up and the first kernel, done once and waited
     for, so that no submission carries them. Returns the seconds it took. ``unstarted``:
-    the batch's count of submissions no worker has started (:func:`_more_to_come`)."""
+    the batch's count of submissions no worker has started (:func:`_more_to_come`);
+    ``claims``: the count of fork servers the coordinator started ahead that its workers
+    have claimed (a multiprocessing Value), None where it started none."""
     start = time.monotonic()
     _UNSTARTED[0] = unstarted
     _THREADS["n"] = threads  # a cluster's worker: sized for its own machine, not the coordinator's
-    os.environ.update(_threads_env(threads))
+    os.environ.update(threads_environment(threads))
     try:
         from nbgrader.converters import Autograde  # noqa: F401
 
+        from autograder.sandbox.forked import claim_started_ahead, fork_server_info
+
+        if claims is not None:
+            with claims.get_lock():
+                index, claims.value = claims.value, claims.value + 1
+            claim_started_ahead(index)
         if kernels:  # not for a batch that only re-scores stored models
             course = Course.open(Path(course_root))
             config = _worker_config(course)
-            # Starts the kernels' fork server, which the evaluator is then forked from:
-            # TensorFlow imported once in this worker, not twice.
+            # Starts the kernels' fork server (or adopts the one started ahead for this
+            # worker), which the evaluator is then forked from: TensorFlow imported once
+            # in this worker, not twice.
             GraderExecute(config=config).start_kernel_ahead()
+            info = fork_server_info() or {}
+            _STARTUP["server_ahead"] = float(bool(info.get("started_ahead")))
             _warm_sanitizing(course, labs, config)
         evaluator = _evaluator(labs)
         evaluator.warm()
@@ -257,7 +262,7 @@ def execute_submission(
     ``{"key", "notebook_digest", "worker_s", "cells_s", "error"}``.
     """
     start = time.monotonic()
-    os.environ.update(_threads_env(_THREADS.get("n", threads)))
+    os.environ.update(threads_environment(_THREADS.get("n", threads)))
     # Started by warm_worker; else its imports and data loading overlap this execution.
     _evaluator((lab,)).warm()
     root = Path(course_root)
@@ -267,6 +272,8 @@ def execute_submission(
     out: dict[str, Any] = {"key": None, "worker_s": 0.0, "cells_s": 0.0, "error": None}
     if "s" in _STARTUP:  # reported once per worker, with its first submission
         out["startup_s"] = _STARTUP.pop("s")
+        if "server_ahead" in _STARTUP:
+            out["server_ahead"] = _STARTUP.pop("server_ahead")
     _starting_one()
     try:
         data = source.read_bytes()  # hashed as read: the coordinator compares (_record)

@@ -39,11 +39,11 @@ from autograder.grading.late import GrantExtension
 from autograder.grading.rubric_record import RecordRubric
 from autograder.grading.sanitize import NeutraliseStudentContent
 from autograder.results import CheckResult, GradingResult
+from autograder.settings import STATE_FILE
 
 __all__ = [
     "GRADER_OUTPUTS",
     "RESULT_SUFFIX",
-    "STATE_FILE",
     "CheckCellMetadataOnce",
     "FlagForReview",
     "GradeFromArtifacts",
@@ -54,8 +54,6 @@ __all__ = [
 ]
 
 RESULT_SUFFIX = ".grading.json"
-# The batch's record of a graded submission, beside the autograded notebook.
-STATE_FILE = ".autograder-batch.json"
 # What the grader writes beside an autograded notebook: never taken from a submission
 # (nbgrader copies a submission's other files there), so nothing a student submits can
 # stand where the grader writes.

@@ -35,10 +35,14 @@ from autograder.settings import FORK_KERNELS_ENV
 
 __all__ = [
     "ForkedProcess",
+    "claim_started_ahead",
     "fork_kernel",
     "fork_module",
     "fork_server_info",
     "forking_wanted",
+    "hand_over_started_ahead",
+    "reap_started_ahead",
+    "start_servers_ahead",
     "stop_fork_server",
 ]
 
@@ -60,9 +64,13 @@ def forking_wanted() -> bool:
 
 
 class ForkServer:
-    """A running fork server and the socket to it (one request at a time)."""
+    """A running fork server and the socket to it (one request at a time).
 
-    def __init__(self, env: Mapping[str, str]) -> None:
+    Its process is watched and signalled through a pidfd, which also works in a process
+    forked from the one that started it (a batch's worker that adopted a server its
+    coordinator started ahead, :func:`start_servers_ahead`); only the starter reaps it."""
+
+    def __init__(self, env: Mapping[str, str], *, wait: bool = True) -> None:
         self.key = _server_key(env)
         # 0700: the server's own home, while it imports
         self.home = Path(tempfile.mkdtemp(prefix="agfork-"))
@@ -71,6 +79,7 @@ class ForkServer:
         server_env.update(HOME=str(self.home), TMPDIR=str(self.home))
         self._lock = threading.Lock()
         self.sock = ours
+        self.starter, self.pidfd = os.getpid(), -1
         try:
             self.process = subprocess.Popen(
                 [sys.executable, str(_SERVER_SCRIPT), str(theirs.fileno())],
@@ -84,20 +93,42 @@ class ForkServer:
             )
         finally:
             theirs.close()
-        ours.settimeout(_START_TIMEOUT)
+        self.pidfd = os.pidfd_open(self.process.pid)
+        self.info: dict[str, Any] = {}
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self) -> None:
+        """Until the server has imported and said so; OSError (the server stopped) if it
+        could not."""
+        self.sock.settimeout(_START_TIMEOUT)
         try:
-            hello = json.loads(ours.recv(_MAX_MESSAGE) or b'{"error": "it exited"}')
+            hello = json.loads(self.sock.recv(_MAX_MESSAGE) or b'{"error": "it exited"}')
         except (OSError, ValueError) as exc:
             hello = {"error": f"no answer: {exc}"}
-        ours.settimeout(None)
+        self.sock.settimeout(None)
         if "ready" not in hello:
             self.close()
             raise OSError(f"the fork server did not start: {hello.get('error')}")
-        self.info: dict[str, Any] = hello["ready"]
+        self.info = hello["ready"]
         remove_tree(self.home)  # read at import only (keras' config): nothing stays behind
 
+    def _exited(self, timeout: float) -> bool:
+        if self.pidfd < 0:
+            return True
+        return bool(select.select([self.pidfd], [], [], timeout)[0])
+
     def alive(self) -> bool:
-        return self.process.poll() is None
+        return not self._exited(0)
+
+    def let_go(self) -> None:
+        """Close this process's ends (its socket, its pidfd), nothing else: the server goes
+        on for the process that holds them too."""
+        with contextlib.suppress(OSError):
+            self.sock.close()
+        if self.pidfd >= 0:
+            os.close(self.pidfd)
+            self.pidfd = -1
 
     def request(self, message: dict[str, Any], fds: tuple[int, ...] = ()) -> tuple[Any, int]:
         """Send one request; its answer and the file descriptor attached to it (or -1)."""
@@ -115,11 +146,14 @@ class ForkServer:
     def close(self) -> None:
         with contextlib.suppress(OSError):
             self.sock.close()  # the server exits when its socket closes
-        with contextlib.suppress(Exception):
-            self.process.wait(timeout=10)
-        with contextlib.suppress(Exception):
-            self.process.kill()
-            self.process.wait(timeout=10)
+        if not self._exited(10):
+            with contextlib.suppress(OSError):
+                signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+            self._exited(10)
+        if os.getpid() == self.starter:  # else its starter reaps it (reap_started_ahead)
+            with contextlib.suppress(Exception):
+                self.process.wait(timeout=10)
+        self.let_go()
         remove_tree(self.home)
 
 
@@ -190,6 +224,8 @@ _LOCK = threading.Lock()
 
 def _server(env: Mapping[str, str]) -> ForkServer | None:
     with _LOCK:
+        if _CLAIMED and not _SERVERS:
+            _adopt(_CLAIMED.pop(), env)
         if _SERVERS and (not _SERVERS[0].alive() or _SERVERS[0].key != _server_key(env)):
             _SERVERS.pop().close()
         if not _SERVERS:
@@ -198,9 +234,9 @@ def _server(env: Mapping[str, str]) -> ForkServer | None:
             except OSError as exc:
                 warn_once("fork", f"kernels are started, not forked: {exc}")
                 return None
-            if not _AT_EXIT:
-                _AT_EXIT.append(True)
-                at_exit(stop_fork_server)
+        if not _AT_EXIT:
+            _AT_EXIT.append(True)
+            at_exit(stop_fork_server)
         return _SERVERS[0]
 
 
@@ -208,10 +244,107 @@ _AT_EXIT: list[bool] = []
 
 
 def stop_fork_server() -> None:
-    """Stop this process's fork server, if it has one."""
+    """Stop this process's fork server, if it has one, and one it claimed and never used."""
     with _LOCK:
         while _SERVERS:
             _SERVERS.pop().close()
+        while _CLAIMED:
+            _CLAIMED.pop().close()
+
+
+# Started ahead by this process (a batch's coordinator, before its own imports) for the
+# workers it forks next; handed over once they are forked, reaped at the batch's end. In a
+# worker: the one it claimed, until its first kernel adopts it.
+_AHEAD: list[ForkServer] = []
+_HANDED: list[ForkServer] = []
+_CLAIMED: list[ForkServer] = []
+
+
+def start_servers_ahead(env: Mapping[str, str], n: int) -> int:
+    """Start ``n`` fork servers for kernels of environment ``env``, not waiting for their
+    imports, for the worker processes this process forks next: each claims one
+    (:func:`claim_started_ahead`) and its first kernel adopts it if that kernel's
+    environment is ``env``. Returns how many were started."""
+    if not forking_wanted():
+        return 0
+    for _ in range(n):
+        try:
+            _AHEAD.append(ForkServer(env, wait=False))
+        except OSError as exc:
+            warn_once("fork-ahead", f"no fork server started ahead: {exc}")
+            break
+    return len(_AHEAD)
+
+
+def claim_started_ahead(index: int) -> bool:
+    """In a worker forked after :func:`start_servers_ahead`: keep server ``index`` for its
+    first kernel, and close this process's ends of the others (the other workers')."""
+    for i, server in enumerate(_AHEAD):
+        if i == index:
+            _CLAIMED.append(server)
+        else:
+            server.let_go()
+    _AHEAD.clear()
+    return bool(_CLAIMED)
+
+
+def hand_over_started_ahead() -> None:
+    """In the starter, once its workers are forked: its own ends closed, so that each
+    server lives as long as its worker's end; the processes kept, to be reaped."""
+    for server in _AHEAD:
+        server.let_go()
+    _HANDED.extend(_AHEAD)
+    _AHEAD.clear()
+
+
+def reap_started_ahead(grace: float = 5.0) -> None:
+    """In the starter, once its workers have ended: each server it started ahead, which
+    exits when the last end of its socket closes, waited for; killed after ``grace``
+    seconds (one no worker claimed may still be importing)."""
+    hand_over_started_ahead()
+    deadline = time.monotonic() + grace
+    for server in _HANDED:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            server.process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        if server.process.poll() is None:
+            server.process.kill()
+            server.process.wait()
+        remove_tree(server.home)
+    _HANDED.clear()
+
+
+def _forget_inherited() -> None:
+    """In a forked child: its parent's servers are the parent's. The child closes its
+    copies of their ends, never signals them, and starts or adopts its own; the servers
+    started ahead stay, for a batch's worker to claim."""
+    global _LOCK
+    _LOCK = threading.Lock()
+    for server in (*_SERVERS, *_CLAIMED):
+        server.let_go()
+    _SERVERS.clear()
+    _CLAIMED.clear()
+    _HANDED.clear()
+    _AT_EXIT.clear()
+
+
+os.register_at_fork(after_in_child=_forget_inherited)
+
+
+def _adopt(server: ForkServer, env: Mapping[str, str]) -> None:
+    """A server started ahead, made this process's if it was started for ``env``."""
+    if server.key != _server_key(env):
+        ahead, here = dict(server.key), dict(_server_key(env))
+        differ = sorted(k for k in ahead.keys() | here.keys() if ahead.get(k) != here.get(k))
+        warn_once("fork-ahead-unfit", f"the fork server started ahead differs in {differ}")
+        server.close()
+        return
+    try:
+        server.wait_ready()
+    except OSError as exc:
+        warn_once("fork-ahead", f"the fork server started ahead failed: {exc}")
+        return
+    server.info["started_ahead"] = True
+    _SERVERS.append(server)
 
 
 def fork_server_info() -> dict[str, Any] | None:

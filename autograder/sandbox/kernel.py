@@ -73,6 +73,7 @@ from autograder.settings import DATA_DIR_ENV, Limits
 __all__ = [
     "KernelSandbox",
     "SandboxedKernelManager",
+    "kernel_environment",
     "kernel_exit_status",
     "kernel_pid",
 ]
@@ -438,3 +439,27 @@ def kernel_exit_status(km: Any) -> int | None:
         status = process.poll()
         return status if isinstance(status, int) else None
     return None
+
+
+def kernel_environment(limits: Limits | None = None) -> dict[str, str]:
+    """The environment a notebook's kernel started by this process now would get, as its
+    manager's own start-up steps make it, in a sandbox taken and released (no kernel is
+    started): what a fork server started ahead of that kernel is started with."""
+    from jupyter_core.utils import run_sync
+
+    limits = limits or Limits()
+    km = SandboxedKernelManager()
+    km.network, km.limits = limits.network, limits
+    km.sandbox = box = KernelSandbox(limits)
+    try:
+        _, kw = run_sync(km._async_pre_start_kernel)(cwd=str(box.empty_workdir()))
+        return dict(kw.get("env") or {})
+    finally:
+        if km.provisioner is not None:
+            with contextlib.suppress(Exception):  # its ports back to the port cache
+                run_sync(km.provisioner.cleanup)(restart=False)
+        with contextlib.suppress(Exception):
+            km.cleanup_connection_file()
+        with contextlib.suppress(Exception):
+            km._close_control_socket()
+        box.release()
