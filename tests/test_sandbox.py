@@ -1074,6 +1074,32 @@ def test_fork_servers_started_ahead_serve_one_worker_each_and_none_is_left(tmp_p
     assert not psutil.pid_exists(own.process.pid)
 
 
+def test_a_fork_servers_home_left_by_a_killed_grader_is_removed(tmp_path):
+    from autograder.sandbox.files import remove_stale_temps
+
+    script = tmp_path / "server.py"
+    script.write_text(_STAND_IN_SERVER)
+    # A grader killed while the server it started imports: the server's home stays.
+    code = textwrap.dedent(
+        """
+        import os, sys
+        from pathlib import Path
+        from autograder.sandbox import forked
+        forked._SERVER_SCRIPT = Path(sys.argv[1])
+        server = forked.ForkServer({"PATH": os.environ["PATH"]}, wait=False)
+        print(server.home, flush=True)
+        os._exit(9)
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(script)], capture_output=True, text=True, check=False
+    )
+    home = Path(out.stdout.strip())
+    assert out.returncode == 9 and home.is_dir(), out.stderr
+    remove_stale_temps()
+    assert not home.exists()
+
+
 def test_kernels_are_started_anew_where_forking_is_off_or_fails(tmp_path, monkeypatch, caplog):
     from autograder.sandbox import forked, isolation
 

@@ -72,8 +72,10 @@ class ForkServer:
 
     def __init__(self, env: Mapping[str, str], *, wait: bool = True) -> None:
         self.key = _server_key(env)
-        # 0700: the server's own home, while it imports
-        self.home = Path(tempfile.mkdtemp(prefix="agfork-"))
+        # 0700: the server's own home, while it imports. Named as grader_temp names its
+        # folders: one left by a grader killed before its server was ready is removed by
+        # the next batch (remove_stale_temps).
+        self.home = Path(tempfile.mkdtemp(prefix=f"autograder-{os.getpid()}-fork-"))
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         server_env = {k: v for k, v in env.items() if k not in PER_KERNEL}
         server_env.update(HOME=str(self.home), TMPDIR=str(self.home))
