@@ -1074,6 +1074,23 @@ def test_fork_servers_started_ahead_serve_one_worker_each_and_none_is_left(tmp_p
     assert not psutil.pid_exists(own.process.pid)
 
 
+def test_a_kernels_environment_is_computed_without_a_loop_for_forked_workers(monkeypatch):
+    import jupyter_core.utils
+
+    from autograder.sandbox.kernel import kernel_environment
+
+    monkeypatch.setenv("COURSE_API_TOKEN", "not for students")
+    token = jupyter_core.utils._loop.set(None)  # as in a coordinator: no loop yet
+    try:
+        env = kernel_environment()
+        # No event loop left for the batch's workers, forked next, to inherit (and share).
+        assert jupyter_core.utils._loop.get() is None
+    finally:
+        jupyter_core.utils._loop.reset(token)
+    # As a started kernel's: the grader's secrets scrubbed, its own variables kept.
+    assert "COURSE_API_TOKEN" not in env and env["PATH"] == os.environ["PATH"]
+
+
 def test_a_fork_servers_home_left_by_a_killed_grader_is_removed(tmp_path):
     from autograder.sandbox.files import remove_stale_temps
 

@@ -444,22 +444,26 @@ def kernel_exit_status(km: Any) -> int | None:
 def kernel_environment(limits: Limits | None = None) -> dict[str, str]:
     """The environment a notebook's kernel started by this process now would get, as its
     manager's own start-up steps make it, in a sandbox taken and released (no kernel is
-    started): what a fork server started ahead of that kernel is started with."""
-    from jupyter_core.utils import run_sync
+    started): what a fork server started ahead of that kernel is started with.
+
+    On an event loop of its own, closed afterwards: a batch's coordinator calls this just
+    before forking its workers, which would otherwise inherit the loop jupyter_core keeps
+    per thread, and with it one epoll instance shared among processes."""
+    import asyncio
 
     limits = limits or Limits()
     km = SandboxedKernelManager()
     km.network, km.limits = limits.network, limits
     km.sandbox = box = KernelSandbox(limits)
+    loop = asyncio.new_event_loop()
     try:
-        _, kw = run_sync(km._async_pre_start_kernel)(cwd=str(box.empty_workdir()))
+        _, kw = loop.run_until_complete(km._async_pre_start_kernel(cwd=str(box.empty_workdir())))
         return dict(kw.get("env") or {})
     finally:
         if km.provisioner is not None:
             with contextlib.suppress(Exception):  # its ports back to the port cache
-                run_sync(km.provisioner.cleanup)(restart=False)
+                loop.run_until_complete(km.provisioner.cleanup(restart=False))
+        loop.close()
         with contextlib.suppress(Exception):
             km.cleanup_connection_file()
-        with contextlib.suppress(Exception):
-            km._close_control_socket()
         box.release()
