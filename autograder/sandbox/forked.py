@@ -97,6 +97,7 @@ class ForkServer:
             theirs.close()
         self.pidfd = os.pidfd_open(self.process.pid)
         self.info: dict[str, Any] = {}
+        self.ready = False  # it has said so: it has imported
         if wait:
             self.wait_ready()
 
@@ -112,16 +113,11 @@ class ForkServer:
         if "ready" not in hello:
             self.close()
             raise OSError(f"the fork server did not start: {hello.get('error')}")
-        self.info = hello["ready"]
+        self.info, self.ready = hello["ready"], True
         remove_tree(self.home)  # read at import only (keras' config): nothing stays behind
 
-    def _exited(self, timeout: float) -> bool:
-        if self.pidfd < 0:
-            return True
-        return bool(select.select([self.pidfd], [], [], timeout)[0])
-
     def alive(self) -> bool:
-        return not self._exited(0)
+        return not _exited(self.pidfd, 0)
 
     def let_go(self) -> None:
         """Close this process's ends (its socket, its pidfd), nothing else: the server goes
@@ -147,16 +143,23 @@ class ForkServer:
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
-            self.sock.close()  # the server exits when its socket closes
-        if not self._exited(10):
+            self.sock.close()  # a ready server exits when its socket closes
+        # One still importing would notice only once its imports end, and is of no use.
+        if not _exited(self.pidfd, 10 if self.ready else 0):
             with contextlib.suppress(OSError):
                 signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
-            self._exited(10)
+            _exited(self.pidfd, 10)
         if os.getpid() == self.starter:  # else its starter reaps it (reap_started_ahead)
             with contextlib.suppress(Exception):
                 self.process.wait(timeout=10)
         self.let_go()
         remove_tree(self.home)
+
+
+def _exited(pidfd: int, timeout: float | None) -> bool:
+    """Whether the process of ``pidfd`` has ended (waiting up to ``timeout`` seconds); a
+    closed one (-1) counts as ended."""
+    return pidfd < 0 or bool(select.select([pidfd], [], [], timeout)[0])
 
 
 def _server_key(env: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
@@ -176,12 +179,8 @@ class ForkedProcess:
         self.server, self.pid, self.pidfd = server, pid, pidfd
         self.returncode: int | None = None
 
-    def _exited(self, timeout: float | None = 0) -> bool:
-        readable, _, _ = select.select([self.pidfd], [], [], timeout)
-        return bool(readable)
-
     def poll(self) -> int | None:
-        if self.returncode is None and self.pidfd >= 0 and self._exited():
+        if self.returncode is None and self.pidfd >= 0 and _exited(self.pidfd, 0):
             status = None
             for _ in range(50):  # the server reaps it on SIGCHLD, a moment after the exit
                 try:
@@ -197,7 +196,7 @@ class ForkedProcess:
         return self.returncode
 
     def wait(self, timeout: float | None = None) -> int:
-        if self.returncode is None and self.pidfd >= 0 and not self._exited(timeout):
+        if self.returncode is None and self.pidfd >= 0 and not _exited(self.pidfd, timeout):
             raise subprocess.TimeoutExpired(str(self.pid), timeout or 0)
         code = self.poll()
         assert code is not None
@@ -278,7 +277,7 @@ def start_servers_ahead(env: Mapping[str, str], n: int) -> int:
     return len(_AHEAD)
 
 
-def claim_started_ahead(index: int) -> bool:
+def claim_started_ahead(index: int) -> None:
     """In a worker forked after :func:`start_servers_ahead`: keep server ``index`` for its
     first kernel, and close this process's ends of the others (the other workers')."""
     for i, server in enumerate(_AHEAD):
@@ -287,7 +286,6 @@ def claim_started_ahead(index: int) -> bool:
         else:
             server.let_go()
     _AHEAD.clear()
-    return bool(_CLAIMED)
 
 
 def hand_over_started_ahead() -> None:
