@@ -12,9 +12,9 @@ import pytest
 from autograder.settings import PACKAGE_DIR
 
 # Folder (or top-level module) -> what it may import besides itself and the foundation
-# (errors, settings, results, rubric, fstree, _runtime), which imports only itself. In
+# (errors, settings, results, rubric, fstree, procstat, _runtime), which imports only itself. In
 # pipeline order: data < sandbox < grading < reports < course < batch < authoring < hub < cli.
-FOUNDATION = {"errors", "settings", "results", "rubric", "fstree", "_runtime"}
+FOUNDATION = {"errors", "settings", "results", "rubric", "fstree", "procstat", "_runtime"}
 MAY_IMPORT: dict[str, set[str]] = {
     "data": set(),
     "sandbox": {"data"},

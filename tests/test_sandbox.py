@@ -198,6 +198,57 @@ def test_watchdog_kills_a_memory_hog_and_its_parent():
     assert all(map(_gone, children))  # the hog went with its parent
 
 
+def _hog_with_members(
+    members: Path, monkeypatch: pytest.MonkeyPatch, listed: bool
+) -> tuple[Watchdog, list[set[int] | None]]:
+    """A memory hog under a parent, watched with ``members`` as its cgroup's process list
+    (the hog's pid written there once it runs, if ``listed``); what each poll read."""
+    from autograder.sandbox import watchdog
+
+    read: list[set[int] | None] = []
+    real = watchdog.stat_table
+
+    def recorded(pids: set[int] | None = None) -> dict[int, object]:
+        read.append(None if pids is None else set(pids))
+        return real(pids)
+
+    monkeypatch.setattr(watchdog, "stat_table", recorded)
+    proc = _python(f"import subprocess, sys; subprocess.run([sys.executable, '-c', {HOG!r}])")
+    try:
+        with Watchdog(
+            proc.pid, Limits(memory_mb=200, notebook_timeout_s=60), members=str(members)
+        ) as dog:
+            children: list[psutil.Process] = []
+            while not children and proc.poll() is None:
+                children = psutil.Process(proc.pid).children()
+                time.sleep(0.01)
+            if listed:
+                members.write_text(f"{children[0].pid}\n")
+            assert proc.wait(timeout=30) == -9
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert dog.kind == "memory" and dog.peak_rss_mb > 200
+    return dog, read
+
+
+def test_watchdog_reads_only_its_cgroups_processes(tmp_path, monkeypatch):
+    """Given the kernel's cgroup process list, a poll reads the stat files of those
+    processes and the watched one, not every process of the machine; the tree's memory is
+    still summed from them, and the tree killed."""
+    members = tmp_path / "cgroup.procs"
+    members.write_text("")
+    _, read = _hog_with_members(members, monkeypatch, listed=True)
+    assert read and all(pids is not None and len(pids) <= 2 for pids in read)
+    assert len(set().union(*(p for p in read if p is not None))) == 2
+
+
+def test_watchdog_reads_every_process_once_its_cgroup_is_gone(tmp_path, monkeypatch):
+    _, read = _hog_with_members(tmp_path / "gone" / "cgroup.procs", monkeypatch, listed=False)
+    assert read and all(pids is None for pids in read)
+
+
 def _gone(p: psutil.Process) -> bool:
     """Dead, or a zombie waiting for its new parent to reap it."""
     try:

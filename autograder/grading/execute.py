@@ -377,7 +377,13 @@ class GraderExecute(Execute):
         if pid is not None:
             box = getattr(km, "sandbox", None)
             levels = 2 if box is not None and box.pid_namespace else 0  # `unshare`, init
-            self._watchdog = Watchdog(pid, self._limits, launcher_levels=levels).start()
+            group = getattr(box, "cgroup", None)
+            self._watchdog = Watchdog(
+                pid,
+                self._limits,
+                launcher_levels=levels,
+                members=group.procs_files[0] if group is not None else None,
+            ).start()
 
     def start_kernel_ahead(self) -> None:
         """Start a lab notebook's kernel now, for the next :meth:`preprocess` of this process

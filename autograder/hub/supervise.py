@@ -26,6 +26,8 @@ import sys
 import time
 from collections.abc import Sequence
 
+from autograder import procstat
+
 __all__ = ["descendants", "end_descendants", "main"]
 
 _PR_SET_PDEATHSIG = 1
@@ -38,37 +40,10 @@ def _prctl(option: int, value: int) -> None:
         raise OSError(ctypes.get_errno(), f"prctl({option}) failed")
 
 
-def _parents() -> dict[int, tuple[int, bool]]:
-    """Every process's parent and whether it is a zombie, from ``/proc/<pid>/stat``. One
-    whose first thread ended while others run on shows as a zombie too: it is not one."""
-    table: dict[int, tuple[int, bool]] = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat", "rb") as f:
-                stat = f.read().decode(errors="replace")
-        except OSError:
-            continue  # gone meanwhile
-        # The command name is in parentheses and may hold spaces or parentheses itself.
-        fields = stat[stat.rindex(")") + 2 :].split()
-        table[int(entry.name)] = (int(fields[1]), fields[0] == "Z" and int(fields[17]) <= 1)
-    return table
-
-
 def descendants(pid: int, *, living: bool = True) -> list[int]:
     """The processes under ``pid`` (children, theirs, ...); zombies left out if ``living``."""
-    table = _parents()
-    children: dict[int, list[int]] = {}
-    for child, (parent, _) in table.items():
-        children.setdefault(parent, []).append(child)
-    found: list[int] = []
-    todo = list(children.get(pid, ()))
-    while todo:
-        p = todo.pop()
-        found.append(p)
-        todo.extend(children.get(p, ()))
-    return [p for p in found if not living or not table[p][1]]
+    table = procstat.stat_table()
+    return [p for p in procstat.descendants(table, pid) if not living or table[p].running]
 
 
 def _reap() -> list[tuple[int, int]]:

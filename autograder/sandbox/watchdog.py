@@ -19,6 +19,7 @@ import time
 
 import psutil
 
+from autograder.procstat import PAGE, Stat, descendants, read_stat, stat_table
 from autograder.sandbox.stops import memory_limit_message
 from autograder.settings import Limits
 
@@ -40,8 +41,12 @@ class Watchdog:
         *,
         interval: float = 0.2,
         launcher_levels: int = 0,
+        members: str | None = None,
     ) -> None:
         self.pid = pid
+        # A cgroup's process list (``cgroup.procs``) that holds every process of the tree
+        # below the launcher: then only those are read, not every process of the machine.
+        self.members = members
         # The top levels of the tree that are the sandbox's launcher (`unshare` and the PID
         # namespace's init), not the notebook: their memory is not the notebook's. Forked
         # from the fork server, each holds its preloaded libraries as resident.
@@ -80,24 +85,29 @@ class Watchdog:
         return (self._ended or time.monotonic()) - self._started
 
     def _run(self) -> None:
+        first = read_stat(self.pid)
         try:
+            # For the kill only: psutil checks that the pid is still the same process.
             root = psutil.Process(self.pid)
             pgid = os.getpgid(self.pid)
         except (psutil.Error, OSError):
             return
+        if first is None:
+            return
         limit_bytes = self.limits.memory_mb * 2**20
         deadline = self._started + self.limits.notebook_timeout_s
         while True:
-            try:
-                if _ended(root):
-                    return
-                procs = [root, *root.children(recursive=True)]
-                launcher = {root.pid}
-                for _ in range(self.launcher_levels - 1):
-                    launcher |= {c.pid for p in procs if p.pid in launcher for c in p.children()}
-            except psutil.Error:
+            tree = self._tree(first.start)
+            if tree is None:
                 return
-            rss = sum(_rss(p) for p in procs if self.launcher_levels == 0 or p.pid not in launcher)
+            launcher = {self.pid}
+            for _ in range(self.launcher_levels - 1):
+                launcher |= {p for p, stat in tree.items() if stat.ppid in launcher}
+            rss = PAGE * sum(
+                stat.rss_pages
+                for p, stat in tree.items()
+                if self.launcher_levels == 0 or p not in launcher
+            )
             self.peak_rss_mb = max(self.peak_rss_mb, rss / 2**20)
             if rss > limit_bytes:
                 self._kill(root, pgid, "memory", memory_limit_message(self.limits))
@@ -113,6 +123,23 @@ class Watchdog:
                 return
             if self._stop.wait(min(self.interval, max(0.0, deadline - time.monotonic()))):
                 return
+
+    def _tree(self, start: int) -> dict[int, Stat] | None:
+        """The watched process and its descendants; None once it has ended (or its pid is
+        another process's). With ``members``, only the cgroup's processes are read: a
+        process cannot leave its cgroup, so the tree below the launcher is all in it."""
+        wanted: set[int] | None = None
+        if self.members is not None:
+            try:
+                with open(self.members) as f:
+                    wanted = {self.pid, *map(int, f.read().split())}
+            except (OSError, ValueError):  # the group is gone: read every process
+                wanted = None
+        table = stat_table(wanted)
+        root = table.get(self.pid)
+        if root is None or root.start != start or not root.running:
+            return None
+        return {self.pid: root, **{p: table[p] for p in descendants(table, self.pid)}}
 
     def _kill(self, root: psutil.Process, pgid: int, kind: str, reason: str) -> None:
         # Record first: whoever sees the kernel die must find the reason.
@@ -137,16 +164,3 @@ class Watchdog:
         if pgid != os.getpgid(0):
             with contextlib.suppress(OSError):
                 os.killpg(pgid, signal.SIGKILL)
-
-
-def _ended(p: psutil.Process) -> bool:
-    """Ended, or a zombie: one whose first thread ended while others run on shows as a
-    zombie too, and is still running."""
-    return not p.is_running() or (p.status() == psutil.STATUS_ZOMBIE and p.num_threads() <= 1)
-
-
-def _rss(p: psutil.Process) -> int:
-    try:
-        return int(p.memory_info().rss)
-    except psutil.Error:
-        return 0
