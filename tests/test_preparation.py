@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from autograder.grading.preparation import learn_preparation
+from autograder.grading.preparation import Preparation, learn_preparation
 
 RNG = np.random.default_rng(0)
 IMAGES = RNG.integers(0, 256, size=(128, 28, 28), dtype=np.uint8)
@@ -35,6 +35,37 @@ def test_reshapes_and_scalings_are_learned(prepared):
     scale = np.abs(prepared.astype("float64")).max()
     want = found.apply(IMAGES)
     assert np.allclose(want, prepared, atol=1e-5 * max(1, scale))
+
+
+@pytest.mark.parametrize(
+    ("preparation", "raw"),
+    [
+        (Preparation((28, 28, 1), "float32", (1 / 255,), (0.0,)), "images"),
+        (Preparation((784,), "float32", (1 / 127.5,), (-1.0,)), "images"),
+        (Preparation((784,), "uint8"), "images"),
+        (
+            Preparation(
+                (13,), "float32", tuple(1 / HOUSES.std(0)), tuple(-HOUSES.mean(0) / HOUSES.std(0))
+            ),
+            "houses",
+        ),
+    ],
+)
+def test_a_preparation_applied_in_blocks_gives_the_whole_arrays_numbers(preparation, raw):
+    """Held-out inputs are prepared a block of rows at a time: bit for bit what the
+    transformation gives on the whole array in float64 at once, on more rows than a block,
+    and on none."""
+    x = (
+        RNG.integers(0, 256, size=(2500, 28, 28), dtype=np.uint8)
+        if raw == "images"
+        else RNG.normal(5, 3, size=(2500, 13)) * 10
+    )
+    whole = x.astype(np.float64).reshape(len(x), -1) * np.asarray(preparation.scale)
+    whole = (whole + np.asarray(preparation.offset)).reshape((len(x), *preparation.shape))
+    got = preparation.apply(x)
+    assert got.dtype == np.dtype(preparation.dtype)
+    assert np.array_equal(got, whole.astype(preparation.dtype))
+    assert preparation.apply(x[:0]).shape == (0, *preparation.shape)
 
 
 def test_standardisation_per_feature_is_learned():
