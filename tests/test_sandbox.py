@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -1168,16 +1169,39 @@ def test_a_fork_servers_home_left_by_a_killed_grader_is_removed(tmp_path):
     assert not home.exists()
 
 
+# The environment once the lab's imports ran (TensorFlow's and debugpy's set variables).
+ENVIRONMENT_AFTER_IMPORTS = """
+import json, os
+import numpy, tensorflow, keras
+print('ran', 6 * 7)
+print('env', json.dumps(dict(os.environ)))
+"""
+
+
+def _environment_shown(out: str) -> dict[str, str]:
+    env = json.loads(out.split("env ", 1)[1].strip().splitlines()[0])
+    # each kernel's own folders, and the switch this test turns
+    return {k: v for k, v in env.items() if k not in {"HOME", "TMPDIR", "AUTOGRADER_FORK_KERNELS"}}
+
+
 def test_kernels_are_started_anew_where_forking_is_off_or_fails(tmp_path, monkeypatch, caplog):
     from autograder.sandbox import forked, isolation
 
     folder = tmp_path / "nb"
     folder.mkdir()
     monkeypatch.setenv("AUTOGRADER_FORK_KERNELS", "off")
-    out, record = _run_recorded(folder, "print('ran', 6 * 7)")
+    out, record = _run_recorded(folder, ENVIRONMENT_AFTER_IMPORTS)
     assert "ran 42" in out and record["forked"] is False
-    # A server that cannot start (here: it exits at once): a warning, and the kernel starts.
     monkeypatch.delenv("AUTOGRADER_FORK_KERNELS")
+    if forked.forking_wanted():
+        # A forked kernel's environment is a started one's: the variables the server's
+        # imports set are set in the kernel as its own imports would have set them.
+        forked_out, forked_record = _run_recorded(folder, ENVIRONMENT_AFTER_IMPORTS)
+        assert forked_record["forked"] is True
+        started_env, forked_env = _environment_shown(out), _environment_shown(forked_out)
+        assert started_env.get("TF2_BEHAVIOR") == "1", started_env  # set by the import
+        assert forked_env == started_env
+    # A server that cannot start (here: it exits at once): a warning, and the kernel starts.
     forked.stop_fork_server()
     broken = tmp_path / "broken_server.py"
     broken.write_text("raise SystemExit(3)\n")

@@ -48,7 +48,11 @@ if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
     del sys.path[0]
 
 _MAX_MESSAGE = 1 << 20
-_PRELOADED = ("numpy", "tensorflow", "keras", "ipykernel.kernelapp")
+# ipykernel.debugger: every kernel imports it (debugpy, 0.05 s of CPU) as it starts.
+_PRELOADED = ("numpy", "tensorflow", "keras", "ipykernel.kernelapp", "ipykernel.debugger")
+# What those imports did to the environment (key: value before, value after; None: unset),
+# which a started kernel's own imports do to its: TensorFlow's and debugpy's variables.
+_SET_BY_IMPORTS: dict[str, tuple[str | None, str | None]] = {}
 
 
 def _launcher() -> Any:
@@ -70,8 +74,7 @@ def _run_kernel(cmd: list[str], env: dict[str, str]) -> None:
     """Be ``cmd`` (``python -m ipykernel_launcher ARGS``) in this process; never returns."""
     code: Any = 0
     try:
-        os.environ.clear()
-        os.environ.update(env)
+        _take_environment(env)
         import ipykernel_launcher
 
         sys.argv = [ipykernel_launcher.__file__, *cmd[3:]]
@@ -92,6 +95,20 @@ def _run_kernel(cmd: list[str], env: dict[str, str]) -> None:
         os._exit(_exit_status(code))
 
 
+def _take_environment(env: dict[str, str]) -> None:
+    """``env`` as the process's environment, with what the preloaded imports would have set
+    in it, where it holds what they found here."""
+    os.environ.clear()
+    os.environ.update(env)
+    for key, (before, after) in _SET_BY_IMPORTS.items():
+        if os.environ.get(key) != before:
+            continue  # this environment's own value: the imports' effect does not apply
+        if after is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = after
+
+
 def _exit_status(code: Any) -> int:
     """The status ``sys.exit(code)`` gives an interpreter: an int as is, None 0, else 1."""
     return code if isinstance(code, int) else (0 if code is None else 1)
@@ -103,8 +120,7 @@ def _run_module() -> None:
     import runpy
 
     setup = json.loads(sys.stdin.readline())
-    os.environ.clear()
-    os.environ.update(setup["env"])
+    _take_environment(setup["env"])
     os.chdir(setup["cwd"])
     sys.path[:] = setup["path"]
     sys.argv = [setup["module"], *setup["args"]]
@@ -276,12 +292,16 @@ def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the grader's terminal is not ours
     started = time.monotonic()
     cpu = time.process_time()
+    before = dict(os.environ)
     try:
         for module in _PRELOADED:
             __import__(module)
     except BaseException as exc:
         sock.send(json.dumps({"error": f"{type(exc).__name__}: {exc}"}).encode())
         return
+    for key in before.keys() | os.environ.keys():
+        if before.get(key) != os.environ.get(key):
+            _SET_BY_IMPORTS[key] = (before.get(key), os.environ.get(key))
     # The imports' objects (some 400,000) frozen: no garbage collection in a kernel passes
     # over them (0.1 s or more each full one) or writes to their pages, which stay shared with
     # this process (Python's advice to a process that forks).
