@@ -1176,6 +1176,18 @@ import numpy, tensorflow, keras
 print('ran', 6 * 7)
 print('env', json.dumps(dict(os.environ)))
 """
+# What those imports set (TensorFlow's, debugpy's), unset in this process first: had
+# TensorFlow been imported here already, the kernels would inherit them either way.
+SET_BY_IMPORTS = (
+    "TF2_BEHAVIOR",
+    "KMP_INIT_AT_FORK",
+    "KMP_DUPLICATE_LIB_OK",
+    "TPU_ML_PLATFORM",
+    "TPU_ML_PLATFORM_VERSION",
+    "ENABLE_RUNTIME_UPTIME_TELEMETRY",
+    "HDF5_PLUGIN_PATH",
+    "PYDEVD_USE_FRAME_EVAL",
+)
 
 
 def _environment_shown(out: str) -> dict[str, str]:
@@ -1189,6 +1201,8 @@ def test_kernels_are_started_anew_where_forking_is_off_or_fails(tmp_path, monkey
 
     folder = tmp_path / "nb"
     folder.mkdir()
+    for key in SET_BY_IMPORTS:
+        monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("AUTOGRADER_FORK_KERNELS", "off")
     out, record = _run_recorded(folder, ENVIRONMENT_AFTER_IMPORTS)
     assert "ran 42" in out and record["forked"] is False
