@@ -359,6 +359,61 @@ def test_a_notebook_changed_after_its_worker_read_it_is_not_replayed(tmp_path, s
     assert again.reason.startswith("autograder.errors.GradingError: no stored result"), again
 
 
+def test_a_replay_commits_once_and_a_killed_one_writes_nothing(tmp_path, staged_data):
+    """The coordinator's replay of a stored execution (nbgrader's autograde, which commits
+    a grade cell at a time) reaches the gradebook in one commit; a coordinator killed in the
+    middle of one, after nbgrader's steps that write grades, leaves nothing of it there."""
+    import sqlalchemy
+    from nbgrader.api import Gradebook, MissingEntry
+
+    from autograder.batch.replay import notebook_digest, replay_api
+    from autograder.batch.scheduling import _record
+    from autograder.batch.submissions import find_submissions
+    from autograder.grading.sanitize import NeutraliseStudentContent
+
+    course = _course(tmp_path / "course", ["untrained"])  # quick: never trains
+    (graded,) = grade_batch(course.root, workers=1, progress=False).outcomes
+    (s,) = find_submissions(course.root, [LAB], [])
+    (key,) = [p.name for p in cache_dir(course.root).iterdir() if len(p.name) == 64]
+    done = {"key": key, "notebook_digest": notebook_digest(s.notebook.read_bytes())}
+    api = replay_api(course, cache_dir(course.root))
+    api.config.ReplayExecute.execute_missing = False
+    commits: list[object] = []
+
+    def count(connection: object) -> None:
+        commits.append(connection)
+
+    sqlalchemy.event.listen(sqlalchemy.Engine, "commit", count)
+    try:
+        replayed = _record(course.root, api, s, done, read_result)
+        assert len(commits) == 1, len(commits)
+        # Nothing stored under the key: executed here (here: refused), committing as
+        # nbgrader does, so no write lock is held while a notebook runs.
+        commits.clear()
+        unstored = _record(course.root, api, s, {**done, "key": "0" * 64}, read_result)
+        assert unstored.reason.startswith("autograder.errors.GradingError: no stored result")
+        assert len(commits) > 1, len(commits)
+    finally:
+        sqlalchemy.event.remove(sqlalchemy.Engine, "commit", count)
+    assert replayed.status == "graded" and replayed.score == graded.score, replayed
+
+    with Gradebook(course.db_url) as gb:
+        gb.remove_submission(LAB, s.student)
+    pid = os.fork()
+    if pid == 0:  # killed after SaveAutoGrades, RecordRubric and the late steps wrote
+        NeutraliseStudentContent.preprocess = lambda *args: os._exit(7)  # type: ignore
+        try:
+            _record(course.root, api, s, done, read_result)
+        finally:
+            os._exit(1)
+    assert os.WEXITSTATUS(os.waitpid(pid, 0)[1]) == 7
+    with Gradebook(course.db_url) as gb, pytest.raises(MissingEntry):
+        gb.find_submission(LAB, s.student)
+    assert _integrity(course) == "ok"
+    again = _record(course.root, api, s, done, read_result)  # the lock is free again
+    assert again.status == "graded" and again.score == graded.score, again
+
+
 def test_a_local_dask_cluster_grades_and_leaves_nothing_running(tmp_path, staged_data):
     """`--scheduler local`: the batch starts a Dask LocalCluster of its own, whose workers
     warm up and grade as local processes do, and stops it; nothing of theirs stays."""

@@ -749,6 +749,30 @@ def test_a_free_slot_left_by_a_grader_killed_in_another_cgroup_is_cleaned():
         assert left.remaining() == []
 
 
+def test_a_process_already_sent_sigkill_needs_no_other_kill_but_is_waited_for():
+    """Killing an account's processes starts no killer for a process with a SIGKILL
+    pending already (a kernel killed a moment before, not yet scheduled to die): it never
+    runs its own code again. Any other pending signal does not count; and for the waits
+    that need the processes gone (cleaning the account), it still counts as running."""
+    from autograder.sandbox.accounts import _running, _status_fields
+
+    sleeper = subprocess.Popen(["sleep", "30"])
+    try:
+        real = _status_fields(Path(f"/proc/{sleeper.pid}/status").read_bytes())
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert real[b"ShdPnd"] == real[b"SigPnd"] == b"0" * 16, real
+    kill, interrupt = f"{1 << (signal.SIGKILL - 1):016x}", f"{1 << (signal.SIGINT - 1):016x}"
+    assert _running(real, dying=False)
+    for field in (b"ShdPnd", b"SigPnd"):
+        assert not _running({**real, field: kill.encode()}, dying=False)
+        assert _running({**real, field: kill.encode()})
+        assert _running({**real, field: interrupt.encode()}, dying=False)
+    zombie = {**real, b"State": b"Z (zombie)"}
+    assert not _running(zombie) and _running({**zombie, b"Threads": b"2"})
+
+
 def test_a_process_whose_first_thread_ended_is_still_found_and_killed():
     """A process of a sandbox account whose first thread has ended while another runs on
     shows in /proc as a zombie: it still runs as the account, and cleaning the account
@@ -851,8 +875,8 @@ def test_a_kernel_that_keeps_many_processors_busy_takes_one_share():
 def test_the_graders_own_steps_go_before_busy_kernels():
     """A kernel's cpu group weighs KERNEL_CPU_WEIGHT of a grader process: grader processes
     (capturing, evaluating, recording; one per core) beside a kernel that keeps twice the
-    cores busy get clearly more of the cores than beside a group of a grader process's
-    weight."""
+    cores busy leave that kernel clearly less of the cores than they leave a group of a
+    grader process's weight."""
     from autograder.sandbox.cgroup import KernelCgroup, cgroup_unavailable
     from autograder.settings import KERNEL_CPU_WEIGHT
 
@@ -883,10 +907,14 @@ def test_the_graders_own_steps_go_before_busy_kernels():
         for group in groups.values():
             if group is not None:
                 assert group.remove()
-    # Each of the group's per-core parts weighs in against a grader process on that core:
-    # 1024 / (1024 + 256), 0.8 of a core, against 0.5 (0.81 and 0.50 measured on 2 cores).
+    # The cores are saturated, so what a grader process does not get, the kernel's group
+    # takes. That take is compared, not the graders' shares: how a group's weight is split
+    # among cores differs by cgroup version and hierarchy (one machine measured 0.81 against
+    # 0.50 for the graders, CI's 0.85 against 0.67), while the kernel's take is two to
+    # three times smaller with a quarter of the weight in each (0.19 to 0.50, 0.15 to 0.33).
+    taken = {name: 1 - s for name, s in share.items()}
     assert share["kernel"] > 0.7, share
-    assert share["kernel"] > 1.3 * share["equal"], share
+    assert taken["kernel"] < 0.6 * taken["equal"], share
 
 
 def test_evaluation_cgroups_of_a_killed_evaluator_are_removed_and_no_others():

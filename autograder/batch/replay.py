@@ -43,6 +43,7 @@ __all__ = [
     "has_result",
     "notebook_digest",
     "one_engine",
+    "one_transaction",
     "replay_api",
     "store_execution",
     "store_result",
@@ -203,6 +204,7 @@ class _Shared:
     users: int = 0
     engine: Any = None  # made by the first gradebook that asks
     tables_ready: bool = False  # nbgrader's tables found or made through this engine
+    connection: Any = None  # while one_transaction lasts: the one every gradebook joins
 
 
 # Gradebook URL -> its shared engine, in this process only: a forked child starts with none.
@@ -218,11 +220,42 @@ def _create_engine(url: Any, *args: Any, **kwargs: Any) -> Any:
         return sqlalchemy.create_engine(url, *args, **kwargs)
     if shared.engine is None:
         shared.engine = sqlalchemy.create_engine(url, *args, **kwargs)
+        if shared.engine.dialect.name == "sqlite":
+            _explicit_begin(shared.engine)
     return shared.engine
+
+
+def _explicit_begin(engine: Any) -> None:
+    """SQLAlchemy's recipe for the sqlite3 driver, whose own transaction handling leaves
+    a SAVEPOINT outside any transaction, where releasing it commits: the driver in
+    autocommit, each transaction begun by SQLAlchemy, so that savepoints nest.
+    ``one_transaction``'s is BEGIN IMMEDIATE: it writes anyway, and holding the write
+    lock from the start means it waits for another writer instead of failing midway."""
+    import sqlalchemy
+
+    @sqlalchemy.event.listens_for(engine, "connect")
+    def _autocommit(dbapi_connection: Any, record: Any) -> None:
+        dbapi_connection.isolation_level = None
+
+    @sqlalchemy.event.listens_for(engine, "begin")
+    def _begin(connection: Any) -> None:
+        immediate = connection.info.pop("begin_immediate", False)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
 def _shared_of(bind: Any) -> _Shared | None:
     return next((s for s in _SHARED.values() if s.engine is not None and s.engine is bind), None)
+
+
+def _sessionmaker(bind: Any = None, **kwargs: Any) -> Any:
+    """nbgrader's gradebook's sessions; inside ``one_transaction``, on its connection,
+    each session's commit a savepoint released and its rollback one rolled back to."""
+    from sqlalchemy.orm import sessionmaker
+
+    shared = _shared_of(bind)
+    if shared is None or shared.connection is None:
+        return sessionmaker(bind=bind, **kwargs)
+    return sessionmaker(bind=shared.connection, join_transaction_mode="create_savepoint", **kwargs)
 
 
 class _TablesReady:
@@ -239,7 +272,9 @@ def _inspect(subject: Any) -> Any:
     import sqlalchemy
 
     shared = _shared_of(subject)
-    return _TablesReady() if shared and shared.tables_ready else sqlalchemy.inspect(subject)
+    if shared and shared.tables_ready:
+        return _TablesReady()
+    return sqlalchemy.inspect(shared.connection if shared and shared.connection else subject)
 
 
 def _create_all(bind: Any = None, **kwargs: Any) -> None:
@@ -249,6 +284,8 @@ def _create_all(bind: Any = None, **kwargs: Any) -> None:
     if shared and shared.tables_ready:
         return
     metadata = nbgrader.api.Base.metadata
+    if shared and shared.connection is not None:  # not beside it: it holds the write lock
+        bind = shared.connection
     type(metadata).create_all(metadata, bind=bind, **kwargs)
     if shared is not None:
         shared.tables_ready = True
@@ -263,17 +300,19 @@ def one_engine(db_url: str) -> Iterator[None]:
     preprocessor), each with an engine of its own, and an engine keeps the queries it
     compiled: a fresh one compiles them all again. Each gradebook's ``close`` still
     disposes the engine's connections, so no connection, and no lock on the database,
-    outlives the step that opened it. Its tables are looked for (a query each, and
-    made if missing) by the first gradebook only, not again by each. A process forked
-    from this one makes its own engine.
+    outlives the step that opened it (outside ``one_transaction``). Its tables are
+    looked for (a query each, and made if missing) by the first gradebook only, not again
+    by each. A process forked from this one makes its own engine.
     """
     import nbgrader.api
     import sqlalchemy
+    import sqlalchemy.orm
 
     shared = _SHARED.setdefault(db_url, _Shared())
     shared.users += 1
     nbgrader.api.create_engine = _create_engine
     nbgrader.api.inspect = _inspect
+    nbgrader.api.sessionmaker = _sessionmaker
     nbgrader.api.Base.metadata.create_all = _create_all
     try:
         yield
@@ -286,8 +325,34 @@ def one_engine(db_url: str) -> Iterator[None]:
         if not _SHARED:
             nbgrader.api.create_engine = sqlalchemy.create_engine
             nbgrader.api.inspect = sqlalchemy.inspect
+            nbgrader.api.sessionmaker = sqlalchemy.orm.sessionmaker
             with contextlib.suppress(AttributeError):  # the class's own again
                 del nbgrader.api.Base.metadata.create_all
+
+
+@contextlib.contextmanager
+def one_transaction(db_url: str) -> Iterator[None]:
+    """``one_engine(db_url)``, and every nbgrader ``Gradebook`` of ``db_url`` opened
+    while this lasts works in one database transaction, committed when it ends and rolled
+    back if it raises.
+
+    nbgrader's autograde of one submission commits some twenty times (a grade cell at a
+    time), and each commit of a SQLite gradebook waits for the disk; here each gradebook's
+    commit releases a savepoint instead (its rollback rolls back to one), and the
+    submission's grades reach the database at once, whole or not at all. The write lock
+    is held from the start to the end (another writer waits for it, readers do not)."""
+    with one_engine(db_url), _create_engine(db_url, echo=False, future=True).connect() as conn:
+        shared = _SHARED[db_url]
+        conn.info["begin_immediate"] = True
+        try:
+            with conn.begin():
+                shared.connection = conn
+                try:
+                    yield
+                finally:
+                    shared.connection = None
+        finally:
+            conn.info.pop("begin_immediate", None)
 
 
 def warm_replay(course: Any, labs: list[str]) -> None:

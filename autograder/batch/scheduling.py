@@ -387,7 +387,9 @@ def _record(
     evaluate_only: bool = False,
 ) -> SubmissionOutcome:
     """nbgrader's autograde for one submission (replaying its execution), and the state."""
-    from autograder.batch.replay import notebook_digest
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from autograder.batch.replay import has_result, notebook_digest, one_transaction
 
     begin = time.monotonic()
     api.config.ReplayExecute.submission_digest = s.execution_digest  # read by its autograde
@@ -401,8 +403,18 @@ def _record(
     timing = {k: round(v, 3) for k, v in done.items() if k.endswith("_s") or k in KERNEL_FLAGS}
     if evaluate_only and done.get("error"):  # never executed here instead: it stays as it was
         return SubmissionOutcome(s.lab, s.student, "failed", done["error"], timing=timing)
+    # A stored execution replayed writes its grades at once, whole or not at all; a notebook
+    # executed here (none stored) commits as nbgrader does, never holding the gradebook's
+    # write lock while it runs.
+    key, replay_dir = api.config.ReplayExecute.execution_key, api.config.ReplayExecute.replay_dir
+    stored = bool(key and replay_dir) and has_result(Path(replay_dir) / key, s.lab)
+    commits = one_transaction(api.coursedir.db_url) if stored else contextlib.nullcontext()
     with writing_grades(course_root, waiting=_waiting):
-        result = api.autograde(s.lab, s.student, force=True, create=True)
+        try:
+            with commits:
+                result = api.autograde(s.lab, s.student, force=True, create=True)
+        except SQLAlchemyError as exc:  # begun or committed: the gradebook's lock, its disk
+            result = {"success": False, "error": f"the gradebook was not written: {exc}"}
         timing["replay_s"] = round(time.monotonic() - begin, 3)
         graded = read_result(course_root / "autograded" / s.student / s.lab, s.notebook.stem)
         if not result["success"] or graded is None:

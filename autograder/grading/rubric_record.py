@@ -44,12 +44,18 @@ def _engine(db_url: str) -> tuple[Any, Any]:
 
 
 def record_rubric_version(db_url: str, lab: str, student: str, notebook: str, version: str) -> None:
-    engine, table = _engine(db_url)
+    """Through a gradebook's own session, so that the record joins whatever transaction
+    nbgrader's writes of the same autograde are in (the batch's replay makes one)."""
+    from nbgrader.api import Gradebook
+    from sqlalchemy import MetaData
+
+    table = _table(MetaData())
     key = (table.c.lab == lab) & (table.c.student == student) & (table.c.notebook == notebook)
-    try:
-        with engine.begin() as conn:  # one transaction: replaced whole
-            conn.execute(table.delete().where(key))
-            conn.execute(
+    with Gradebook(db_url) as gb:
+        try:  # one transaction: replaced whole
+            table.create(gb.db.connection(), checkfirst=True)
+            gb.db.execute(table.delete().where(key))
+            gb.db.execute(
                 table.insert().values(
                     lab=lab,
                     student=student,
@@ -58,8 +64,10 @@ def record_rubric_version(db_url: str, lab: str, student: str, notebook: str, ve
                     scored_at=datetime.now(UTC).replace(tzinfo=None),
                 )
             )
-    finally:
-        engine.dispose()
+            gb.db.commit()
+        except Exception:
+            gb.db.rollback()
+            raise
 
 
 def read_rubric_versions(db_url: str) -> dict[tuple[str, str], str]:

@@ -23,6 +23,7 @@ import logging
 import os
 import pwd
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -294,8 +295,10 @@ def kill_account_processes(account: Account) -> None:
     """SIGKILL every process of the account: ``kill(-1)`` sent as the account itself reaches
     all of them at once (all but the sender), so a fork bomb cannot outrun it. Nothing is
     started when no process has the account's uid as real, effective or saved uid (kill(2)
-    reaches those with it as real or saved): only such a process could start one."""
-    if not _live(account.uid, any_id=True):
+    reaches those with it as real or saved): only such a process could start one. Nor is
+    it started when every such process has a SIGKILL pending already (the kernel's, killed
+    just before, not yet scheduled to die): none of them runs its own code again."""
+    if not _live(account.uid, any_id=True, dying=False):
         return
     command = (
         [_KILL, "-KILL", "--", "-1"] if _KILL else [sys.executable, "-I", "-S", "-c", _KILL_ALL]
@@ -336,10 +339,11 @@ def _remove_account_files(account: Account) -> bool:
     return ok
 
 
-def _live(uid: int, *, any_id: bool = False) -> bool:
+def _live(uid: int, *, any_id: bool = False, dying: bool = True) -> bool:
     """Whether a process has ``uid`` as its real uid (with ``any_id``: as its real,
     effective or saved one) and is not a zombie. A process whose first thread ended while
     others run shows as a zombie: it counts as live while it has more than one thread.
+    Without ``dying``, nor does one with a SIGKILL pending (it never returns to its code).
 
     Read from ``/proc/<pid>/status`` directly, one file a process: a batch asks this some
     seven times a submission, and psutil's two reads a process and its objects cost three
@@ -355,18 +359,30 @@ def _live(uid: int, *, any_id: bool = False) -> bool:
         except OSError:  # ended meanwhile
             continue
         ids = status.get(b"Uid", b"").split()[:fields]
-        if wanted in ids and (
-            not status.get(b"State", b"").startswith(b"Z")
-            or int(status.get(b"Threads", b"1") or 1) > 1
-        ):
+        if wanted in ids and _running(status, dying):
             return True
     return False
+
+
+_SIGKILL_BIT = 1 << (signal.SIGKILL - 1)
+
+
+def _running(status: dict[bytes, bytes], dying: bool = True) -> bool:
+    """Whether the process of these ``/proc/<pid>/status`` fields is not a zombie (or a
+    zombie first thread with others running) and, unless ``dying``, has no SIGKILL pending
+    (to the process, or to its first thread: either ends every thread)."""
+    if status.get(b"State", b"").startswith(b"Z") and int(status.get(b"Threads", b"1") or 1) <= 1:
+        return False
+    if dying:
+        return True
+    pending = int(status.get(b"ShdPnd") or b"0", 16) | int(status.get(b"SigPnd") or b"0", 16)
+    return not pending & _SIGKILL_BIT
 
 
 def _status_fields(data: bytes) -> dict[bytes, bytes]:
     """The fields of a ``/proc/<pid>/status`` file that :func:`_live` reads."""
     out = {}
-    for key in (b"Uid", b"State", b"Threads"):
+    for key in (b"Uid", b"State", b"Threads", b"SigPnd", b"ShdPnd"):
         start = data.find(b"\n" + key + b":")
         if start >= 0:
             start += len(key) + 2
