@@ -474,3 +474,52 @@ def test_the_evaluator_waits_for_its_child_and_kills_it_at_the_deadline(monkeypa
     assert time.monotonic() - begin < 5
     with pytest.raises(ChildProcessError):
         os.waitpid(slow, os.WNOHANG)  # reaped already
+
+
+def test_tf_data_pipelines_run_untuned_with_the_same_elements(keras, monkeypatch):
+    """The set-up a lab's kernel runs before the first cell turns tf.data's autotuning off
+    for every pipeline as it is iterated (Keras's own included), and the elements stay the
+    same; the evaluator's children run the same code. Fails where TensorFlow no longer has
+    the method it hooks."""
+    import sys
+
+    import tensorflow as tf
+    from tensorflow.python.data.ops import dataset_ops
+
+    from autograder.grading.execute import LAB_KERNEL_SETUP
+    from autograder.grading.tf_data import untune_tf_data
+
+    # Put back after the test: the set-up also wraps Model.fit and adds a module.
+    monkeypatch.setattr(keras.Model, "fit", keras.Model.fit)
+    monkeypatch.setitem(sys.modules, "_autograder_fits", None)
+    hooked = dataset_ops.DatasetV2._apply_debug_options
+    monkeypatch.setattr(dataset_ops.DatasetV2, "_apply_debug_options", hooked)
+
+    auto = tf.data.AUTOTUNE
+    ds = tf.data.Dataset.range(50).map(lambda x: x * 2, num_parallel_calls=auto).batch(7)
+    ds = ds.prefetch(auto)
+    before = [b.numpy().tolist() for b in ds]
+    assert ds._apply_debug_options().options().autotune.enabled is None  # on by default
+
+    exec(LAB_KERNEL_SETUP, {})
+    assert ds._apply_debug_options().options().autotune.enabled is False
+    assert [b.numpy().tolist() for b in ds] == before
+    untuned = dataset_ops.DatasetV2._apply_debug_options
+    untune_tf_data()  # the evaluator's call, after the kernel's: once is enough
+    assert dataset_ops.DatasetV2._apply_debug_options is untuned
+
+    # Keras's fit and predict go through it, and still train and predict.
+    seen = []
+    monkeypatch.setattr(
+        dataset_ops.DatasetV2,
+        "_apply_debug_options",
+        lambda self: seen.append(1) or untuned(self),
+    )
+    model = _dense(keras, hidden=4)
+    x = np.random.default_rng(0).random((64, 784), dtype=np.float32)
+    y = keras.utils.to_categorical(np.arange(64) % 10, 10)
+    history = model.fit(x, y, epochs=2, batch_size=16, verbose=0)
+    assert len(history.epoch) == 2 and seen
+    n = len(seen)
+    np.testing.assert_allclose(model.predict(x, verbose=0), model(x), rtol=1e-5, atol=1e-6)
+    assert len(seen) > n

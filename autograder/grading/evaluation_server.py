@@ -307,8 +307,11 @@ def serve(labs: list[str], requests: IO[str], replies: IO[str]) -> None:
     from autograder.data.loaders import DATA_DIR_ENV, data_dir, keep_loaded, load_heldout
     from autograder.grading import evaluate  # noqa: F401
     from autograder.grading.metrics import student_view, train_stats
+    from autograder.grading.tf_data import untune_tf_data
     from autograder.rubric import load_rubric
     from autograder.sandbox.accounts import evaluator_account
+
+    untune_tf_data()  # its children predict beside the kernels' training
 
     # Pinned before any child switches accounts: without $HOME, "~" would become the
     # evaluator account's home there, not the grader's.

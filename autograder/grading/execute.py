@@ -27,6 +27,7 @@ from autograder._runtime import check_outputs_compiled, environment
 from autograder.fstree import remove_tree
 from autograder.grading.capture import FIT_RECORDER_SOURCE, capture_source
 from autograder.grading.output_budget import NOT_OUTPUT, OutputBudget, shorten_error
+from autograder.grading.tf_data import UNTUNED_TF_DATA_SOURCE
 from autograder.rubric import lab_ids, load_rubric
 from autograder.sandbox.files import close_to_others, grader_temp
 from autograder.sandbox.kernel import (
@@ -45,7 +46,11 @@ from autograder.sandbox.stops import (
 from autograder.sandbox.watchdog import Watchdog
 from autograder.settings import KERNEL_CPU_WEIGHT, QUIET_TENSORFLOW, Limits
 
-__all__ = ["GraderExecute"]
+__all__ = ["LAB_KERNEL_SETUP", "GraderExecute"]
+
+# The grader's code run silently in a lab's kernel before the notebook's first cell:
+# tf.data untuned (it stalls beside other kernels), then every fit() recorded.
+LAB_KERNEL_SETUP = UNTUNED_TF_DATA_SOURCE + FIT_RECORDER_SOURCE
 
 
 # A lab notebook's kernel: TensorFlow quiet, on the CPU.
@@ -174,7 +179,7 @@ class GraderExecute(Execute):
         limits = self.limits()
         lab = resources["nbgrader"]["assignment"]
         nb = self._restore_deleted_cells(nb, resources)
-        self._kernel_setup = FIT_RECORDER_SOURCE if lab in lab_ids() else ""
+        self._kernel_setup = LAB_KERNEL_SETUP if lab in lab_ids() else ""
         if lab not in lab_ids():
             return self._execute(nb, resources, limits)
         artifacts = grader_temp(lab)
