@@ -24,7 +24,7 @@ import threading
 import time
 from pathlib import Path
 
-import psutil
+from batch_vs_serial import _busy
 
 from autograder.settings import QUIET_TENSORFLOW, threads_environment
 
@@ -59,15 +59,6 @@ def child(way: str, epochs: int, ready: Path, go: Path) -> None:
     print(json.dumps({"start": start, "end": time.time(), "cpu": time.process_time() - cpu}))
 
 
-def _busy() -> float:
-    t = psutil.cpu_times()
-    return float(sum(t) - t.idle - getattr(t, "iowait", 0.0))
-
-
-def args(ready: Path, go: Path) -> list[str]:
-    return ["--ready", str(ready), "--go", str(go)]
-
-
 def pair(way: str, epochs: int) -> dict[str, float]:
     """Two trainings started together; the machine's busy share while both ran."""
     env = {**os.environ, **QUIET_TENSORFLOW, **threads_environment(1)}
@@ -76,7 +67,18 @@ def pair(way: str, epochs: int) -> dict[str, float]:
         ready = [Path(tmp) / f"ready{i}" for i in range(2)]
         procs = [
             subprocess.Popen(
-                [sys.executable, __file__, "--child", way, "--epochs", str(epochs), *args(r, go)],
+                [
+                    sys.executable,
+                    __file__,
+                    "--child",
+                    way,
+                    "--epochs",
+                    str(epochs),
+                    "--ready",
+                    str(r),
+                    "--go",
+                    str(go),
+                ],
                 env=env,
                 stdout=subprocess.PIPE,
                 text=True,

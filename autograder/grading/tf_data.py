@@ -2,8 +2,8 @@
 
 tf.data's autotuner (on unless a pipeline turns it off) stalls a pipeline while other
 processes hold the machine's cores: two lab 3 ``model.fit`` calls side by side on 2 cores,
-one TensorFlow thread each, left 28-35% of the machine idle and took 3.8-4.1 s each, against
-2-4% idle and 2.5-2.8 s without it, for the same CPU (``benchmarks/tf_data_autotune.py``).
+one TensorFlow thread each, left 16-20% of the machine idle and took 5.04-5.08 s each,
+against 1-4% idle and 3.65-4.05 s without it, for less CPU (``benchmarks/tf_data_autotune.py``).
 A batch runs one notebook per core, so that stall was most of the time two trainings side by
 side lost against one alone. Autotuning only chooses how many threads and how large buffers
 a pipeline uses: every element, and its order, stays as the pipeline defines it, so what a
