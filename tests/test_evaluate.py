@@ -216,6 +216,12 @@ def test_the_model_is_read_by_an_unprivileged_child(keras, tmp_path, staged_data
         uid = evaluator.last_uid
     assert result.error is None and result.metrics["accuracy"] > 0.5
     assert result.witnesses["accuracy@test"] > 0.5  # the model's own test split, scored here
+    # and the sizes of both samples, which the memorisation review's noise floor needs
+    (_, _), (_, test_y) = load_mnist()
+    assert result.witnesses["accuracy@test_examples"] == min(1000, len(test_y))
+    assert result.figures["heldout_examples"] == sum(
+        map(sum, result.figures["confusion_matrix"]["matrix"])
+    )
     if os.geteuid() == 0:
         assert evaluator_account() is not None
         assert uid == pwd.getpwnam(EVALUATOR_ACCOUNT).pw_uid != 0
@@ -523,3 +529,29 @@ def test_tf_data_pipelines_run_untuned_with_the_same_elements(keras, monkeypatch
     n = len(seen)
     np.testing.assert_allclose(model.predict(x, verbose=0), model(x), rtol=1e-5, atol=1e-6)
     assert len(seen) > n
+
+
+def test_the_fit_record_gives_the_validation_size(keras, monkeypatch):
+    """The kernel's fit() record says how many examples the validation score is measured
+    on, as keras splits them: the memorisation review's noise floor for that gap."""
+    import sys
+
+    from autograder.grading.capture import FIT_RECORDER_SOURCE
+    from autograder.grading.evaluate import _validation_examples
+
+    monkeypatch.setattr(keras.Model, "fit", keras.Model.fit)  # put back after the test
+    monkeypatch.setitem(sys.modules, "_autograder_fits", None)
+    exec(FIT_RECORDER_SOURCE, {})
+    record = sys.modules["_autograder_fits"]
+    model = _dense(keras, hidden=4)
+    x = np.random.default_rng(0).random((101, 784), dtype=np.float32)
+    y = keras.utils.to_categorical(np.arange(101) % 10, 10)
+    model.fit(x, y, epochs=1, batch_size=32, validation_split=0.2, verbose=0)
+    model.fit(x[:70], y[:70], epochs=1, validation_data=(x[70:], y[70:]), verbose=0)
+    model.fit(x, y, epochs=1, verbose=0)
+    # keras keeps floor(101 * 0.8) = 80 for training: 21 validate
+    assert [c.get("validation_examples") for c in record.calls] == [21, 31, None]
+    calls = tuple({**c, "graded_model": True} for c in record.calls)
+    assert _validation_examples(calls) == {"validation_examples": 31.0}
+    assert _validation_examples(calls[:1]) == {"validation_examples": 21.0}
+    assert _validation_examples(({**calls[0], "graded_model": False},)) == {}

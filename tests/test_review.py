@@ -11,7 +11,7 @@ from grading_helpers import calibration_runs
 
 from autograder.authoring.calibrate import suggest_review
 from autograder.errors import ConfigError
-from autograder.grading.review import memorisation, training_record
+from autograder.grading.review import memorisation, sampling_gap, training_record
 from autograder.rubric import Threshold, parse_rubric
 
 ACCURACY = Threshold(0.87, 0.5, review_beyond=0.94, review_gap_test=0.06)
@@ -42,6 +42,47 @@ def test_a_held_out_score_far_better_than_the_models_own_is_flagged():
     # A witness missing, or a bound not calibrated: nothing to compare.
     assert memorisation(ACCURACY, "accuracy", 0.93, {}) == []
     assert memorisation(Threshold(0.87, 0.5), "accuracy", 0.999, {"test": 0.5}) == []
+
+
+def test_a_gap_within_sampling_noise_is_not_flagged():
+    """A correct model's two accuracies differ by sampling alone: on the test split's 1,000
+    examples against the 2,500 held-out reviews lab 5 scores, 0.052 is within 4 standard
+    deviations (a correct GRU in the demo was flagged at the reference's 0.05 before)."""
+    imdb = Threshold(0.63, 0.55, review_gap_test=0.05)
+    sized = {"test": 0.748, "test_examples": 1000.0}
+    assert memorisation(imdb, "accuracy", 0.80, sized, heldout_examples=2500) == []
+    # The sizes unknown (a result stored before them): the rubric's bound alone.
+    assert memorisation(imdb, "accuracy", 0.80, {"test": 0.748}, heldout_examples=None) != []
+    # Large samples leave no such room: the same gap is flagged, against the reference.
+    big = {"test": 0.748, "test_examples": 100_000.0}
+    (reason,) = memorisation(imdb, "accuracy", 0.80, big, heldout_examples=100_000)
+    assert reason.endswith("the reference's gap stays within 0.05")
+    # A memoriser is still caught, and the reason names the bound that applied.
+    (reason,) = memorisation(imdb, "accuracy", 0.99, sized, heldout_examples=2500)
+    assert "0.242 better than on its own test split" in reason
+    assert reason.endswith("the reference's gap stays within 0.05")  # the floor is 0.040
+    small = {"test": 0.70, "test_examples": 200.0}  # a floor above the reference's bound
+    (reason,) = memorisation(imdb, "accuracy", 0.85, small, heldout_examples=2000)
+    pooled = (0.85 * 2000 + 0.70 * 200) / 2200
+    assert reason.endswith(
+        f"chance on samples of this size stays within {sampling_gap(pooled, 2000, 200):.3g}"
+    )
+    # The validation data's size, from the fit() record: the same floor.
+    imdb = Threshold(0.63, 0.55, review_gap_validation=0.04)
+    val = {"validation": 0.76}
+    assert memorisation(imdb, "accuracy", 0.81, val, heldout_examples=2500) != []
+    val["validation_examples"] = 800.0  # validation_split=0.2 of 4,000 reviews
+    assert memorisation(imdb, "accuracy", 0.81, val, heldout_examples=2500) == []
+    # An error metric has no binomial noise: its calibrated bound alone.
+    mae = {"test": 4.5, "test_examples": 102.0}
+    assert memorisation(MAE, "mae", 2.5, mae, heldout_examples=100) != []
+
+
+def test_the_sampling_floor_is_the_difference_of_two_proportions():
+    # 4 sd of p(1-p)(1/n + 1/m): 0.5 at 100 and 100 examples is 4 * 0.0707
+    assert sampling_gap(0.5, 100, 100) == pytest.approx(4 * (0.25 * 0.02) ** 0.5)
+    assert sampling_gap(1.0, 100, 100) == 0.0  # a perfect model on both: no noise
+    assert sampling_gap(0.9, 1000, 1000) < sampling_gap(0.9, 100, 100)
 
 
 def test_a_score_that_earns_no_points_is_never_flagged():

@@ -36,7 +36,7 @@ SAMPLES_FILE = "samples.npz"
 # or forge it (see the README).
 FIT_RECORDER_SOURCE = r"""
 def _autograder_record_fits():
-    import functools, inspect, sys, types
+    import functools, inspect, math, sys, types
     import keras
     record = types.ModuleType("_autograder_fits")
     record.calls = []
@@ -62,8 +62,15 @@ def _autograder_record_fits():
                 "validation": bool(given.get("validation_split") or
                                    given.get("validation_data") is not None),
             }
-            call = {k: v for k, v in call.items() if isinstance(v, (int, float, str, list, bool))}
             x = given.get("x")
+            # how many examples the validation score is measured on, as keras splits them
+            split, data = given.get("validation_split"), given.get("validation_data")
+            if isinstance(data, (tuple, list)) and data and hasattr(data[0], "__len__"):
+                call["validation_examples"] = len(data[0])
+            elif isinstance(split, float) and 0 < split < 1 and hasattr(x, "shape"):
+                n = int(x.shape[0])
+                call["validation_examples"] = n - int(math.floor(n * (1.0 - split)))
+            call = {k: v for k, v in call.items() if isinstance(v, (int, float, str, list, bool))}
             if len(record.samples) < 5 and hasattr(x, "shape") and hasattr(x, "dtype"):
                 # the form the model is trained in, for the grader to prepare held-out data
                 import numpy

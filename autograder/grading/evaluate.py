@@ -153,6 +153,7 @@ def _review(
     capture: dict[str, Any],
     witnesses: dict[str, dict[str, float]],
     iterations: int | None,
+    heldout_examples: int | None = None,
 ) -> tuple[str, ...]:
     reasons = []
     for check in rubric.checks:
@@ -164,7 +165,8 @@ def _review(
             threshold = check.threshold(ev.data_source, [la.type for la in ev.model.layers])
         if threshold is not None:
             value = ev.metrics[metric]
-            reasons += memorisation(threshold, metric, value, witnesses.get(metric, {}))
+            seen = {**witnesses.get(metric, {}), **_validation_examples(ev.fit_calls)}
+            reasons += memorisation(threshold, metric, value, seen, heldout_examples)
     reasons += training_record(
         rubric.model_variable,
         ev.fit_calls,
@@ -172,6 +174,16 @@ def _review(
         iterations if ev.model is not None else None,
     )
     return tuple(reasons)
+
+
+def _validation_examples(fit_calls: tuple[dict[str, Any], ...] | None) -> dict[str, float]:
+    """The size of the validation data of the graded model's last fit() that had some, as
+    the kernel recorded it (``validation_examples``), where it did."""
+    for call in reversed(fit_calls or ()):
+        n = call.get("validation_examples")
+        if call.get("graded_model") and isinstance(n, int) and n > 0:
+            return {"validation_examples": float(n)}
+    return {}
 
 
 def failed_result(rubric: Rubric, source: str, reason: str) -> GradingResult:
@@ -222,7 +234,7 @@ def evaluate_artifacts(lab: str, artifacts: Path, rubric: Rubric | None = None) 
             for metric, values in witnesses.items()
             for name, value in values.items()
         },
-        review=_review(rubric, ev, capture, witnesses, iterations),
+        review=_review(rubric, ev, capture, witnesses, iterations, figures.get("heldout_examples")),
         preparation=ev.preparation,
         rubric=rubric.version,
     )

@@ -287,6 +287,7 @@ def heldout_evaluation(
                 f"the model could not be evaluated on held-out data: {short_error(exc)}"
             )
         return {}, problems, figures, True
+    figures["heldout_examples"] = len(y)  # what the review's sampling noise depends on
     try:
         if "accuracy" in metrics:
             figures.update(_classifier_figures(rubric, pred, y))
@@ -336,6 +337,7 @@ def witness_metrics(
         if test is not None:
             with contextlib.suppress(Exception):
                 values["test"] = metric_value(metric, *test)
+                values["test_examples"] = float(len(test[1]))  # the sample's size
         for name in _VAL_NAMES.get(metric, (f"val_{metric}",)):
             series = history.get(name)
             if isinstance(series, list) and series and isinstance(series[-1], int | float):

@@ -12,6 +12,10 @@ Two kinds, both computed in the clean evaluation process:
   beyond anything the reference solution reaches on that data (trained on the whole
   original test split: both scores rise, the ceiling catches it). Both bounds are
   calibrated from the reference runs (``autograder calibrate``) and kept in the rubric.
+  An accuracy gap is never held to less than chance allows: the splits are samples (the
+  test split's witness 1,000 examples at most, the validation data as fit() split it),
+  and a handful of reference runs cannot show how far a correct model's two scores may
+  drift apart by sampling alone.
 - **Training record.** What the kernel reports about training (the fit() record, the
   model's history) is checked against what the saved model carries: the optimizer's
   iteration count must be what the recorded fit() calls ran.
@@ -19,26 +23,48 @@ Two kinds, both computed in the clean evaluation process:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from autograder.rubric import Threshold
 
-__all__ = ["WITNESSES", "memorisation", "training_record"]
+__all__ = ["SAMPLING_Z", "WITNESSES", "memorisation", "sampling_gap", "training_record"]
 
 # The model's other scores, computed or recorded outside the held-out data: the grader's own
 # evaluation on the public test split, and the last validation score fit() recorded.
 WITNESSES = {"test": "its own test split", "validation": "its validation data"}
 
 
+# Standard deviations of sampling noise an accuracy gap may reach before it is flagged:
+# one-sided, a correct model crosses 4 by chance once in about 30,000 gradings.
+SAMPLING_Z = 4.0
+
+
+def sampling_gap(accuracy: float, examples: int, other_examples: int) -> float:
+    """The accuracy gap between two independent samples of ``examples`` and
+    ``other_examples`` that a model of ``accuracy`` reaches by chance at ``SAMPLING_Z``
+    standard deviations (binomial: the difference of two proportions)."""
+    p = min(max(accuracy, 0.0), 1.0)
+    return SAMPLING_Z * math.sqrt(p * (1 - p) * (1 / examples + 1 / other_examples))
+
+
 def memorisation(
-    threshold: Threshold, metric: str, heldout: float, witnesses: Mapping[str, float]
+    threshold: Threshold,
+    metric: str,
+    heldout: float,
+    witnesses: Mapping[str, float],
+    heldout_examples: int | None = None,
 ) -> list[str]:
     """Reasons to review a held-out ``metric`` of ``heldout`` (empty: nothing unusual).
 
     None for a score at or past the threshold's ``zero``: it earns no points, so there is
     nothing a memorised held-out set could have bought, and a model that learned next to
-    nothing (a constant prediction) differs between splits only by their labels."""
+    nothing (a constant prediction) differs between splits only by their labels.
+
+    ``witnesses`` may carry ``test_examples`` and ``validation_examples``, the sizes of
+    those samples; with ``heldout_examples``, an accuracy gap to one is held to the larger
+    of the rubric's bound and :func:`sampling_gap`."""
     if threshold.better_by(heldout, threshold.zero) <= 0:
         return []
     reasons = []
@@ -56,13 +82,34 @@ def memorisation(
         if gap is None or value is None:
             continue
         better = threshold.better_by(heldout, value)
-        if better > gap:
+        chance = _chance(metric, name, heldout, value, witnesses, heldout_examples)
+        if better > max(gap, chance):
+            bound = f"the reference's gap stays within {gap:g}"
+            if chance > gap:
+                bound = f"chance on samples of this size stays within {chance:.3g}"
             reasons.append(
                 f"possible memorisation: held-out {metric} {heldout:.4g} is {better:.3g} better "
-                f"than on {WITNESSES[name]} ({value:.4g}); the reference's gap stays within "
-                f"{gap:g}"
+                f"than on {WITNESSES[name]} ({value:.4g}); {bound}"
             )
     return reasons
+
+
+def _chance(
+    metric: str,
+    name: str,
+    heldout: float,
+    value: float,
+    witnesses: Mapping[str, float],
+    heldout_examples: int | None,
+) -> float:
+    """The sampling floor for one witness's gap; 0 where the sizes are unknown (the
+    validation data's, an error metric's noise, a result stored before sizes were)."""
+    examples = witnesses.get(f"{name}_examples")
+    if metric != "accuracy" or not examples or not heldout_examples:
+        return 0.0
+    n, m = int(examples), int(heldout_examples)
+    pooled = (heldout * m + value * n) / (m + n)
+    return sampling_gap(pooled, m, n)
 
 
 def _steps(call: Mapping[str, Any]) -> int | None:
