@@ -97,14 +97,20 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def shown(cell: nbformat.NotebookNode) -> str:
-    """What the student reads in a cell's outputs (colour codes left out)."""
-    return _ANSI.sub(
-        "",
-        "\n".join(
-            o.get("text", "") + o.get("evalue", "") + "\n" + "\n".join(o.get("traceback", []))
-            for o in cell.get("outputs", [])
-        ),
-    )
+    """What the student reads in a cell's outputs (colour codes left out). Consecutive
+    outputs of one stream read as one text, as Jupyter shows them: the kernel flushes a
+    print() in pieces when its output thread runs between the writes (a busy machine)."""
+    texts: list[str] = []
+    last_stream = None
+    for o in cell.get("outputs", []):
+        stream = o.get("name") if o.get("output_type") == "stream" else None
+        text = o.get("text", "") + o.get("evalue", "") + "\n" + "\n".join(o.get("traceback", []))
+        if stream is not None and stream == last_stream:
+            texts[-1] = texts[-1].removesuffix("\n") + text
+        else:
+            texts.append(text)
+        last_stream = stream
+    return _ANSI.sub("", "\n".join(texts))
 
 
 def sandbox_record() -> dict[str, Any]:

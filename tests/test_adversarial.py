@@ -554,6 +554,22 @@ def test_monkeypatching_fools_only_the_students_kernel(batch):
     )
 
 
+def test_a_print_flushed_in_pieces_reads_as_one_line():
+    """On a busy machine a kernel's output thread may send one print() in two stream
+    messages; the helpers read the cell as Jupyter shows it (a fresh-machine run once
+    failed the test below on "test_acc:" and " 0.938" kept apart)."""
+    from nbformat.v4 import new_code_cell, new_output
+
+    cell = new_code_cell("print('test_acc:', test_acc)")
+    cell.outputs = [
+        new_output("stream", name="stdout", text="32/32 - accuracy: 0.938\n"),
+        new_output("stream", name="stdout", text="test_acc:"),
+        new_output("stream", name="stdout", text=" 0.938\n"),
+        new_output("error", ename="E", evalue="boom", traceback=["tb"]),
+    ]
+    assert gh.shown(cell) == "32/32 - accuracy: 0.938\ntest_acc: 0.938\n\n\nboom\ntb"
+
+
 def test_trained_on_test_split_gets_what_its_model_does_on_held_out_digits(batch):
     course, *_ = batch
     result = gh.result_of(course, LAB, "trained-on-test")
