@@ -49,10 +49,12 @@ class GradingResult:
     history: dict[str, list[float]] = field(default_factory=dict)
     model: dict[str, Any] | None = None
     # Numbers for the feedback's pictures, computed in the clean evaluation process:
-    # ``confusion_matrix`` ({"labels", "matrix"}: held-out counts, aggregates only) and
-    # ``predicted_vs_true`` ({"pairs": [[true, predicted], ...]}: the public test split).
+    # ``confusion_matrix`` ({"labels", "matrix"}: held-out counts, aggregates only),
+    # ``predicted_vs_true`` ({"pairs": [[true, predicted], ...]}: the public test split);
+    # ``heldout_examples``: how many held-out examples the metrics were computed on.
     figures: dict[str, Any] = field(default_factory=dict)
-    # The model's score on other data, for the instructor (see autograder.grading.review.WITNESSES).
+    # The model's score on other data, for the instructor (see autograder.grading.review.WITNESSES),
+    # and the test sample's size (``<metric>@test_examples``).
     witnesses: dict[str, float] = field(default_factory=dict)
     # Reasons to review this grade (grading.review): instructors' eyes only, never scored.
     review: tuple[str, ...] = ()

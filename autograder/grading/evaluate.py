@@ -156,6 +156,7 @@ def _review(
     heldout_examples: int | None = None,
 ) -> tuple[str, ...]:
     reasons = []
+    validation = _validation_examples(ev.fit_calls)
     for check in rubric.checks:
         metric = check.params.get("metric")
         if check.kind != "metric" or metric not in ev.metrics:
@@ -165,7 +166,7 @@ def _review(
             threshold = check.threshold(ev.data_source, [la.type for la in ev.model.layers])
         if threshold is not None:
             value = ev.metrics[metric]
-            seen = {**witnesses.get(metric, {}), **_validation_examples(ev.fit_calls)}
+            seen = {**witnesses.get(metric, {}), **validation}
             reasons += memorisation(threshold, metric, value, seen, heldout_examples)
     reasons += training_record(
         rubric.model_variable,

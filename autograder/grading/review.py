@@ -102,8 +102,9 @@ def _chance(
     witnesses: Mapping[str, float],
     heldout_examples: int | None,
 ) -> float:
-    """The sampling floor for one witness's gap; 0 where the sizes are unknown (the
-    validation data's, an error metric's noise, a result stored before sizes were)."""
+    """The sampling floor for one witness's gap; 0 for an error metric (no binomial
+    noise) and where a size is unknown (no fit() record of the validation data's, a
+    result stored before sizes were)."""
     examples = witnesses.get(f"{name}_examples")
     if metric != "accuracy" or not examples or not heldout_examples:
         return 0.0
