@@ -633,6 +633,7 @@ def test_the_coordinators_gradebooks_share_one_engine_and_hold_no_lock(tmp_path)
         assert second.engine is engine
         assert second.find_assignment(LAB).name == LAB
     assert statements and not [s for s in statements if "sqlite_master" in s or "PRAGMA" in s]
+    assert not [s for s in statements if "FROM course" in s]  # its row found by the first
     pid = os.fork()
     if pid == 0:  # a forked child: an engine of its own
         with Gradebook(url) as child:
@@ -650,6 +651,33 @@ def test_the_coordinators_gradebooks_share_one_engine_and_hold_no_lock(tmp_path)
     assert nbgrader.api.create_engine is sqlalchemy.create_engine
     assert nbgrader.api.inspect is sqlalchemy.inspect
     assert "create_all" not in vars(nbgrader.api.Base.metadata)
+    assert nbgrader.api.Gradebook.check_course.__module__ == "nbgrader.api"
+
+
+def test_a_course_row_made_in_a_rolled_back_transaction_is_made_again(tmp_path):
+    """The gradebooks of one engine look their course's row up once, once it is committed:
+    one made inside a replay's transaction that rolled back is gone, and made again."""
+    from nbgrader.api import Gradebook
+
+    from autograder._runtime import ensure_tool_path
+    from autograder.batch.replay import one_engine, one_transaction
+
+    ensure_tool_path()  # nbgrader's alembic, which stamps a new gradebook
+    url = f"sqlite:///{tmp_path / 'fresh.db'}"
+    with Gradebook(url, "another"):  # the tables, and a course other than this one
+        pass
+    with one_engine(url):
+        with pytest.raises(RuntimeError), one_transaction(url):
+            with Gradebook(url, "course101"):
+                pass
+            raise RuntimeError("the replay failed")
+        with Gradebook(url, "course101") as gb:
+            gb.add_assignment("made")  # refers to the course's row: there again
+    with sqlite3.connect(tmp_path / "fresh.db") as db:
+        assert db.execute("SELECT id FROM course ORDER BY id").fetchall() == [
+            ("another",),
+            ("course101",),
+        ]
 
 
 def test_a_batch_hands_out_the_labs_expected_to_run_longest_first():
@@ -675,3 +703,52 @@ def test_a_labs_expected_time_is_its_calibration_runs_on_the_data_staged_here(
     # A cap no calibration ran under: not known, not guessed.
     monkeypatch.setenv("AUTOGRADER_TRAIN_LIMIT", "imdb=123")
     assert expected_seconds("lab5_imdb_rnn") is None
+
+
+def test_deleted_cells_are_restored_and_a_whole_notebook_reads_the_gradebook_once(
+    tmp_path, monkeypatch
+):
+    """Graded cells a student deleted are put back (nbgrader's ``OverwriteCells``); a
+    notebook that has them all is left as it is, and which cells the lab has is read once
+    per gradebook file as it is: read again after it changes."""
+    import nbgrader.api
+    import nbgrader.preprocessors
+    from nbformat import reads
+
+    from autograder.grading import restore
+    from autograder.grading.execute import GraderExecute
+
+    course = _course(tmp_path / "course", [])
+    notebook = load_rubric(LAB).notebook
+    source = course.root / "release" / LAB / f"{notebook}.ipynb"
+    resources = {"nbgrader": {"db_url": course.db_url, "assignment": LAB, "notebook": notebook}}
+    opened: list[str] = []
+    real = nbgrader.api.Gradebook.__init__
+
+    def counted(self, *args, **kwargs):
+        opened.append(args[0])
+        real(self, *args, **kwargs)
+
+    monkeypatch.setattr(nbgrader.api.Gradebook, "__init__", counted)
+    parent = GraderExecute()
+    whole = reads(source.read_text(), as_version=4)
+    for _ in range(3):
+        kept = restore.restore_deleted_cells(
+            reads(source.read_text(), as_version=4), {**resources}, parent
+        )
+        assert kept == whole
+    assert len(opened) == 1
+    graded = [i for i, c in enumerate(whole.cells) if c.metadata.get("nbgrader", {}).get("grade")]
+    gutted = reads(source.read_text(), as_version=4)
+    gone = gutted.cells.pop(graded[-1]).metadata.nbgrader.grade_id
+    state: dict = {**resources}
+    back = restore.restore_deleted_cells(gutted, state, parent)
+    assert state["autograder"]["restored_cells"] == [gone]
+    assert [c.metadata.get("nbgrader", {}).get("grade_id") for c in back.cells] == [
+        c.metadata.get("nbgrader", {}).get("grade_id") for c in whole.cells
+    ]
+    with nbgrader.api.Gradebook(course.db_url) as gb:  # the file changes
+        gb.add_student("someone-new")
+    opened.clear()
+    restore.restore_deleted_cells(reads(source.read_text(), as_version=4), {**resources}, parent)
+    assert len(opened) == 1

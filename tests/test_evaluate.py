@@ -60,6 +60,30 @@ def test_trained_model_is_graded_from_artifacts(keras, tmp_path, staged_data):
     assert result.model is not None and result.model["params"] == 407050
 
 
+def test_array_summaries_find_every_nan_and_infinity(tmp_path):
+    """The capture's summary of an array: its range over the numbers in it, and whether
+    all of them are finite, whichever non-finite value it holds and wherever."""
+    import json
+
+    from autograder.grading.capture import CAPTURE_FILE
+
+    base = np.linspace(-2, 3, 4 * 784, dtype="float32").reshape(4, 784)
+    cases = {"clean": (base, True), "ints": (np.arange(12).reshape(3, 4), True)}
+    for bad in (np.nan, np.inf, -np.inf):
+        for where in (0, 1000, base.size - 1):
+            arr = base.copy()
+            arr.flat[where] = bad
+            cases[f"{bad}@{where}"] = (arr, False)
+    for name, (arr, finite) in cases.items():
+        out = tmp_path / name
+        _capture({"train_images": arr}, out)
+        info = json.loads((out / CAPTURE_FILE).read_text())["values"]["train_images"]
+        assert info["finite"] is finite, name
+        # the range over the numbers; an infinity is one of them, a NaN is not
+        kept = arr[~np.isnan(arr)] if arr.dtype.kind == "f" else arr
+        assert (info["min"], info["max"]) == (float(kept.min()), float(kept.max())), name
+
+
 def test_lambda_layer_is_rejected_before_loading(keras, tmp_path, staged_data):
     network = keras.Sequential(
         [

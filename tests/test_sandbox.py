@@ -642,6 +642,19 @@ def test_output_beyond_the_limit_is_dropped_with_a_note(tmp_path):
     assert "still shown" in gh.shown(nb.cells[2])  # errors are kept: nbgrader scores them
 
 
+def test_a_kernel_replies_without_pausing_and_no_output_is_lost(tmp_path):
+    """A graded kernel skips ipykernel's pause before each execute reply (kept for clients
+    that stop reading a cell's outputs at its reply): nbclient reads them until the kernel
+    is idle, so the last lines a cell prints, unflushed, still arrive, in order."""
+    nb = _run(
+        tmp_path,
+        "print(get_ipython().kernel._execute_sleep)",
+        "for i in range(3000):\n    print(i)\nprint('last', end='')",
+    )
+    assert gh.shown(nb.cells[0]).strip() == "0.0"
+    assert gh.shown(nb.cells[1]).rstrip("\n") == "\n".join(map(str, range(3000))) + "\nlast"
+
+
 def test_a_kernel_that_exits_says_so(tmp_path):
     nb = _run(tmp_path, "import os\nos._exit(3)", "print('after')")
     reason = "the kernel died (exit code 3): the notebook ended its own Python process"

@@ -22,7 +22,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -205,6 +205,7 @@ class _Shared:
     engine: Any = None  # made by the first gradebook that asks
     tables_ready: bool = False  # nbgrader's tables found or made through this engine
     connection: Any = None  # while one_transaction lasts: the one every gradebook joins
+    courses: set[str] = field(default_factory=set)  # found or made, and committed
 
 
 # Gradebook URL -> its shared engine, in this process only: a forked child starts with none.
@@ -291,6 +292,23 @@ def _create_all(bind: Any = None, **kwargs: Any) -> None:
         shared.tables_ready = True
 
 
+_CHECK_COURSE: list[Any] = []  # nbgrader's own Gradebook.check_course, while patched
+
+
+def _check_course(gradebook: Any, course_id: str = "default_course", **kwargs: Any) -> Any:
+    """nbgrader's, once per course for a shared engine: every gradebook opened looks its
+    course's row up (a query, and a savepoint inside ``one_transaction``), and nothing the
+    grader does removes it. Remembered only once committed: made inside a transaction
+    that is rolled back, it would be gone."""
+    shared = _shared_of(gradebook.engine)
+    if shared is not None and course_id in shared.courses and not kwargs:
+        return None  # its only caller, Gradebook.__init__, reads nothing back
+    course = _CHECK_COURSE[0](gradebook, course_id, **kwargs)
+    if shared is not None and shared.connection is None:
+        shared.courses.add(course_id)
+    return course
+
+
 @contextlib.contextmanager
 def one_engine(db_url: str) -> Iterator[None]:
     """Every nbgrader ``Gradebook`` of ``db_url`` in this process shares one SQLAlchemy
@@ -302,7 +320,8 @@ def one_engine(db_url: str) -> Iterator[None]:
     disposes the engine's connections, so no connection, and no lock on the database,
     outlives the step that opened it (outside ``one_transaction``). Its tables are
     looked for (a query each, and made if missing) by the first gradebook only, not again
-    by each. A process forked from this one makes its own engine.
+    by each, and so is its course's row. A process forked from this one makes its own
+    engine.
     """
     import nbgrader.api
     import sqlalchemy
@@ -314,6 +333,9 @@ def one_engine(db_url: str) -> Iterator[None]:
     nbgrader.api.inspect = _inspect
     nbgrader.api.sessionmaker = _sessionmaker
     nbgrader.api.Base.metadata.create_all = _create_all
+    if not _CHECK_COURSE:
+        _CHECK_COURSE.append(nbgrader.api.Gradebook.check_course)
+        nbgrader.api.Gradebook.check_course = _check_course
     try:
         yield
     finally:
@@ -328,6 +350,7 @@ def one_engine(db_url: str) -> Iterator[None]:
             nbgrader.api.sessionmaker = sqlalchemy.orm.sessionmaker
             with contextlib.suppress(AttributeError):  # the class's own again
                 del nbgrader.api.Base.metadata.create_all
+            nbgrader.api.Gradebook.check_course = _CHECK_COURSE.pop()
 
 
 @contextlib.contextmanager

@@ -132,13 +132,23 @@ def _autograder_capture(ns, out, model_var, names, samples_of, rows):
             return {"type": "mapping", "value": flat}
         arr = np.asarray(value)
         numeric = arr.size > 0 and np.issubdtype(arr.dtype, np.number)
+        lo = hi = None
+        finite = True
+        if numeric and arr.dtype.kind in "iuf":
+            # A NaN or an infinity shows in the min or the max: two passes, not three.
+            lo, hi = arr.min(), arr.max()
+            finite = bool(np.isfinite(lo) and np.isfinite(hi))
+            if np.isnan(lo) or np.isnan(hi):
+                lo, hi = np.nanmin(arr), np.nanmax(arr)
+        elif numeric:
+            lo, hi, finite = np.nanmin(arr), np.nanmax(arr), bool(np.isfinite(arr).all())
         info = {
             "type": "array",
             "shape": [int(d) for d in arr.shape],
             "dtype": str(arr.dtype),
-            "min": float(np.nanmin(arr)) if numeric else None,
-            "max": float(np.nanmax(arr)) if numeric else None,
-            "finite": bool(np.isfinite(arr).all()) if numeric else True,
+            "min": float(lo) if numeric else None,
+            "max": float(hi) if numeric else None,
+            "finite": finite,
         }
         if numeric and arr.ndim == 2 and arr.shape[1] <= 64:
             col = arr.astype("float64")

@@ -27,6 +27,7 @@ from autograder._runtime import check_outputs_compiled, environment
 from autograder.fstree import remove_tree
 from autograder.grading.capture import FIT_RECORDER_SOURCE, capture_source
 from autograder.grading.output_budget import NOT_OUTPUT, OutputBudget, shorten_error
+from autograder.grading.restore import restore_deleted_cells
 from autograder.grading.tf_data import UNTUNED_TF_DATA_SOURCE
 from autograder.rubric import lab_ids, load_rubric
 from autograder.sandbox.files import close_to_others, grader_temp
@@ -223,31 +224,7 @@ class GraderExecute(Execute):
         info = resources.get("nbgrader", {})
         if not self.restore_missing_cells or not {"db_url", "notebook"} <= set(info):
             return nb
-        from nbgrader.api import Gradebook
-        from nbgrader.preprocessors import OverwriteCells
-
-        before = {c.metadata.get("nbgrader", {}).get("grade_id") for c in nb.cells}
-        # Only its putting back: its pass over every cell (a query each) was nbgrader's
-        # sanitizing step, OverwriteCells itself, which runs before execution.
-        step = OverwriteCells(add_missing_cells=True, parent=self)
-        step.notebook_id, step.assignment_id = info["notebook"], info["assignment"]
-        step.db_url = info["db_url"]
-        step.gradebook = Gradebook(step.db_url)
-        with step.gradebook:
-            nb, _ = step.add_missing_grade_cells(nb, resources)
-            nb, _ = step.add_missing_task_cells(nb, resources)
-        added = []
-        with_ids = any("id" in c for c in nb.cells)  # nbformat 4.5 and later
-        for cell in nb.cells:
-            gid = cell.metadata.get("nbgrader", {}).get("grade_id")
-            if gid not in before:
-                added.append(gid)
-                if with_ids:  # nbgrader adds the cell without one
-                    cell.setdefault("id", f"restored-{gid}"[:64])
-        if added:
-            self.log.warning("graded cells deleted from the submission, restored: %s", added)
-            resources.setdefault("autograder", {})["restored_cells"] = added
-        return nb
+        return restore_deleted_cells(nb, resources, self)
 
     def _course_root(self) -> Path | None:
         root = self.config.get("CourseDirectory", {}).get("root")

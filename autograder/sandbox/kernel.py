@@ -93,6 +93,10 @@ def _scrubbed(env: Mapping[str, str]) -> dict[str, str]:
     return {k: v for k, v in env.items() if not (_SECRET.search(k) or k.startswith("JUPYTERHUB_"))}
 
 
+# ipykernel pauses 0.5 ms before each execute reply, for clients that stop reading a cell's
+# outputs at its reply; nbclient reads them until the kernel says it is idle.
+_NO_REPLY_PAUSE = ("--IPythonKernel._execute_sleep", "0")
+
 # The launcher (stdlib only) runs as `python -I -S -c SOURCE`: nothing of the course on its path.
 _LAUNCH = Path(launcher.__file__).read_text()
 
@@ -366,6 +370,8 @@ class SandboxedKernelManager(AsyncKernelManager):
         self.connection_file = str(box.root / "kernel.json")
         kw["cwd"] = box.workdir(kw.get("cwd"))
         kernel_cmd, kw = await super()._async_pre_start_kernel(**kw)
+        if self.ipykernel and not any(a.startswith(_NO_REPLY_PAUSE[0]) for a in kernel_cmd):
+            kernel_cmd = [*kernel_cmd, "=".join(_NO_REPLY_PAUSE)]
         box.own(Path(self.connection_file))
         kw["env"] = box.environment(kw.get("env") or os.environ)
         self.isolated = box.network_isolated
