@@ -752,3 +752,7 @@ def test_deleted_cells_are_restored_and_a_whole_notebook_reads_the_gradebook_onc
     opened.clear()
     restore.restore_deleted_cells(reads(source.read_text(), as_version=4), {**resources}, parent)
     assert len(opened) == 1
+    # one entry for the lab's notebook, not one per state of the file
+    assert [k for k in restore._EXPECTED if k[0].startswith(str(tmp_path))] == [
+        (str(course.root / "gradebook.db"), LAB, notebook)
+    ]

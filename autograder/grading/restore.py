@@ -15,13 +15,15 @@ from nbformat import NotebookNode
 
 __all__ = ["restore_deleted_cells"]
 
-# (database path, its inode, size and modification time, assignment, notebook) ->
-# (names of its grade cells, names of its task cells), in this process
-_EXPECTED: dict[tuple[Any, ...], tuple[frozenset[str], frozenset[str]]] = {}
+# (database path, assignment, notebook) -> (the file's inode, size and modification time
+# when read, (names of its grade cells, names of its task cells)), in this process: one
+# entry per lab and gradebook, however often the file changes (a grading service's does).
+_Cells = tuple[frozenset[str], frozenset[str]]
+_EXPECTED: dict[tuple[str, str, str], tuple[tuple[int, ...], _Cells]] = {}
 
 
-def _file_key(db_url: str) -> tuple[Any, ...] | None:
-    """A SQLite gradebook's file as it is now; None for any other database."""
+def _file_stamp(db_url: str) -> tuple[str, tuple[int, ...]] | None:
+    """A SQLite gradebook's path and how its file is now; None for any other database."""
     from sqlalchemy.engine import make_url
 
     if not db_url.startswith("sqlite:"):
@@ -33,24 +35,25 @@ def _file_key(db_url: str) -> tuple[Any, ...] | None:
         st = os.stat(database)
     except OSError:
         return None
-    return (os.path.abspath(database), st.st_ino, st.st_size, st.st_mtime_ns)
+    return os.path.abspath(database), (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-def _expected(db_url: str, assignment: str, notebook: str) -> tuple[frozenset[str], frozenset[str]]:
+def _expected(db_url: str, assignment: str, notebook: str) -> _Cells:
     from nbgrader.api import Gradebook
 
-    file = _file_key(db_url)
-    key = (*file, assignment, notebook) if file is not None else None
-    if key is not None and key in _EXPECTED:
-        return _EXPECTED[key]
+    file = _file_stamp(db_url)
+    key = (file[0], assignment, notebook) if file is not None else None
+    known = _EXPECTED.get(key) if key is not None else None
+    if known is not None and file is not None and known[0] == file[1]:
+        return known[1]
     with Gradebook(db_url) as gb:
         source = gb.find_notebook(notebook, assignment)
         found = (
             frozenset(c.name for c in source.grade_cells),
             frozenset(c.name for c in source.task_cells),
         )
-    if key is not None:
-        _EXPECTED[key] = found
+    if key is not None and file is not None:
+        _EXPECTED[key] = (file[1], found)
     return found
 
 
