@@ -18,6 +18,7 @@ __all__ = [
     "ensure_tool_path",
     "environment",
     "skip_iri_format_checks",
+    "sqlite_file",
 ]
 
 
@@ -44,6 +45,15 @@ def environment(env: Mapping[str, str]) -> Iterator[None]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def sqlite_file(db_url: str) -> Path | None:
+    """The file of a SQLite gradebook's URL; None for any other database, or one in
+    memory."""
+    from sqlalchemy.engine import make_url
+
+    database = make_url(db_url).database if db_url.startswith("sqlite:") else None
+    return Path(database) if database and database != ":memory:" else None
 
 
 def ensure_tool_path() -> None:

@@ -712,7 +712,6 @@ def test_deleted_cells_are_restored_and_a_whole_notebook_reads_the_gradebook_onc
     notebook that has them all is left as it is, and which cells the lab has is read once
     per gradebook file as it is: read again after it changes."""
     import nbgrader.api
-    import nbgrader.preprocessors
     from nbformat import reads
 
     from autograder.grading import restore

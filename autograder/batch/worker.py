@@ -21,6 +21,7 @@ from typing import Any
 
 from nbformat import NotebookNode, reads
 
+from autograder._runtime import sqlite_file
 from autograder.batch.replay import (
     cache_dir,
     execution_key,
@@ -71,10 +72,8 @@ def _gradebook_read(course: Course) -> str:
     url = course.db_url
     if url in _SNAPSHOTS:
         return _SNAPSHOTS[url]
-    from sqlalchemy.engine import make_url
-
-    database = make_url(url).database if url.startswith("sqlite:") else None
-    if not database or database == ":memory:" or not Path(database).is_file():
+    database = sqlite_file(url)
+    if database is None or not database.is_file():
         return url
     folder = grader_temp("gradebook")
     copy = folder / "gradebook.db"

@@ -13,6 +13,8 @@ from typing import Any
 
 from nbformat import NotebookNode
 
+from autograder._runtime import sqlite_file
+
 __all__ = ["restore_deleted_cells"]
 
 # (database path, assignment, notebook) -> (the file's inode, size and modification time
@@ -24,15 +26,11 @@ _EXPECTED: dict[tuple[str, str, str], tuple[tuple[int, ...], _Cells]] = {}
 
 def _file_stamp(db_url: str) -> tuple[str, tuple[int, ...]] | None:
     """A SQLite gradebook's path and how its file is now; None for any other database."""
-    from sqlalchemy.engine import make_url
-
-    if not db_url.startswith("sqlite:"):
-        return None
-    database = make_url(db_url).database
-    if not database or database == ":memory:":
+    database = sqlite_file(db_url)
+    if database is None:
         return None
     try:
-        st = os.stat(database)
+        st = database.stat()
     except OSError:
         return None
     return os.path.abspath(database), (st.st_ino, st.st_size, st.st_mtime_ns)
@@ -42,31 +40,33 @@ def _expected(db_url: str, assignment: str, notebook: str) -> _Cells:
     from nbgrader.api import Gradebook
 
     file = _file_stamp(db_url)
-    key = (file[0], assignment, notebook) if file is not None else None
-    known = _EXPECTED.get(key) if key is not None else None
-    if known is not None and file is not None and known[0] == file[1]:
-        return known[1]
+    if file is not None:
+        known = _EXPECTED.get((file[0], assignment, notebook))
+        if known is not None and known[0] == file[1]:
+            return known[1]
     with Gradebook(db_url) as gb:
         source = gb.find_notebook(notebook, assignment)
         found = (
             frozenset(c.name for c in source.grade_cells),
             frozenset(c.name for c in source.task_cells),
         )
-    if key is not None and file is not None:
-        _EXPECTED[key] = (file[1], found)
+    if file is not None:
+        _EXPECTED[(file[0], assignment, notebook)] = (file[1], found)
     return found
 
 
 def _all_present(nb: NotebookNode, grade: frozenset[str], task: frozenset[str]) -> bool:
     """Whether nbgrader's steps would add nothing: each grade cell's id on a grade or
     solution cell, each task cell's on a cell with nbgrader metadata."""
+    from nbgrader.utils import is_grade, is_solution
+
     graded, marked = set(), set()
     for cell in nb.cells:
         meta = cell.get("metadata", {}).get("nbgrader")
         if not isinstance(meta, dict):
             continue
         marked.add(meta.get("grade_id"))
-        if meta.get("grade") or meta.get("solution"):
+        if is_grade(cell) or is_solution(cell):
             graded.add(meta.get("grade_id"))
     return grade <= graded and task <= marked
 
