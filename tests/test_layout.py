@@ -184,3 +184,32 @@ def test_a_grading_process_leaves_the_unused_iri_format_checker_unimported():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["None", "False"]
+
+
+def test_a_worker_takes_its_evaluations_results_without_the_evaluations_modules(tmp_path):
+    """A worker hands the capture to its evaluator and reads back the result: the modules
+    that evaluate (checks, metrics, evidence) are the evaluator's, and importing them in
+    the worker would land in its first submission's time. Only a failed evaluation needs
+    one of them, to say why."""
+    import subprocess
+    import sys
+
+    from autograder.grading.evaluate import failed_result
+    from autograder.grading.evaluation_child import RESULT
+    from autograder.rubric import load_rubric
+
+    lab = "lab3_mnist_dense"
+    (tmp_path / RESULT).write_text(failed_result(load_rubric(lab), "unknown", "x").to_json())
+    code = (
+        "import io, sys, types, autograder.batch.worker\n"
+        "from autograder.grading.evaluation_server import Evaluator\n"
+        'reply = io.StringIO(\'{"status": "ok", "exit": 0}\\n\')\n'
+        "proc = types.SimpleNamespace(stdout=reply)\n"
+        f"result = Evaluator(({lab!r},))._result(proc, True, {lab!r}, "
+        f"__import__('pathlib').Path({str(tmp_path)!r}), 60, False)\n"
+        "print(type(result).__name__, sorted(m for m in sys.modules if 'grading.' in m))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.startswith("GradingResult "), out
+    for module in ("evaluate", "checks", "metrics", "evidence", "scoring"):
+        assert f"'autograder.grading.{module}'" not in out.stdout, out.stdout

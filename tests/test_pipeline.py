@@ -74,7 +74,8 @@ def _glob(folder, pattern):
 
 def test_the_metadata_check_keeps_nbgraders_verdicts_and_checks_its_schema_once():
     """Both sanitizing and autograding check each cell's nbgrader metadata against its
-    schema; ours must accept and refuse what nbgrader's does, with its message, and check
+    schema; ours (compiled by fastjsonschema) must accept and refuse what nbgrader's does,
+    with its message, change nothing it accepts (no schema defaults written in), and check
     the schema itself once per process, not once per cell."""
     import copy
 
@@ -111,17 +112,23 @@ def test_the_metadata_check_keeps_nbgraders_verdicts_and_checks_its_schema_once(
             theirs = None
         except ValidationError as exc:
             theirs = str(exc)
+        checked = copy.deepcopy(nb)
         try:
             with pytest.MonkeyPatch.context() as mp:
                 mp.setattr(schema_class, "check_schema", counting)
-                CheckCellMetadataOnce().preprocess(copy.deepcopy(nb), {})
-                CheckCellMetadataOnce().preprocess(copy.deepcopy(nb), {})
+                CheckCellMetadataOnce().preprocess(checked, {})
+                CheckCellMetadataOnce().preprocess(checked, {})
             ours = None
         except ValidationError as exc:
             ours = str(exc)
         assert ours == theirs, nb
+        assert checked == nb  # "task" has a default in the schema: not written in
     assert theirs is not None and "may be corrupted" in theirs
     assert len(checks) <= 1  # nbgrader's own: once per cell and pass, six here
+    from nbgrader.nbgraderformat import common
+
+    compiled = [fast for _, fast in common.jsonschema._validators.values()]
+    assert compiled and None not in compiled  # what passed, passed fastjsonschema's check
 
 
 VALID_OUTPUTS = [
@@ -173,3 +180,9 @@ def test_outputs_checked_compiled_get_nbformats_verdicts():
         assert errors[0] == errors[1]
     kinds = {o["output_type"] for o in VALID_OUTPUTS}
     assert all(check._checks[kind] is not None for kind in kinds)  # compiled, not nbformat's
+    from autograder._runtime import _NODE_REFS, compile_output_checks
+
+    compile_output_checks()  # a worker's warm-up: every part at once, none left for later
+    assert nbbase.validate is check
+    assert {"code_cell", *kinds} <= set(_NODE_REFS)
+    assert all(check._checks.get(ref) is not None for ref in _NODE_REFS)

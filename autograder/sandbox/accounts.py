@@ -8,7 +8,8 @@ groups and ``no_new_privs``; the evaluation of a saved model runs as
 long as a kernel uses account ``n``, so two kernels never share one. Before a slot is used
 and after its kernel ends, everything of the account's is killed and removed: a notebook's
 processes, its files in the shared temporary folders and its cgroups; an account whose
-clean-up fails is retired, never used again. A batch cleans every free slot when it
+clean-up fails is retired, never used again; one let go clean is not cleaned again when
+next taken (its lock file says so, :func:`acquire_slot`). A batch cleans every free slot when it
 starts (:func:`clean_free_slots`): what a killed grader left on a slot never taken again
 goes too. ``RLIMIT_NPROC`` is enforced only for such an unprivileged account. Without root
 the kernel runs as the grader's own user (a warning says so).
@@ -75,10 +76,46 @@ class _Slot:
         self.number = number
         self._lock: IO[str] | None = lock
 
-    def release(self) -> None:
+    def release(self, *, clean: bool = False) -> None:
+        """Let the slot go; ``clean``: its account was cleaned since its last use, and
+        the next to take the slot need not clean it again."""
         if self._lock is not None:
+            if clean:
+                _mark(self._lock, _clean_mark())
             self._lock.close()  # drops the flock
             self._lock = None
+
+
+# What a slot's lock file says of its account, written while the lock is held: "in use"
+# from when a grader takes it, until one that cleaned it lets it go marked clean (in this
+# boot: a machine that went down never did). Anything else, a grader killed meanwhile
+# among them, and the account is cleaned before it is used.
+_IN_USE = "in use"
+
+
+@functools.cache
+def _clean_mark() -> str:
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        boot = ""
+    return f"clean {boot}" if boot else ""
+
+
+def _mark(lock: IO[str], state: str) -> None:
+    with contextlib.suppress(OSError, ValueError):
+        lock.truncate(0)  # opened for appending: the next write lands at 0
+        lock.write(state + "\n")
+        lock.flush()
+
+
+def _marked_clean(lock: IO[str]) -> bool:
+    try:
+        lock.seek(0)
+        state = lock.read().strip()
+    except (OSError, ValueError):
+        return False
+    return bool(state) and state == _clean_mark()
 
 
 def _ensure_account(name: str) -> Account:
@@ -177,16 +214,22 @@ def slot_cgroup(n: int) -> str:
     return f"slot{n}-"
 
 
-def clean_account(account: Account, slot: int) -> str | None:
+def clean_account(account: Account, slot: int, *, killed: bool = False) -> str | None:
     """Kill the account's processes and remove its files and its slot's cgroups (all of
-    them left by a grader that was killed); why not, if something stays."""
-    kill_account_processes(account)
+    them left by a grader that was killed); why not, if something stays. ``killed``: the
+    caller has just killed them (:func:`kill_account_processes`); they are waited for, and
+    should one be found that is not dying, all of it is done again."""
+    if not killed:
+        kill_account_processes(account)
     if not KernelCgroup.remove_stale(slot_cgroup(slot)):
         return f"cgroups of slot {slot} could not be removed"
     if not _remove_account_files(account):
         return f"files of {account.name} could not be removed"
     deadline, pause = time.monotonic() + 5, 0.002
     while _live(account.uid):
+        if killed and _live(account.uid, any_id=True, dying=False):
+            return clean_account(account, slot)  # one started since: all of it again
+        killed = False
         if time.monotonic() > deadline:
             return f"processes of {account.name} are still running"
         time.sleep(pause)
@@ -237,6 +280,8 @@ def clean_free_slots() -> None:
                 left = f"cgroups of slot {n} could not be removed"
             if left is not None:
                 retire(n, left)
+            else:
+                _mark(lock, _clean_mark())
 
 
 def acquire_slot() -> _Slot | None:
@@ -263,12 +308,15 @@ def acquire_slot() -> _Slot | None:
                     "can read it (e.g. on Debian's /usr/bin/python3.11, outside /root)"
                 )
             # Anything a grader killed mid-run left behind: processes, and files (a copy of
-            # a submission, say) that the next kernel on this account could read.
-            left = clean_account(account, n)
-            if left is not None:
-                retire(n, left)
-                lock.close()
-                continue
+            # a submission, say) that the next kernel on this account could read. A slot
+            # let go marked clean has none: nothing runs as its account while it is free.
+            if not _marked_clean(lock):
+                left = clean_account(account, n)
+                if left is not None:
+                    retire(n, left)
+                    lock.close()
+                    continue
+            _mark(lock, _IN_USE)
             return _Slot(account, lock, n)
         raise ConfigError(f"no free sandbox slot in {SLOT_DIR}")
     except (OSError, ConfigError) as exc:

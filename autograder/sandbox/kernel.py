@@ -301,6 +301,7 @@ class KernelSandbox:
             return
         self._released = True
         problems: list[str] = []
+        cleaned = False  # the account, killed, waited for and its files removed
 
         def step(what: str, fn: Any, *args: Any) -> None:
             try:
@@ -312,6 +313,7 @@ class KernelSandbox:
         try:
             if self.account is not None:
                 step("killing the account's processes", kill_account_processes, self.account)
+            killed = not problems
             for fd in self._pipes:  # the kernel's init, if still there, ends everything
                 with contextlib.suppress(OSError):
                     os.close(fd)
@@ -326,16 +328,17 @@ class KernelSandbox:
                 number = self._slot.number
                 step(
                     "cleaning the account",
-                    lambda a: clean_account(a, number) is None,
+                    lambda a: clean_account(a, number, killed=killed) is None,
                     self.account,
                 )
+                cleaned = not problems
             if problems:
                 log.warning("cleaning up after a kernel: %s", "; ".join(problems))
         finally:
             if self._slot is not None:
                 if problems and self.account is not None:
                     retire(self._slot.number, "; ".join(problems))
-                self._slot.release()
+                self._slot.release(clean=cleaned)
 
 
 class SandboxedKernelManager(AsyncKernelManager):
