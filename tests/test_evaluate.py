@@ -337,7 +337,8 @@ def test_an_evaluator_forked_from_the_fork_server_grades_alike_and_leaves_no_sec
     """Where kernels are forked, a worker's evaluator is forked from the same server (one
     TensorFlow import, not two): it grades a model as a started one does, and what it was
     given (the grader's environment, here a token) never passes through the server, whose
-    memory every later kernel inherits."""
+    memory every later kernel inherits. Each evaluation's child leaves no folder and no
+    cgroup (removed once its reply is sent: the worker does not wait for that)."""
     import os
     import secrets
 
@@ -346,6 +347,8 @@ def test_an_evaluator_forked_from_the_fork_server_grades_alike_and_leaves_no_sec
     from autograder.data.loaders import load_mnist
     from autograder.grading.evaluation_server import Evaluator
     from autograder.sandbox import forked
+    from autograder.sandbox.cgroup import EVALUATION_CGROUP, KernelCgroup
+    from autograder.sandbox.files import grader_work_dir
     from autograder.settings import QUIET_TENSORFLOW
 
     if not forked.forking_wanted():
@@ -374,7 +377,11 @@ def test_an_evaluator_forked_from_the_fork_server_grades_alike_and_leaves_no_sec
             assert psutil.Process(child).ppid() == server.process.pid
             assert _memory_holds(child, token.encode())  # it has it: the scan finds it
             assert not _memory_holds(server.process.pid, token.encode())
-        assert result.error is None
+            again = evaluator.evaluate(LAB, tmp_path, timeout=300)
+        assert result.error is None and again.metrics == result.metrics
+        assert not list(Path(grader_work_dir()).glob(f"autograder-{child}-evaluation-*"))
+        named = f"{EVALUATION_CGROUP}{child}-"
+        assert not [g for g in KernelCgroup.named_anywhere(named) if g.exists()]
         assert [(c.id, c.score) for c in result.checks] == [
             (c.id, c.score) for c in expected.checks
         ]

@@ -256,9 +256,12 @@ def _failed(lab: str, reason: str) -> GradingResult:
     return failed_result(load_rubric(lab), "unknown", reason)
 
 
-def _evaluate(request: dict[str, Any], account: Any, child: Child) -> dict[str, Any]:
+def _evaluate(
+    request: dict[str, Any], account: Any, child: Child
+) -> tuple[dict[str, Any], Callable[[], None]]:
     """One evaluation, handed to ``child`` (left waiting when there are no files to read),
-    waited for and stored; the reply for the client."""
+    waited for and stored; the reply for the client, and what removes the child's cgroup
+    and folder (after the reply: the client need not wait for it)."""
     from autograder.grading.artifacts import files_problem
     from autograder.grading.evaluate import failed_result
     from autograder.rubric import load_rubric
@@ -273,8 +276,13 @@ def _evaluate(request: dict[str, Any], account: Any, child: Child) -> dict[str, 
             f"the files the notebook left for grading were not read: {problem}",
         )
         write_fresh(request["out"], result.to_json())
-        return {"status": "ok", "exit": 0}
+        return {"status": "ok", "exit": 0}, lambda: None
     work = _private_copy(artifacts, account)
+
+    def clean_up() -> None:
+        child.remove_cgroup()
+        remove_tree(work)
+
     try:
         handed = child.hand({"lab": request["lab"], "work": str(work)})
         timeout = float(request.get("timeout", 600)) if handed else 60.0
@@ -282,11 +290,11 @@ def _evaluate(request: dict[str, Any], account: Any, child: Child) -> dict[str, 
         found = _read_result(work) if exit_code == 0 and handed else None
         if found is not None:
             write_fresh(request["out"], found[0])
-        status = "timeout" if exit_code is None else "ok" if found is not None else "failed"
-        return {"status": status, "exit": exit_code, "uid": found[1] if found else None}
-    finally:
-        child.remove_cgroup()
-        remove_tree(work)
+    except BaseException:
+        clean_up()
+        raise
+    status = "timeout" if exit_code is None else "ok" if found is not None else "failed"
+    return {"status": status, "exit": exit_code, "uid": found[1] if found else None}, clean_up
 
 
 def _source(lab: str) -> str:
@@ -359,12 +367,13 @@ def serve(labs: list[str], requests: IO[str], replies: IO[str]) -> None:
                 spare = None
             child, spare = spare or fork(), None
             try:
-                reply = _evaluate(request, account, child)
+                reply, clean_up = _evaluate(request, account, child)
             finally:
                 if child.waiting:  # not needed (nothing to read): the next one's
                     spare = child
             replies.write(json.dumps(reply) + "\n")
             replies.flush()
+            clean_up()
     finally:
         if spare is not None:
             spare.discard()

@@ -102,11 +102,14 @@ def _clean_mark() -> str:
     return f"clean {boot}" if boot else ""
 
 
-def _mark(lock: IO[str], state: str) -> None:
-    with contextlib.suppress(OSError, ValueError):
+def _mark(lock: IO[str], state: str) -> bool:
+    try:
         lock.truncate(0)  # opened for appending: the next write lands at 0
         lock.write(state + "\n")
         lock.flush()
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def _marked_clean(lock: IO[str]) -> bool:
@@ -310,13 +313,15 @@ def acquire_slot() -> _Slot | None:
             # Anything a grader killed mid-run left behind: processes, and files (a copy of
             # a submission, say) that the next kernel on this account could read. A slot
             # let go marked clean has none: nothing runs as its account while it is free.
-            if not _marked_clean(lock):
+            # Marked "in use" before it is used, or cleaned: a mark left saying clean would
+            # let the next grader skip what this one may leave.
+            if not (_marked_clean(lock) and _mark(lock, _IN_USE)):
                 left = clean_account(account, n)
                 if left is not None:
                     retire(n, left)
                     lock.close()
                     continue
-            _mark(lock, _IN_USE)
+                _mark(lock, _IN_USE)
             return _Slot(account, lock, n)
         raise ConfigError(f"no free sandbox slot in {SLOT_DIR}")
     except (OSError, ConfigError) as exc:
