@@ -109,12 +109,13 @@ class Source:
 # --------------------------------------------------------------------------- raw sources
 
 
-def default_imdb_archive() -> Path | None:
-    """``$AUTOGRADER_IMDB_ARCHIVE``, else the first ``../shared/datasets/<archive>`` found."""
+def default_imdb_archive(found: list[Path] | None = None) -> Path | None:
+    """``$AUTOGRADER_IMDB_ARCHIVE``, else the first ``../shared/datasets/<archive>`` found
+    (``found``: those :func:`_imdb_archives` found already)."""
     env = os.environ.get(IMDB_ARCHIVE_ENV)
     if env:
         return Path(env).expanduser()
-    return next(iter(_imdb_archives()), None)
+    return next(iter(_imdb_archives() if found is None else found), None)
 
 
 def _imdb_archives() -> list[Path]:
@@ -152,9 +153,8 @@ def raw_sources() -> list[Path]:
     for location in (spec.submodule_search_locations or []) if spec else []:
         paths.append(Path(location) / "data" / "data")
     archives = _imdb_archives()  # looked for once: a kernel's sandbox asks for every kernel
-    chosen = os.environ.get(IMDB_ARCHIVE_ENV)  # else default_imdb_archive is one of them
-    if chosen and Path(chosen).expanduser() not in archives:
-        paths.append(Path(chosen).expanduser())
+    archive = default_imdb_archive(archives)
+    paths += [a for a in [archive] if a is not None and a not in archives]
     return paths + archives
 
 

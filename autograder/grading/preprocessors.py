@@ -172,8 +172,9 @@ class _NotebookCellsReadOnce:
 
     def __init__(self, gradebook: Any, notebook: str, assignment: str) -> None:
         self._gradebook, self._of = gradebook, (notebook, assignment)
-        self._source: dict[str, Any] | None = None
+        self._source: dict[str, Any] = {}
         self._graded: dict[str, Any] = {}
+        self._loaded = False
 
     def __enter__(self) -> Any:
         return self._gradebook.__enter__()
@@ -184,10 +185,12 @@ class _NotebookCellsReadOnce:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._gradebook, name)
 
-    def _cells(self, notebook: str, assignment: str) -> dict[str, Any] | None:
+    def _read(self, notebook: str, assignment: str) -> bool:
+        """Whether the look-up is for this notebook, its cells read on the first."""
         if (notebook, assignment) != self._of:
-            return None
-        if self._source is None:
+            return False
+        if not self._loaded:
+            self._loaded = True
             source, task, grade = (
                 self._query(kind, notebook, assignment)
                 for kind in (SourceCell, TaskCell, GradeCell)
@@ -195,7 +198,7 @@ class _NotebookCellsReadOnce:
             self._source = {cell.name: cell for cell in source}
             # a grade cell before a task cell of the same name, as find_graded_cell does
             self._graded = {cell.name: cell for cell in [*task, *grade]}
-        return self._source
+        return True
 
     def _query(self, kind: type, notebook: str, assignment: str) -> list[Any]:
         # find_source_cell's and find_graded_cell's queries, for every cell of the notebook
@@ -207,11 +210,11 @@ class _NotebookCellsReadOnce:
         )
 
     def find_source_cell(self, name: str, notebook: str, assignment: str) -> Any:
-        found = (self._cells(notebook, assignment) or {}).get(name)
+        found = self._source.get(name) if self._read(notebook, assignment) else None
         return found or self._gradebook.find_source_cell(name, notebook, assignment)
 
     def find_graded_cell(self, name: str, notebook: str, assignment: str) -> Any:
-        found = self._graded.get(name) if self._cells(notebook, assignment) else None
+        found = self._graded.get(name) if self._read(notebook, assignment) else None
         return found or self._gradebook.find_graded_cell(name, notebook, assignment)
 
 
